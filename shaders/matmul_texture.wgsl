@@ -1,0 +1,266 @@
+// Matmul for CPU drivers (lavapipe): operands in textures, the activation shared across a
+// subgroup with subgroupBroadcast. Layouts in src/gpu/texture.rs; design notes in
+// src/kernels/matmul_texture.rs.
+//
+//   nt: Y[M,N] = alpha * (X[M,K] · W[N,K]ᵀ (+ T[M,E] · B[N,E]ᵀ))      X, W, B textures; T buffer
+//   nn: Y[M,N] = alpha * (X[M,K] · W[K,N]  (+ T[M,E] · B[E,N]))       (dX = dY·W in training)
+//   then, per option: Y *= coef[row, seg[col]] (ROW_COEF), Y += Y_old (ACCUMULATE).
+//
+// A workgroup is one subgroup of SG invocations. nt: invocation `lane` owns R rows × C columns
+// (columns (wg.x*SG + lane)*C + c). nn: it owns R rows × C texel columns (4 or 8 outputs each).
+// The inner dimension is walked in chunks of 4*SG values: every lane fetches one texel of X per
+// row, and the subgroup shares them with subgroupBroadcast at constant lanes, so each X value is
+// fetched once per subgroup rather than once per invocation.
+
+struct Params {
+    m: u32,
+    n: u32,
+    ldy: u32,
+    chunks: u32,     // inner-dimension chunks of 4*SG
+    x_rpl: u32,      // rows per layer of X
+    w_rpl: u32,      // rows per layer of W
+    e_chunks: u32,   // epilogue chunks of 4*SG
+    e_ld4: u32,      // T row stride in vec4
+    b_rpl: u32,      // rows per layer of B
+    n_adapters: u32,
+    w_width: u32,    // texels per row of W (nn: clamp for output texels past the edge)
+    b_width: u32,
+    alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var xt: texture_2d_array<f32>;
+#if W_F16
+@group(0) @binding(2) var wt: texture_2d_array<u32>;
+#else
+@group(0) @binding(2) var wt: texture_2d_array<f32>;
+#endif
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+#if EPILOGUE
+@group(0) @binding(4) var<storage, read> tb: array<vec4<f32>>;
+@group(0) @binding(5) var bt: texture_2d_array<f32>;
+#endif
+#if ROW_COEF
+@group(0) @binding(6) var<storage, read> coef: array<f32>;   // [M, n_adapters]
+@group(0) @binding(7) var<storage, read> seg: array<u32>;    // adapter of each output column
+#endif
+
+fn finish(row: u32, col: u32, acc: f32) {
+    if (row < p.m && col < p.n) {
+        var v = p.alpha * acc;
+#if ROW_COEF
+        v *= coef[row * p.n_adapters + seg[col]];
+#endif
+        let i = row * p.ldy + col;
+#if ACCUMULATE
+        v += y[i];
+#endif
+        y[i] = v;
+    }
+}
+
+@compute @workgroup_size(SG)
+fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+      @builtin(subgroup_invocation_id) lane: u32) {
+    let col0 = (wg.x * SG + lane) * C;
+    let row0 = (wg.y + wg.z * nwg.y) * R;
+#repeat r R
+    let xr{r} = min(row0 + {r}u, p.m - 1u);
+    let xy{r} = i32(xr{r} % p.x_rpl);
+    let xl{r} = i32(xr{r} / p.x_rpl);
+#repeat c C
+    var acc{r}_{c} = 0.0;
+#end
+#end
+#repeat c C
+    let wr{c} = min(col0 + {c}u, p.n - 1u);
+    let wy{c} = i32(wr{c} % p.w_rpl);
+    let wl{c} = i32(wr{c} / p.w_rpl);
+#end
+    for (var q = 0u; q < p.chunks; q++) {
+        let kx = i32(q * SG + lane);
+#repeat r R
+        let xv{r} = textureLoad(xt, vec2<i32>(kx, xy{r}), xl{r}, 0);
+#end
+#if W_F16
+        let kw = i32(q * (SG / 2u));
+#repeat h HSG
+#repeat c C
+        let wp{h}_{c} = textureLoad(wt, vec2<i32>(kw + {h}, wy{c}), wl{c}, 0);
+        let wa{h}_{c} = vec4<f32>(unpack2x16float(wp{h}_{c}.x), unpack2x16float(wp{h}_{c}.y));
+        let wb{h}_{c} = vec4<f32>(unpack2x16float(wp{h}_{c}.z), unpack2x16float(wp{h}_{c}.w));
+#end
+#repeat r R
+        let xa{h}_{r} = subgroupBroadcast(xv{r}, 2u * {h}u);
+        let xb{h}_{r} = subgroupBroadcast(xv{r}, 2u * {h}u + 1u);
+#repeat c C
+        acc{r}_{c} += dot(xa{h}_{r}, wa{h}_{c}) + dot(xb{h}_{r}, wb{h}_{c});
+#end
+#end
+#end
+#else
+        let kw = i32(q * SG);
+#repeat t SG
+#repeat c C
+        let w{t}_{c} = textureLoad(wt, vec2<i32>(kw + {t}, wy{c}), wl{c}, 0);
+#end
+#repeat r R
+        let x{t}_{r} = subgroupBroadcast(xv{r}, {t}u);
+#repeat c C
+        acc{r}_{c} += dot(x{t}_{r}, w{t}_{c});
+#end
+#end
+#end
+#endif
+    }
+#if EPILOGUE
+#repeat c C
+    let by{c} = i32(wr{c} % p.b_rpl);
+    let bl{c} = i32(wr{c} / p.b_rpl);
+#end
+    for (var q = 0u; q < p.e_chunks; q++) {
+        let i4 = q * SG + lane;
+        let inside = i4 < p.e_ld4;
+        let ti = min(i4, p.e_ld4 - 1u);
+#repeat r R
+        let tv{r} = select(vec4<f32>(0.0), tb[xr{r} * p.e_ld4 + ti], inside);
+#end
+        let kb = i32(q * SG);
+#repeat t SG
+#repeat c C
+        let b{t}_{c} = textureLoad(bt, vec2<i32>(kb + {t}, by{c}), bl{c}, 0);
+#end
+#repeat r R
+        let s{t}_{r} = subgroupBroadcast(tv{r}, {t}u);
+#repeat c C
+        acc{r}_{c} += dot(s{t}_{r}, b{t}_{c});
+#end
+#end
+#end
+    }
+#endif
+#repeat r R
+#repeat c C
+    finish(row0 + {r}u, col0 + {c}u, acc{r}_{c});
+#end
+#end
+}
+
+// nn: W is [K, N] as a texture of K rows; output texel column j covers outputs PER*j .. PER*j+PER-1
+// (PER = 4 for f32 W, 8 for f16 W). The inner index k of a chunk is (q*SG + t)*4 + e: lane t's X
+// texel, component e.
+@compute @workgroup_size(SG)
+fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+      @builtin(subgroup_invocation_id) lane: u32) {
+    let j0 = (wg.x * SG + lane) * C;
+    let row0 = (wg.y + wg.z * nwg.y) * R;
+#repeat c C
+    let wj{c} = i32(min(j0 + {c}u, p.w_width - 1u));
+#end
+#repeat r R
+    let xr{r} = min(row0 + {r}u, p.m - 1u);
+    let xy{r} = i32(xr{r} % p.x_rpl);
+    let xl{r} = i32(xr{r} / p.x_rpl);
+#repeat c C
+    var acc{r}_{c} = vec4<f32>(0.0);
+#if W_F16
+    var hi{r}_{c} = vec4<f32>(0.0);
+#endif
+#end
+#end
+    for (var q = 0u; q < p.chunks; q++) {
+        let k0 = q * 4u * SG;
+        let wl = i32(k0 / p.w_rpl);
+        let wy = i32(k0 % p.w_rpl);
+        let kx = i32(q * SG + lane);
+#repeat r R
+        let xv{r} = textureLoad(xt, vec2<i32>(kx, xy{r}), xl{r}, 0);
+#end
+#repeat t SG
+#repeat r R
+        let x{t}_{r} = subgroupBroadcast(xv{r}, {t}u);
+#end
+#repeat e 4
+#repeat c C
+#if W_F16
+        let wp{t}_{e}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + {e}), wl, 0);
+        let w{t}_{e}_{c} = vec4<f32>(unpack2x16float(wp{t}_{e}_{c}.x), unpack2x16float(wp{t}_{e}_{c}.y));
+        let v{t}_{e}_{c} = vec4<f32>(unpack2x16float(wp{t}_{e}_{c}.z), unpack2x16float(wp{t}_{e}_{c}.w));
+#else
+        let w{t}_{e}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + {e}), wl, 0);
+#endif
+#end
+#repeat r R
+#repeat c C
+        acc{r}_{c} += x{t}_{r}[{e}] * w{t}_{e}_{c};
+#if W_F16
+        hi{r}_{c} += x{t}_{r}[{e}] * v{t}_{e}_{c};
+#endif
+#end
+#end
+#end
+#end
+    }
+#if EPILOGUE
+    // B is f32 [E, N]: an output texel column of f16 W spans two f32 texels of B.
+#repeat c C
+#if W_F16
+    let bj{c} = i32(min(2u * (j0 + {c}u), p.b_width - 1u));
+    let bk{c} = i32(min(2u * (j0 + {c}u) + 1u, p.b_width - 1u));
+#else
+    let bj{c} = i32(min(j0 + {c}u, p.b_width - 1u));
+#endif
+#end
+    for (var q = 0u; q < p.e_chunks; q++) {
+        let k0 = q * 4u * SG;
+        let bl = i32(k0 / p.b_rpl);
+        let by = i32(k0 % p.b_rpl);
+        let i4 = q * SG + lane;
+        let inside = i4 < p.e_ld4;
+        let ti = min(i4, p.e_ld4 - 1u);
+#repeat r R
+        let tv{r} = select(vec4<f32>(0.0), tb[xr{r} * p.e_ld4 + ti], inside);
+#end
+#repeat t SG
+#repeat r R
+        let s{t}_{r} = subgroupBroadcast(tv{r}, {t}u);
+#end
+#repeat e 4
+#repeat c C
+        let b{t}_{e}_{c} = textureLoad(bt, vec2<i32>(bj{c}, by + {t} * 4 + {e}), bl, 0);
+#if W_F16
+        let g{t}_{e}_{c} = textureLoad(bt, vec2<i32>(bk{c}, by + {t} * 4 + {e}), bl, 0);
+#endif
+#end
+#repeat r R
+#repeat c C
+        acc{r}_{c} += s{t}_{r}[{e}] * b{t}_{e}_{c};
+#if W_F16
+        hi{r}_{c} += s{t}_{r}[{e}] * g{t}_{e}_{c};
+#endif
+#end
+#end
+#end
+#end
+    }
+#endif
+#repeat r R
+#repeat c C
+#if W_F16
+    let o{r}_{c} = (j0 + {c}u) * 8u;
+#else
+    let o{r}_{c} = (j0 + {c}u) * 4u;
+#endif
+    finish(row0 + {r}u, o{r}_{c}, acc{r}_{c}.x);
+    finish(row0 + {r}u, o{r}_{c} + 1u, acc{r}_{c}.y);
+    finish(row0 + {r}u, o{r}_{c} + 2u, acc{r}_{c}.z);
+    finish(row0 + {r}u, o{r}_{c} + 3u, acc{r}_{c}.w);
+#if W_F16
+    finish(row0 + {r}u, o{r}_{c} + 4u, hi{r}_{c}.x);
+    finish(row0 + {r}u, o{r}_{c} + 5u, hi{r}_{c}.y);
+    finish(row0 + {r}u, o{r}_{c} + 6u, hi{r}_{c}.z);
+    finish(row0 + {r}u, o{r}_{c} + 7u, hi{r}_{c}.w);
+#endif
+#end
+#end
+}

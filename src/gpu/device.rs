@@ -1,0 +1,439 @@
+//! Adapter choice and device creation. The device is opened with the adapter's own limits (not the
+//! WebGPU defaults: real models need storage bindings far over 128 MiB) and with every optional
+//! feature the kernels can use, so the kernels see what the hardware really offers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::TexMatrix;
+use crate::gpu::pipeline::PipelineCache;
+use crate::tune::Tuner;
+
+/// Which wgpu backend to search for adapters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::all(),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Vulkan => "vulkan",
+            BackendChoice::Metal => "metal",
+            BackendChoice::Dx12 => "dx12",
+            BackendChoice::Gl => "gl",
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(BackendChoice::Auto),
+            "vulkan" | "vk" => Ok(BackendChoice::Vulkan),
+            "metal" | "mtl" => Ok(BackendChoice::Metal),
+            "dx12" | "d3d12" => Ok(BackendChoice::Dx12),
+            "gl" | "gles" | "opengl" => Ok(BackendChoice::Gl),
+            other => Err(Error::UnknownBackend(other.to_string())),
+        }
+    }
+}
+
+/// Optional features a caller can refuse, to exercise the fallback kernels on a device that has
+/// them (tests do this) or to work around a driver bug.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Disabled {
+    pub subgroups: bool,
+    pub shader_f16: bool,
+    pub timestamps: bool,
+}
+
+impl FromStr for Disabled {
+    type Err = Error;
+    /// Comma-separated list: `subgroups,f16,timestamps`.
+    fn from_str(s: &str) -> Result<Self> {
+        let mut d = Disabled::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "subgroups" => d.subgroups = true,
+                "f16" | "shader-f16" => d.shader_f16 = true,
+                "timestamps" => d.timestamps = true,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unknown feature '{other}' in the disabled list (expected subgroups, f16, timestamps)"
+                    )));
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    pub backend: BackendChoice,
+    /// Index into the adapters of `backend`, in the order `lorafuse devices` lists them.
+    pub adapter: Option<usize>,
+    pub disabled: Disabled,
+    /// Folder of the autotuner's cache (`None`: keep choices in memory only).
+    pub tune_cache: Option<PathBuf>,
+    /// Time kernel candidates on first use; when false the built-in defaults are used.
+    pub tune: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            backend: BackendChoice::Auto,
+            adapter: None,
+            disabled: Disabled::default(),
+            tune_cache: crate::tune::default_cache_dir(),
+            tune: true,
+        }
+    }
+}
+
+impl GpuOptions {
+    /// Options from the environment: `LORAFUSE_BACKEND`, `LORAFUSE_ADAPTER`, `LORAFUSE_DISABLE`,
+    /// `LORAFUSE_TUNE=off`, and the cache folder (see `tune::default_cache_dir`).
+    pub fn from_env() -> Result<Self> {
+        let backend = match std::env::var("LORAFUSE_BACKEND") {
+            Ok(v) => v.parse()?,
+            Err(_) => BackendChoice::Auto,
+        };
+        let adapter = match std::env::var("LORAFUSE_ADAPTER") {
+            Ok(v) => Some(v.trim().parse::<usize>().map_err(|_| {
+                Error::Invalid(format!("LORAFUSE_ADAPTER='{v}' is not an adapter index"))
+            })?),
+            Err(_) => None,
+        };
+        let disabled = match std::env::var("LORAFUSE_DISABLE") {
+            Ok(v) => v.parse()?,
+            Err(_) => Disabled::default(),
+        };
+        let tune = !matches!(std::env::var("LORAFUSE_TUNE").as_deref(), Ok("off") | Ok("0"));
+        Ok(GpuOptions { backend, adapter, disabled, tune, ..GpuOptions::default() })
+    }
+}
+
+/// What the kernels may rely on, decided once when the device is opened.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    pub limits: wgpu::Limits,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    /// The subgroup size when the adapter reports a single one. Kernels that share data with
+    /// `subgroupBroadcast` at constant lanes are compiled for it and offered only when it is known.
+    pub fixed_subgroup_size: Option<u32>,
+    pub timestamps: bool,
+    /// Nanoseconds per timestamp tick.
+    pub timestamp_period: f32,
+}
+
+impl Caps {
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+}
+
+/// A summary of one adapter, as `lorafuse devices` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub subgroup_sizes: (u32, u32),
+    pub features: Vec<&'static str>,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_texture_dimension_2d: u32,
+    pub max_texture_array_layers: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+/// The features the kernels know how to use; anything else is not requested.
+const WANTED: [(wgpu::Features, &str); 3] = [
+    (wgpu::Features::SHADER_F16, "shader-f16"),
+    (wgpu::Features::SUBGROUP, "subgroups"),
+    (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+];
+
+fn new_instance(backend: BackendChoice) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backend.backends();
+    wgpu::Instance::new(desc)
+}
+
+fn device_type_name(t: wgpu::DeviceType) -> &'static str {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+        wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+        wgpu::DeviceType::VirtualGpu => "virtual GPU",
+        wgpu::DeviceType::Cpu => "CPU (software)",
+        wgpu::DeviceType::Other => "other",
+    }
+}
+
+/// Adapters in the order `--adapter N` indexes them: best first (discrete, integrated, virtual,
+/// software), native APIs before GL within a kind.
+fn sorted_adapters(instance: &wgpu::Instance, backend: BackendChoice) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(backend.backends()));
+    let rank = |a: &wgpu::Adapter| {
+        let info = a.get_info();
+        let kind = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 3,
+            wgpu::DeviceType::Other => 4,
+        };
+        let api = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
+        (kind, api)
+    };
+    adapters.sort_by_key(rank);
+    adapters
+}
+
+pub fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let features = adapter.features();
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: info.backend.to_str().to_string(),
+        device_type: device_type_name(info.device_type).to_string(),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+        subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        features: WANTED.iter().filter(|(f, _)| features.contains(*f)).map(|(_, n)| *n).collect(),
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_texture_dimension_2d: limits.max_texture_dimension_2d,
+        max_texture_array_layers: limits.max_texture_array_layers,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+    }
+}
+
+/// Every adapter wgpu finds for `backend`.
+pub fn list_adapters(backend: BackendChoice) -> Vec<AdapterSummary> {
+    let instance = new_instance(backend);
+    sorted_adapters(&instance, backend).iter().enumerate().map(|(i, a)| summarize(i, a)).collect()
+}
+
+pub(crate) struct GpuInner {
+    pub(crate) adapter: wgpu::Adapter,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) caps: Caps,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) tuner: Mutex<Tuner>,
+    scratch: Mutex<HashMap<(usize, usize, u32), TexMatrix>>,
+}
+
+/// An open GPU device: cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+}
+
+impl Gpu {
+    /// Opens the device chosen by `opts`. Fails (never falls back silently) when no adapter exists.
+    pub fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let instance = new_instance(opts.backend);
+        let adapters = sorted_adapters(&instance, opts.backend);
+        if adapters.is_empty() {
+            let hint = if cfg!(target_os = "linux") {
+                " (on Linux without a GPU install Mesa's software Vulkan driver: apt-get install mesa-vulkan-drivers)"
+            } else {
+                ""
+            };
+            return Err(Error::NoAdapter { backend: opts.backend.name().into(), hint: hint.into() });
+        }
+        let index = opts.adapter.unwrap_or(0);
+        let count = adapters.len();
+        let adapter = adapters.into_iter().nth(index).ok_or(Error::AdapterIndex {
+            index,
+            count,
+            backend: opts.backend.name().into(),
+        })?;
+        Self::open(adapter, opts)
+    }
+
+    /// Opens the device from `GpuOptions::from_env()`.
+    pub fn from_env() -> Result<Gpu> {
+        Gpu::new(&GpuOptions::from_env()?)
+    }
+
+    fn open(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Gpu> {
+        let disabled = opts.disabled;
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let mut features = wgpu::Features::empty();
+        for (f, _) in WANTED {
+            if available.contains(f) {
+                features |= f;
+            }
+        }
+        if disabled.shader_f16 {
+            features.remove(wgpu::Features::SHADER_F16);
+        }
+        if disabled.subgroups {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
+        if disabled.timestamps {
+            features.remove(wgpu::Features::TIMESTAMP_QUERY);
+        }
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("lorafuse"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| Error::Device { adapter: info.name.clone(), message: e.to_string() })?;
+        let subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let caps = Caps {
+            limits: device.limits(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups,
+            fixed_subgroup_size: (subgroups && info.subgroup_min_size == info.subgroup_max_size)
+                .then_some(info.subgroup_min_size),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamp_period: queue.get_timestamp_period(),
+        };
+        let tuner = Tuner::load(opts.tune_cache.clone(), opts.tune, &info, &caps);
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                adapter,
+                device,
+                queue,
+                info,
+                caps,
+                pipelines: PipelineCache::default(),
+                tuner: Mutex::new(tuner),
+                scratch: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    pub fn caps(&self) -> &Caps {
+        &self.inner.caps
+    }
+
+    pub fn summary(&self) -> AdapterSummary {
+        let mut s = summarize(0, &self.inner.adapter);
+        s.index = usize::MAX;
+        s
+    }
+
+    /// One line naming the adapter, backend and driver, for reports and benchmark tables.
+    pub fn describe(&self) -> String {
+        let i = &self.inner.info;
+        format!("{} ({}, {}, {})", i.name, i.backend.to_str(), i.driver, i.driver_info)
+    }
+
+    pub fn is_software(&self) -> bool {
+        self.inner.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Blocks until every submitted command has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu { during: "wait".into(), message: e.to_string() })
+    }
+
+    /// Refuses an allocation or binding over the device limits with an error naming it, instead
+    /// of letting wgpu abort the process.
+    pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
+        let l = &self.inner.caps.limits;
+        if bytes > l.max_buffer_size {
+            return Err(Error::OverLimit {
+                what: what.into(),
+                requested: bytes,
+                limit_name: "max_buffer_size",
+                limit: l.max_buffer_size,
+            });
+        }
+        if bytes > l.max_storage_buffer_binding_size {
+            return Err(Error::OverLimit {
+                what: what.into(),
+                requested: bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: l.max_storage_buffer_binding_size,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pipelines(&self) -> &PipelineCache {
+        &self.inner.pipelines
+    }
+
+    /// A texture for packing an f32 activation of `rows` × `cols`, reused across calls (creating
+    /// and clearing a texture per launch costs more than packing into it). Textures are kept per
+    /// (power-of-two row bucket, cols, slot); `slot` separates activations that must be alive at
+    /// the same time within one operation. Launches run in submission order, so reuse by a later
+    /// launch never disturbs an earlier one.
+    pub(crate) fn scratch_texture(&self, rows: usize, cols: usize, slot: u32) -> Result<TexMatrix> {
+        let bucket = rows.max(crate::gpu::texture::ROW_ALIGN).next_power_of_two();
+        let mut map = self.inner.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (bucket, cols, slot);
+        if !map.contains_key(&key) {
+            let align = crate::kernels::matmul_texture::col_align(self)?;
+            let t = TexMatrix::zeros(self, bucket, cols, crate::gpu::DType::F32, align, "activation scratch")?;
+            map.insert(key, t);
+        }
+        Ok(map[&key].with_rows(rows))
+    }
+
+    pub fn tuner(&self) -> std::sync::MutexGuard<'_, Tuner> {
+        self.inner.tuner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

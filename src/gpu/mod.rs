@@ -1,0 +1,17 @@
+//! The GPU layer: device and adapter choice, tensors and texture matrices, the shader
+//! preprocessor and pipeline cache, launch recording and the profiler.
+
+pub mod device;
+pub mod pipeline;
+pub mod profiler;
+pub mod recorder;
+pub mod shader;
+pub mod tensor;
+pub mod texture;
+
+pub use device::{AdapterSummary, BackendChoice, Caps, Disabled, Gpu, GpuOptions, list_adapters};
+pub use pipeline::PipelineKey;
+pub use profiler::{Clock, KernelSummary, KernelTiming, group_ms};
+pub use recorder::{Recorder, Resource, Work, fold_grid};
+pub use tensor::{DType, Tensor};
+pub use texture::{Layout, Matrix, TexMatrix};

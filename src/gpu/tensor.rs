@@ -1,0 +1,216 @@
+//! A tensor is a storage buffer with a shape and an element type. Row-major, dense.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// Element types a buffer can hold. f16 values are stored two to a 32-bit word (element 2i in the
+/// low half), which every WGSL implementation reads with `unpack2x16float`, with or without the
+/// `shader-f16` feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    U32,
+}
+
+impl DType {
+    pub fn bytes_for(self, numel: usize) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4 * numel as u64,
+            DType::F16 => 2 * numel as u64,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({:?}, {})", self.shape, self.dtype)
+    }
+}
+
+/// Buffer sizes are rounded up to 16 bytes so any tensor can also be bound as `array<vec4<f32>>`.
+fn padded_size(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
+impl Tensor {
+    /// A zero-filled tensor (wgpu clears new buffers).
+    pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let bytes = padded_size(dtype.bytes_for(numel));
+        gpu.check_binding(&format!("tensor '{label}' {shape:?} {dtype}"), bytes)?;
+        let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Tensor { buffer, shape: shape.to_vec(), dtype })
+    }
+
+    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], label: &str) -> Result<Tensor> {
+        check_len(label, shape, data.len())?;
+        let t = Tensor::zeros(gpu, shape, DType::F32, label)?;
+        gpu.queue().write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Stores `data` rounded to f16.
+    pub fn from_f32_as_f16(gpu: &Gpu, shape: &[usize], data: &[f32], label: &str) -> Result<Tensor> {
+        check_len(label, shape, data.len())?;
+        let t = Tensor::zeros(gpu, shape, DType::F16, label)?;
+        let mut halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+        if halves.len() % 2 == 1 {
+            halves.push(half::f16::ZERO);
+        }
+        gpu.queue().write_buffer(&t.buffer, 0, bytemuck::cast_slice(&halves));
+        Ok(t)
+    }
+
+    pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32], label: &str) -> Result<Tensor> {
+        check_len(label, shape, data.len())?;
+        let t = Tensor::zeros(gpu, shape, DType::U32, label)?;
+        gpu.queue().write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Overwrites every element with NaN (u32: 0xFFFF_FFFF), so a kernel that skips an output
+    /// element is caught by the comparison that follows.
+    pub fn poison(&self, gpu: &Gpu) {
+        let words = (self.buffer.size() / 4) as usize;
+        let fill: Vec<u32> = vec![0xFFFF_FFFF; words];
+        gpu.queue().write_buffer(&self.buffer, 0, bytemuck::cast_slice(&fill));
+    }
+
+    pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        if self.dtype != DType::F32 || data.len() != self.numel() {
+            return Err(Error::shape(
+                "Tensor::write_f32",
+                format!("{} values for a {:?} {} tensor", data.len(), self.shape, self.dtype),
+            ));
+        }
+        gpu.queue().write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Copies the tensor back to the host as f32 (f16 widened). Waits for the GPU.
+    pub fn read_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let bytes = read_bytes(gpu, &self.buffer)?;
+        let n = self.numel();
+        Ok(match self.dtype {
+            DType::F32 => bytemuck::cast_slice::<u8, f32>(&bytes)[..n].to_vec(),
+            DType::F16 => bytemuck::cast_slice::<u8, half::f16>(&bytes)[..n].iter().map(|h| h.to_f32()).collect(),
+            DType::U32 => bytemuck::cast_slice::<u8, u32>(&bytes)[..n].iter().map(|&u| u as f32).collect(),
+        })
+    }
+
+    pub fn read_u32(&self, gpu: &Gpu) -> Result<Vec<u32>> {
+        let bytes = read_bytes(gpu, &self.buffer)?;
+        Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..self.numel()].to_vec())
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.dtype.bytes_for(self.numel())
+    }
+
+    /// (rows, cols) of a 2-D tensor; errors name `op` otherwise.
+    pub fn dims2(&self, op: &str) -> Result<(usize, usize)> {
+        match self.shape[..] {
+            [r, c] => Ok((r, c)),
+            _ => Err(Error::shape(op, format!("expected a 2-D tensor, got shape {:?}", self.shape))),
+        }
+    }
+
+    pub fn expect_dtype(&self, op: &str, what: &str, want: &[DType]) -> Result<()> {
+        if want.contains(&self.dtype) {
+            Ok(())
+        } else {
+            Err(Error::DType {
+                op: op.into(),
+                detail: format!("{what} is {}, expected one of {:?}", self.dtype, want),
+            })
+        }
+    }
+}
+
+fn check_len(label: &str, shape: &[usize], len: usize) -> Result<()> {
+    let numel: usize = shape.iter().product();
+    if numel == len {
+        Ok(())
+    } else {
+        Err(Error::shape(format!("tensor '{label}'"), format!("{len} values for shape {shape:?} ({numel} elements)")))
+    }
+}
+
+/// Copies a whole buffer to the host through a staging buffer.
+pub(crate) fn read_bytes(gpu: &Gpu, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let size = buffer.size();
+    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+    enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+    gpu.queue().submit([enc.finish()]);
+    map_read(gpu, &staging)
+}
+
+/// Maps a MAP_READ buffer, waits, and returns its bytes.
+pub(crate) fn map_read(gpu: &Gpu, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|e| Error::Gpu { during: "readback".into(), message: e.to_string() })?
+        .map_err(|e| Error::Gpu { during: "readback".into(), message: e.to_string() })?;
+    let bytes = staging
+        .get_mapped_range(..)
+        .map_err(|e| Error::Gpu { during: "readback".into(), message: e.to_string() })?
+        .to_vec();
+    staging.unmap();
+    Ok(bytes)
+}

@@ -1,0 +1,307 @@
+//! Matrices held in textures, and the `Matrix` type that says where a kernel operand lives.
+//!
+//! On CPU drivers (lavapipe) a texel fetch costs about half an indexed storage-buffer load, so the
+//! fastest matmuls there keep both operands in textures (../docs/LAVAPIPE.md). A [rows, cols]
+//! matrix becomes a 2-D array texture:
+//! - f32: rgba32float, texel x of a row holds cols 4x..4x+3;
+//! - f16: rgba32uint, texel x holds cols 8x..8x+7 (pack2x16float pairs);
+//! - the row length is padded with zeros to `col_align` columns, so kernels walk the inner
+//!   dimension in whole chunks without bounds tests;
+//! - rows are padded with zeros to a multiple of `ROW_ALIGN` and split across layers of at most
+//!   `max_texture_dimension_2d` rows (rounded down to `ROW_ALIGN`), which is how a 49152-row
+//!   embedding fits a 16384-texel limit: a chunk of `ROW_ALIGN` rows never straddles two layers.
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+
+/// Rows of a texture matrix are padded to this multiple.
+pub const ROW_ALIGN: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct TexMatrix {
+    pub(crate) texture: wgpu::Texture,
+    pub(crate) view: wgpu::TextureView,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    /// Texels per texture row.
+    pub(crate) width: u32,
+    pub(crate) rows_per_layer: u32,
+    pub(crate) layers: u32,
+    pub(crate) col_align: usize,
+}
+
+/// Where a matrix lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Buffer,
+    Texture,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Buffer => "buffer",
+            Layout::Texture => "texture",
+        }
+    }
+}
+
+impl TexMatrix {
+    /// Geometry of a [rows, cols] matrix of `dtype` with columns padded to `col_align`.
+    fn geometry(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, col_align: usize) -> Result<(u32, u32, u32)> {
+        let per_texel = match dtype {
+            DType::F32 => 4,
+            DType::F16 => 8,
+            DType::U32 => {
+                return Err(Error::DType { op: "TexMatrix".into(), detail: "u32 matrices have no texture layout".into() });
+            }
+        };
+        let l = &gpu.caps().limits;
+        let max_dim = l.max_texture_dimension_2d as usize;
+        let padded_cols = cols.max(1).div_ceil(col_align) * col_align;
+        let width = padded_cols / per_texel;
+        if width > max_dim {
+            return Err(Error::OverLimit {
+                what: format!("texture matrix [{rows}, {cols}] {dtype}: {width} texels per row"),
+                requested: width as u64,
+                limit_name: "max_texture_dimension_2d",
+                limit: max_dim as u64,
+            });
+        }
+        let padded_rows = rows.max(1).div_ceil(ROW_ALIGN) * ROW_ALIGN;
+        let max_rows = (max_dim / ROW_ALIGN) * ROW_ALIGN;
+        let rpl = padded_rows.min(max_rows);
+        let layers = padded_rows.div_ceil(rpl);
+        if layers > l.max_texture_array_layers as usize {
+            return Err(Error::OverLimit {
+                what: format!("texture matrix [{rows}, {cols}] {dtype}: {layers} layers of {rpl} rows"),
+                requested: layers as u64,
+                limit_name: "max_texture_array_layers",
+                limit: l.max_texture_array_layers as u64,
+            });
+        }
+        Ok((width as u32, rpl as u32, layers as u32))
+    }
+
+    /// An all-zero texture matrix.
+    pub fn zeros(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, col_align: usize, label: &str) -> Result<TexMatrix> {
+        let (width, rpl, layers) = Self::geometry(gpu, rows, cols, dtype, col_align)?;
+        let format = match dtype {
+            DType::F16 => wgpu::TextureFormat::Rgba32Uint,
+            _ => wgpu::TextureFormat::Rgba32Float,
+        };
+        let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d { width, height: rpl, depth_or_array_layers: layers },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_DST
+                | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor {
+            label: Some(label),
+            dimension: Some(wgpu::TextureViewDimension::D2Array),
+            ..Default::default()
+        });
+        Ok(TexMatrix { texture, view, rows, cols, dtype, width, rows_per_layer: rpl, layers, col_align })
+    }
+
+    /// Uploads a host matrix (row-major [rows, cols]) into a new texture matrix.
+    pub fn from_host(
+        gpu: &Gpu,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+        dtype: DType,
+        col_align: usize,
+        label: &str,
+    ) -> Result<TexMatrix> {
+        if data.len() != rows * cols {
+            return Err(Error::shape(
+                format!("texture matrix '{label}'"),
+                format!("{} values for [{rows}, {cols}]", data.len()),
+            ));
+        }
+        let t = Self::zeros(gpu, rows, cols, dtype, col_align, label)?;
+        let texels = crate::kernels::pack::pack_ref(data, rows, cols, dtype, t.width as usize, t.padded_rows());
+        let bytes_per_row = t.width * 16;
+        let layer_bytes = bytes_per_row as usize * t.rows_per_layer as usize;
+        for layer in 0..t.layers {
+            let start = layer as usize * layer_bytes;
+            let end = (start + layer_bytes).min(texels.len());
+            gpu.queue().write_texture(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &t.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: 0, z: layer },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                &texels[start..end],
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(bytes_per_row),
+                    rows_per_image: Some(t.rows_per_layer),
+                },
+                wgpu::Extent3d {
+                    width: t.width,
+                    height: ((end - start) / bytes_per_row as usize) as u32,
+                    depth_or_array_layers: 1,
+                },
+            );
+        }
+        Ok(t)
+    }
+
+    /// The same texture seen as its first `rows` rows (scratch textures are allocated for a
+    /// bucket of row counts).
+    pub(crate) fn with_rows(&self, rows: usize) -> TexMatrix {
+        TexMatrix { rows, ..self.clone() }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Rows including the zero padding (all layers together).
+    pub fn padded_rows(&self) -> usize {
+        (self.rows_per_layer * self.layers) as usize
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.width as u64 * 16 * self.padded_rows() as u64
+    }
+
+    /// Reads the matrix back to the host (unpadded, f32), for tests.
+    pub fn read_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let bytes_per_row = (self.width * 16).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let size = bytes_per_row as u64 * self.padded_rows() as u64;
+        let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("texture readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("texture readback") });
+        enc.copy_texture_to_buffer(
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::TexelCopyBufferInfo {
+                buffer: &staging,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(bytes_per_row),
+                    rows_per_image: Some(self.rows_per_layer),
+                },
+            },
+            wgpu::Extent3d { width: self.width, height: self.rows_per_layer, depth_or_array_layers: self.layers },
+        );
+        gpu.queue().submit([enc.finish()]);
+        let raw = crate::gpu::tensor::map_read(gpu, &staging)?;
+        let per_texel = if self.dtype == DType::F16 { 8 } else { 4 };
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            let row = &raw[r * bytes_per_row as usize..][..(self.width * 16) as usize];
+            for c in 0..self.cols {
+                let (texel, lane) = (c / per_texel, c % per_texel);
+                let v = if self.dtype == DType::F16 {
+                    let word = u32::from_le_bytes(row[texel * 16 + (lane / 2) * 4..][..4].try_into().unwrap_or([0; 4]));
+                    let h = if lane % 2 == 0 { word & 0xffff } else { word >> 16 };
+                    half::f16::from_bits(h as u16).to_f32()
+                } else {
+                    f32::from_le_bytes(row[texel * 16 + lane * 4..][..4].try_into().unwrap_or([0; 4]))
+                };
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A kernel operand and where it lives: a storage buffer (any kernel) or a texture matrix (the
+/// texture kernels). Weights are placed once, in the layout the autotuner chose for the device.
+#[derive(Clone, Debug)]
+pub enum Matrix {
+    Buffer(Tensor),
+    Texture(TexMatrix),
+}
+
+impl Matrix {
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::Buffer(t) => t.shape()[0],
+            Matrix::Texture(t) => t.rows(),
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::Buffer(t) => t.shape()[1],
+            Matrix::Texture(t) => t.cols(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Matrix::Buffer(t) => t.dtype(),
+            Matrix::Texture(t) => t.dtype(),
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        match self {
+            Matrix::Buffer(_) => Layout::Buffer,
+            Matrix::Texture(_) => Layout::Texture,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Matrix::Buffer(t) => t.bytes(),
+            Matrix::Texture(t) => t.bytes(),
+        }
+    }
+
+    /// Uploads host data ([rows, cols], row-major) as `dtype` in `layout`.
+    pub fn from_host(
+        gpu: &Gpu,
+        layout: Layout,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+        dtype: DType,
+        label: &str,
+    ) -> Result<Matrix> {
+        match layout {
+            Layout::Buffer => Ok(Matrix::Buffer(match dtype {
+                DType::F32 => Tensor::from_f32(gpu, &[rows, cols], data, label)?,
+                DType::F16 => Tensor::from_f32_as_f16(gpu, &[rows, cols], data, label)?,
+                DType::U32 => {
+                    return Err(Error::DType { op: "Matrix::from_host".into(), detail: "u32 is not a matrix dtype".into() });
+                }
+            })),
+            Layout::Texture => {
+                let align = crate::kernels::matmul_texture::col_align(gpu)?;
+                Ok(Matrix::Texture(TexMatrix::from_host(gpu, rows, cols, data, dtype, align, label)?))
+            }
+        }
+    }
+}

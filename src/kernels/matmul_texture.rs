@@ -1,0 +1,145 @@
+//! Launcher for shaders/matmul_texture.wgsl, the matmul for CPU drivers.
+//!
+//! Why this shape (measured on lavapipe, ../docs/LAVAPIPE.md): an indexed storage-buffer load is
+//! executed one invocation at a time (~50 ns per 8-wide vec4), a texel fetch costs ~32 ns, a
+//! `subgroupBroadcast` at a constant lane ~7 ns, and workgroup barriers are coroutine switches.
+//! So both operands live in textures, there is no workgroup memory, and the activation is
+//! fetched once per subgroup and broadcast: per chunk of 4·SG inner values a lane issues R
+//! activation fetches and SG·C weight fetches for R·C·4·SG multiply-adds. f16 weights halve the
+//! weight fetches (8 values a texel) and unpack for free next to the fetch cost.
+
+use crate::error::{Error, Result};
+use crate::gpu::shader::Defines;
+use crate::gpu::{DType, Gpu, Matrix, PipelineKey, Recorder, Resource, TexMatrix, Tensor, Work, fold_grid};
+use crate::kernels::matmul::{Form, MatmulOpts, Problem, traffic};
+
+/// (rows, cols) per invocation tried by the autotuner for nt: many rows for prefill and training,
+/// one row for decode.
+pub const NT_BLOCKINGS: [(u32, u32); 3] = [(16, 2), (4, 4), (1, 4)];
+/// (rows, texel columns) for nn.
+pub const NN_BLOCKINGS: [(u32, u32); 3] = [(8, 2), (4, 2), (1, 2)];
+
+/// The subgroup size the kernels are compiled for, when the device runs them: subgroups with a
+/// single fixed size (lanes are named as constants) small enough to unroll.
+pub fn subgroup_size(gpu: &Gpu) -> Option<u32> {
+    let caps = gpu.caps();
+    match caps.fixed_subgroup_size {
+        Some(sg @ (4 | 8 | 16)) if caps.subgroups => Some(sg),
+        _ => None,
+    }
+}
+
+/// Column padding of texture matrices on this device: one chunk of the inner loop.
+pub fn col_align(gpu: &Gpu) -> Result<usize> {
+    subgroup_size(gpu).map(|sg| 4 * sg as usize).ok_or_else(|| Error::Unsupported {
+        kernel: "matmul".into(),
+        variant: "texture".into(),
+        reason: "needs subgroups of one fixed size (4, 8 or 16)".into(),
+    })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    ldy: u32,
+    chunks: u32,
+    x_rpl: u32,
+    w_rpl: u32,
+    e_chunks: u32,
+    e_ld4: u32,
+    b_rpl: u32,
+    n_adapters: u32,
+    w_width: u32,
+    b_width: u32,
+    alpha: f32,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch(
+    rec: &mut Recorder,
+    form: Form,
+    x: &TexMatrix,
+    w: &TexMatrix,
+    y: &Tensor,
+    opts: &MatmulOpts,
+    prob: &Problem,
+    rows: u32,
+    cols: u32,
+) -> Result<()> {
+    let sg = col_align(rec.gpu())? as u32 / 4;
+    let unsupported = |reason: String| Error::Unsupported {
+        kernel: format!("matmul {form}"),
+        variant: format!("texture_r{rows}c{cols}"),
+        reason,
+    };
+    if form == Form::Tn {
+        return Err(unsupported("the tn form has no texture kernel".into()));
+    }
+    if x.dtype() != DType::F32 {
+        return Err(unsupported("the activation texture must be f32".into()));
+    }
+    let f16 = w.dtype() == DType::F16;
+    let mut params = Params {
+        m: prob.m as u32,
+        n: prob.n as u32,
+        ldy: prob.n as u32,
+        chunks: (prob.k as u32).div_ceil(4 * sg),
+        x_rpl: x.rows_per_layer,
+        w_rpl: w.rows_per_layer,
+        e_chunks: 0,
+        e_ld4: 0,
+        b_rpl: 1,
+        n_adapters: 0,
+        w_width: w.width,
+        b_width: 1,
+        alpha: opts.alpha,
+    };
+    let mut defines: Defines = [
+        ("SG", sg),
+        ("HSG", sg / 2),
+        ("R", rows),
+        ("C", cols),
+        ("W_F16", f16 as u32),
+        ("EPILOGUE", opts.epilogue.is_some() as u32),
+        ("ROW_COEF", opts.row_coef.is_some() as u32),
+        ("ACCUMULATE", opts.accumulate as u32),
+    ]
+    .into_iter()
+    .collect();
+    defines.retain(|_, v| *v != 0);
+    let mut binds = vec![
+        (1, Resource::View(x.view.clone())),
+        (2, Resource::View(w.view.clone())),
+        (3, Resource::from(y)),
+    ];
+    if let Some(ep) = &opts.epilogue {
+        let Matrix::Texture(b) = ep.b else {
+            return Err(unsupported("the epilogue B is not in a texture".into()));
+        };
+        let e = prob.e as u32;
+        params.e_chunks = e.div_ceil(4 * sg);
+        params.e_ld4 = e / 4;
+        params.b_rpl = b.rows_per_layer;
+        params.b_width = b.width;
+        binds.push((4, Resource::from(ep.t)));
+        binds.push((5, Resource::View(b.view.clone())));
+    }
+    if let Some(rc) = &opts.row_coef {
+        params.n_adapters = rc.coef.shape()[1] as u32;
+        binds.push((6, Resource::from(rc.coef)));
+        binds.push((7, Resource::from(rc.seg)));
+    }
+    let (entry, col_groups) = match form {
+        Form::Nt => ("nt", (prob.n as u32).div_ceil(cols * sg)),
+        _ => {
+            let per = if f16 { 8 } else { 4 };
+            ("nn", (prob.n as u32).div_ceil(per).div_ceil(cols * sg))
+        }
+    };
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("matmul_texture", entry, &defines))?;
+    let grid = fold_grid(rec.gpu(), col_groups, (prob.m as u32).div_ceil(rows));
+    let work = Work { flops: form.flops(prob.m, prob.n, prob.k + prob.e), bytes: traffic(prob, w.dtype()) };
+    rec.dispatch(pipeline, &params, binds, grid, format!("matmul_{form}_texture_r{rows}c{cols}"), work)
+}

@@ -1,0 +1,7 @@
+//! Kernels: each file launches one WGSL file of shaders/ and holds its CPU reference.
+
+pub mod matmul;
+pub mod matmul_blocked;
+pub mod matmul_texture;
+pub mod matmul_tiled;
+pub mod pack;

@@ -1,0 +1,90 @@
+//! Buffer → texture packing (shaders/pack.wgsl): puts activations and computed weights into the
+//! texture layout of src/gpu/texture.rs. The CPU reference doubles as the host-side packer used
+//! when weights are uploaded.
+
+use crate::error::{Error, Result};
+use crate::gpu::shader::Defines;
+use crate::gpu::texture::ROW_ALIGN;
+use crate::gpu::{DType, PipelineKey, Recorder, Resource, TexMatrix, Tensor, Work, fold_grid};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    ld: u32,
+    width: u32,
+    rpl: u32,
+    padded_rows: u32,
+}
+
+/// Packs `src` ([rows, cols] f32, row-major) into `dst`, which must have the same shape.
+pub fn pack(rec: &mut Recorder, src: &Tensor, dst: &TexMatrix) -> Result<()> {
+    src.expect_dtype("pack", "source", &[DType::F32])?;
+    let (rows, cols) = src.dims2("pack")?;
+    if (rows, cols) != (dst.rows(), dst.cols()) {
+        return Err(Error::shape("pack", format!("source [{rows}, {cols}] into texture [{}, {}]", dst.rows(), dst.cols())));
+    }
+    let f16 = dst.dtype() == DType::F16;
+    let defines: Defines = [("F16", f16 as u32)].into_iter().collect();
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("pack", "pack", &defines))?;
+    // Rows past the matrix up to the row alignment are zeroed; a scratch texture's rows beyond
+    // that are never read (kernels clamp rows to M).
+    let padded_rows = (rows.div_ceil(ROW_ALIGN) * ROW_ALIGN).min(dst.padded_rows()) as u32;
+    let params = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        ld: cols as u32,
+        width: dst.width,
+        rpl: dst.rows_per_layer,
+        padded_rows,
+    };
+    let grid = fold_grid(rec.gpu(), dst.width.div_ceil(64), padded_rows);
+    let work = Work { flops: 0, bytes: src.bytes() + dst.bytes() };
+    rec.dispatch(
+        pipeline,
+        &params,
+        vec![(1, Resource::from(src)), (2, Resource::View(dst.view.clone()))],
+        grid,
+        if f16 { "pack_f16" } else { "pack_f32" },
+        work,
+    )
+}
+
+/// CPU reference: the texel bytes of `data` ([rows, cols]) packed `width` texels a row over
+/// `padded_rows` rows, zero padded.
+pub fn pack_ref(data: &[f32], rows: usize, cols: usize, dtype: DType, width: usize, padded_rows: usize) -> Vec<u8> {
+    let mut out = vec![0u8; width * 16 * padded_rows];
+    for r in 0..rows {
+        let row = &mut out[r * width * 16..(r + 1) * width * 16];
+        for c in 0..cols {
+            let v = data[r * cols + c];
+            match dtype {
+                DType::F16 => {
+                    let h = half::f16::from_f32(v).to_bits();
+                    row[c * 2..c * 2 + 2].copy_from_slice(&h.to_le_bytes());
+                }
+                _ => row[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes()),
+            }
+        }
+    }
+    out
+}
+
+/// Packs an f32 tensor into a fresh texture matrix of `dtype`.
+pub fn to_texture(rec: &mut Recorder, src: &Tensor, dtype: DType, label: &str) -> Result<TexMatrix> {
+    let (rows, cols) = src.dims2("pack")?;
+    let align = crate::kernels::matmul_texture::col_align(rec.gpu())?;
+    let dst = TexMatrix::zeros(rec.gpu(), rows, cols, dtype, align, label)?;
+    pack(rec, src, &dst)?;
+    Ok(dst)
+}
+
+/// The scratch texture used to pack activations of this shape (reused across calls; see
+/// `Gpu::scratch_texture`).
+pub fn to_scratch_texture(rec: &mut Recorder, src: &Tensor, slot: u32) -> Result<TexMatrix> {
+    let (rows, cols) = src.dims2("pack")?;
+    let dst = rec.gpu().scratch_texture(rows, cols, slot)?;
+    pack(rec, src, &dst)?;
+    Ok(dst)
+}

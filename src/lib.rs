@@ -1,0 +1,9 @@
+//! lorafuse: LoRA training, fusion and evaluation on any GPU wgpu reaches, with hand-written WGSL
+//! kernels. See README.md for the pipeline and DESIGN notes in the repository.
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod tune;
+
+pub use error::{Error, Result};

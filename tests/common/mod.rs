@@ -1,0 +1,94 @@
+//! Shared test harness: one GPU per test binary (fails, never skips, without an adapter), fresh
+//! random inputs with the seed printed for reproduction, and relative Frobenius errors in which
+//! NaN never passes.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use lorafuse::gpu::{Gpu, GpuOptions};
+
+/// The device every test in this binary shares. Panics (so the test fails) when wgpu finds no
+/// adapter: a machine without a GPU needs Mesa's lavapipe, which .ci/run installs.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let mut opts = GpuOptions::from_env().expect("LORAFUSE_* environment");
+        // Tests choose variants explicitly; any autotuning they trigger stays in memory.
+        opts.tune_cache = None;
+        match Gpu::new(&opts) {
+            Ok(g) => {
+                eprintln!("test device: {}", g.describe());
+                g
+            }
+            Err(e) => panic!("GPU tests need an adapter and found none: {e}"),
+        }
+    })
+}
+
+/// A per-test seed: `LORAFUSE_TEST_SEED` if set, else fresh from the clock.
+pub fn seed() -> u64 {
+    match std::env::var("LORAFUSE_TEST_SEED") {
+        Ok(s) => s.parse().expect("LORAFUSE_TEST_SEED must be an integer"),
+        Err(_) => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        }
+    }
+}
+
+/// xorshift64* generator: enough for test data, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// ‖got − want‖_F / ‖want‖_F; infinite when `got` has a NaN or infinity, or lengths differ.
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (g, w) in got.iter().zip(want) {
+        num += (*g as f64 - w).powi(2);
+        den += w * w;
+    }
+    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64, seed: u64) {
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{what}: relative Frobenius error {e:.3e} > {tol:.1e} (seed {seed}; rerun with LORAFUSE_TEST_SEED={seed})");
+}
+
+/// Rounds through f16, as the GPU stores f16 weights.
+pub fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// Awkward sizes: the rows the issue names and inner/outer sizes that are multiples of no tile.
+pub const MS: [usize; 4] = [1, 7, 33, 257];
+pub const KNS: [(usize, usize); 3] = [(45, 37), (130, 67), (301, 259)];
