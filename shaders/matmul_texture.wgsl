@@ -180,25 +180,26 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #repeat r R
         let x{t}_{r} = subgroupBroadcast(xv{r}, {t}u);
 #end
-#repeat e 4
+        for (var e = 0; e < 4; e++) {
 #repeat c C
 #if W_F16
-        let wp{t}_{e}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + {e}), wl, 0);
-        let w{t}_{e}_{c} = vec4<f32>(unpack2x16float(wp{t}_{e}_{c}.x), unpack2x16float(wp{t}_{e}_{c}.y));
-        let v{t}_{e}_{c} = vec4<f32>(unpack2x16float(wp{t}_{e}_{c}.z), unpack2x16float(wp{t}_{e}_{c}.w));
+            let wp{t}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + e), wl, 0);
+            let w{t}_{c} = vec4<f32>(unpack2x16float(wp{t}_{c}.x), unpack2x16float(wp{t}_{c}.y));
+            let v{t}_{c} = vec4<f32>(unpack2x16float(wp{t}_{c}.z), unpack2x16float(wp{t}_{c}.w));
 #else
-        let w{t}_{e}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + {e}), wl, 0);
+            let w{t}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + e), wl, 0);
 #endif
 #end
 #repeat r R
+            let xe{t}_{r} = x{t}_{r}[e];
 #repeat c C
-        acc{r}_{c} += x{t}_{r}[{e}] * w{t}_{e}_{c};
+            acc{r}_{c} += xe{t}_{r} * w{t}_{c};
 #if W_F16
-        hi{r}_{c} += x{t}_{r}[{e}] * v{t}_{e}_{c};
+            hi{r}_{c} += xe{t}_{r} * v{t}_{c};
 #endif
 #end
 #end
-#end
+        }
 #end
     }
 #if EPILOGUE

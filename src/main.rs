@@ -1,5 +1,197 @@
-fn main() {
-    for a in lorafuse::gpu::list_adapters(lorafuse::gpu::BackendChoice::Auto) {
-        println!("{a:#?}");
+//! The `lorafuse` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use lorafuse::bench::{self, BarProgress};
+use lorafuse::gpu::{BackendChoice, DType, Gpu, GpuOptions, Layout, list_adapters};
+use lorafuse::kernels::matmul::Form;
+use lorafuse::tune;
+
+#[derive(Parser)]
+#[command(name = "lorafuse", version, about = "LoRA training, fusion and safety evaluation on any GPU wgpu reaches")]
+struct Cli {
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DeviceArgs {
+    /// Graphics API to search for adapters.
+    #[arg(long, global = true, env = "LORAFUSE_BACKEND", default_value = "auto",
+          value_parser = ["auto", "vulkan", "metal", "dx12", "gl"])]
+    backend: String,
+    /// Adapter index among those of the backend, as `lorafuse devices` lists them (default: the
+    /// first, best kind first: discrete, integrated, virtual, software).
+    #[arg(long, global = true, env = "LORAFUSE_ADAPTER")]
+    adapter: Option<usize>,
+}
+
+impl DeviceArgs {
+    fn open(&self) -> Result<Gpu> {
+        let mut opts = GpuOptions::from_env()?;
+        opts.backend = self.backend.parse()?;
+        opts.adapter = self.adapter;
+        let gpu = Gpu::new(&opts)?;
+        eprintln!("device: {}", gpu.describe());
+        Ok(gpu)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter with its backend, type, driver, limits and features.
+    Devices {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the kernel variants for the common shape classes now and cache the choices
+    /// (otherwise each class is timed on first use).
+    Tune {
+        /// Forget this device's cached choices first.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Matmul variants against the device's ceilings; fused vs sequential vs merged LoRA.
+    Kernels {
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also write the Markdown tables (as recorded in BENCHMARKS.md).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// A short grid (about a minute on lavapipe) instead of the full one.
+        #[arg(long)]
+        quick: bool,
+        /// Weight dtype of the fused-LoRA rows.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+        lora_dtype: String,
+    },
+}
+
+fn devices(backend: &str, json: bool) -> Result<()> {
+    let list = list_adapters(backend.parse::<BackendChoice>()?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        anyhow::bail!(
+            "no adapter found for backend '{backend}' (without a GPU, install Mesa's software Vulkan driver: apt-get install mesa-vulkan-drivers)"
+        );
+    }
+    for a in &list {
+        println!("[{}] {}", a.index, a.name);
+        println!("    backend {}, {}, driver {} ({})", a.backend, a.device_type, a.driver, a.driver_info);
+        println!(
+            "    subgroup size {}..{}; features: {}",
+            a.subgroup_sizes.0,
+            a.subgroup_sizes.1,
+            if a.features.is_empty() { "none".to_string() } else { a.features.join(", ") }
+        );
+        println!(
+            "    max buffer {} MiB, max storage binding {} MiB, max 2-D texture {} × {} layers, workgroup storage {} KiB, {} invocations/workgroup, {} workgroups/dimension",
+            a.max_buffer_size >> 20,
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_texture_dimension_2d,
+            a.max_texture_array_layers,
+            a.max_compute_workgroup_storage_size >> 10,
+            a.max_compute_invocations_per_workgroup,
+            a.max_compute_workgroups_per_dimension
+        );
+    }
+    Ok(())
+}
+
+fn tune_cmd(gpu: &Gpu, clear: bool) -> Result<()> {
+    if clear {
+        gpu.tuner().clear();
+    }
+    let layout = tune::preferred_layout(gpu)?;
+    println!("weight layout: {}", layout.name());
+    // SmolLM2-135M's projections (576 ↔ 1536) and a 2048-wide model; decode, prefill and
+    // training row counts.
+    let nk = [(576, 576), (1536, 576), (576, 1536), (2048, 2048)];
+    let mut rows = Vec::new();
+    for dtype in [DType::F32, DType::F16] {
+        for m in [1, 8, 32, 128, 512, 2048] {
+            for &(n, k) in &nk {
+                rows.push((Form::Nt, layout, dtype, m, n, k));
+            }
+        }
+        for m in [128, 1024] {
+            for &(n, k) in &nk {
+                rows.push((Form::Nn, layout, dtype, m, n, k));
+            }
+        }
+    }
+    for &(n, k) in &nk {
+        rows.push((Form::Tn, Layout::Buffer, DType::F32, 16, n, k.max(1024)));
+    }
+    println!("{:<5} {:<8} {:<5} {:>6} {:>6} {:>6}  variant", "form", "layout", "dtype", "M", "N", "K");
+    for (form, layout, dtype, m, n, k) in rows {
+        let v = tune::select(gpu, form, layout, dtype, m, n, k)?;
+        println!("{:<5} {:<8} {:<5} {m:>6} {n:>6} {k:>6}  {v}", form.name(), layout.name(), dtype.name());
+    }
+    match gpu.tuner().path() {
+        Some(p) => println!("choices cached in {}", p.display()),
+        None => println!("no cache folder (set LORAFUSE_CACHE_DIR or HOME): choices not saved"),
+    }
+    Ok(())
+}
+
+fn bench_kernels(gpu: &Gpu, json: Option<PathBuf>, markdown: Option<PathBuf>, quick: bool, lora_dtype: &str) -> Result<()> {
+    let mut grid = if quick { bench::kernels::Grid::quick() } else { bench::kernels::Grid::standard() };
+    grid.lora_dtype = if lora_dtype == "f16" { DType::F16 } else { DType::F32 };
+    let report = {
+        let mut progress = BarProgress::new();
+        bench::kernels::run(gpu, &grid, &mut progress)?
+    };
+    let md = bench::kernels::markdown(&report);
+    println!("{md}");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        tune::write_atomic(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = markdown {
+        tune::write_atomic(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Devices { json } => devices(&cli.device.backend, json),
+        Command::Tune { clear } => tune_cmd(&cli.device.open()?, clear),
+        Command::Bench { what: BenchCommand::Kernels { json, markdown, quick, lora_dtype } } => {
+            bench_kernels(&cli.device.open()?, json, markdown, quick, &lora_dtype)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lorafuse: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::bench::fill;
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, Layout, Matrix, Recorder, Tensor, group_ms};
 use crate::kernels::matmul::{Form, MatmulOpts, Variant, matmul};
@@ -188,20 +189,6 @@ fn default_variant(gpu: &Gpu, candidates: &[Variant], m: usize) -> Variant {
     *wanted.unwrap_or(&candidates[0])
 }
 
-/// A deterministic pseudo-random fill in [-1, 1) for tuning operands (values do not matter for
-/// timing, only that they are finite).
-fn fill(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 /// Times every candidate at the proxy shape of (m, n, k) and returns the fastest.
 #[allow(clippy::too_many_arguments)]
 pub fn time_candidates(
@@ -225,29 +212,50 @@ pub fn time_candidates(
     let a = Tensor::from_f32(gpu, &a_shape, &fill(pm * pk, 1), "tune a")?;
     let b = Matrix::from_host(gpu, layout, b_shape[0], b_shape[1], &fill(pn * pk, 2), dtype, "tune b")?;
     let y = Tensor::zeros(gpu, &[pm, pn], DType::F32, "tune y")?;
-    let mut tried = BTreeMap::new();
-    for &v in candidates {
-        let opts = MatmulOpts { variant: Some(v), ..Default::default() };
-        let ms = time_op(gpu, 3, |rec| matmul(rec, form, &a, &b, &y, &opts))?;
-        tried.insert(v.to_string(), ms);
-    }
+    let opts: Vec<MatmulOpts> =
+        candidates.iter().map(|&v| MatmulOpts { variant: Some(v), ..Default::default() }).collect();
+    let (a, b, y) = (&a, &b, &y);
+    let mut closures: Vec<Box<Op>> = opts
+        .iter()
+        .map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<Op>)
+        .collect();
+    let mut refs: Vec<&mut Op> = closures.iter_mut().map(|c| c.as_mut()).collect();
+    let times = time_ops(gpu, 3, &mut refs)?;
+    let tried: BTreeMap<String, f64> = candidates.iter().map(|v| v.to_string()).zip(times).collect();
     let best = tried.iter().min_by(|a, b| a.1.total_cmp(b.1)).map(|(v, _)| v.clone()).unwrap_or_default();
     Ok(Choice { variant: best, tried, proxy: [pm, pn, pk] })
 }
 
 /// Best time (ms) of `reps` runs of `op`, after one warm-up run (pipeline compilation, lazy
-/// texture clears). Each run is a group of one profiled submission.
-pub fn time_op(gpu: &Gpu, reps: u32, mut op: impl FnMut(&mut Recorder) -> Result<()>) -> Result<f64> {
+/// texture clears).
+pub fn time_op(gpu: &Gpu, reps: u32, op: impl FnMut(&mut Recorder) -> Result<()>) -> Result<f64> {
+    let mut op = op;
+    Ok(time_ops(gpu, reps, &mut [&mut op])?[0])
+}
+
+/// Best time (ms) of each op over `reps` rounds. Rounds interleave the ops (a, b, c, a, b, c, …)
+/// in one profiled submission, so a slow spell of a shared machine hits every op alike and the
+/// ratios between them hold even when absolute times drift.
+pub type Op<'a> = dyn FnMut(&mut Recorder) -> Result<()> + 'a;
+
+pub fn time_ops(gpu: &Gpu, reps: u32, ops: &mut [&mut Op]) -> Result<Vec<f64>> {
     let mut warm = Recorder::new(gpu);
-    op(&mut warm)?;
+    for op in ops.iter_mut() {
+        op(&mut warm)?;
+    }
     warm.run()?;
+    let n = ops.len() as u32;
     let mut rec = Recorder::profiled(gpu);
     for r in 0..reps {
-        rec.set_group(r);
-        op(&mut rec)?;
+        for (i, op) in ops.iter_mut().enumerate() {
+            rec.set_group(r * n + i as u32);
+            op(&mut rec)?;
+        }
     }
-    let timings = rec.run()?;
-    Ok(group_ms(&timings, reps).into_iter().fold(f64::INFINITY, f64::min))
+    let per_group = group_ms(&rec.run()?, reps * n);
+    Ok((0..n as usize)
+        .map(|i| per_group.iter().skip(i).step_by(n as usize).copied().fold(f64::INFINITY, f64::min))
+        .collect())
 }
 
 /// The weight layout for this device: texture when a texture kernel beats every storage-buffer

@@ -50,7 +50,11 @@ impl Gpu {
         }
         // Compiled outside the lock: two threads may race to build the same pipeline, which
         // wastes one compile but never blocks unrelated kernels behind a slow one.
+        let start = std::time::Instant::now();
         let built = Arc::new(self.build_pipeline(key)?);
+        if std::env::var_os("LORAFUSE_LOG_COMPILE").is_some() {
+            eprintln!("lorafuse: compiled {}::{} {:?} in {:.2} s", key.shader, key.entry, key.defines, start.elapsed().as_secs_f64());
+        }
         let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(key.clone()).or_insert(built).clone())
     }

@@ -5,3 +5,6 @@ pub mod matmul_blocked;
 pub mod matmul_texture;
 pub mod matmul_tiled;
 pub mod pack;
+pub mod lora;
+pub mod lora_merge;
+pub mod ceiling;

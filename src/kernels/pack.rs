@@ -26,7 +26,8 @@ pub fn pack(rec: &mut Recorder, src: &Tensor, dst: &TexMatrix) -> Result<()> {
         return Err(Error::shape("pack", format!("source [{rows}, {cols}] into texture [{}, {}]", dst.rows(), dst.cols())));
     }
     let f16 = dst.dtype() == DType::F16;
-    let defines: Defines = [("F16", f16 as u32)].into_iter().collect();
+    let vec4 = cols % 4 == 0;
+    let defines: Defines = [("F16", f16 as u32), ("VEC4", vec4 as u32)].into_iter().filter(|(_, v)| *v != 0).collect();
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("pack", "pack", &defines))?;
     // Rows past the matrix up to the row alignment are zeroed; a scratch texture's rows beyond
     // that are never read (kernels clamp rows to M).

@@ -1,0 +1,363 @@
+//! `lorafuse bench kernels`: every matmul variant at the reference shapes, rated against the
+//! device's measured ceilings, and the fused multi-LoRA layer against its sequential and merged
+//! baselines and the base matmul alone, all timed in one run on one device.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::bench::{Progress, fill};
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Layout, Matrix, Tensor};
+use crate::kernels::ceiling::{self, Ceilings};
+use crate::kernels::lora::{HostAdapter, LoraStack, Mix, SeqAdapter, lora_forward, lora_merge, lora_sequential};
+use crate::kernels::matmul::{Form, MatmulOpts, Variant, matmul};
+use crate::gpu::Recorder;
+use crate::tune::{self, time_ops};
+
+/// What to measure. `standard()` is the issue's grid; `quick()` a minute-long subset.
+#[derive(Clone, Debug)]
+pub struct Grid {
+    /// (form, m, k, n): Y[m,n] from an inner dimension k.
+    pub matmuls: Vec<(Form, usize, usize, usize)>,
+    pub dtypes: Vec<DType>,
+    pub lora_ms: Vec<usize>,
+    pub lora_ranks: Vec<usize>,
+    pub lora_adapters: Vec<usize>,
+    pub lora_hidden: Vec<usize>,
+    /// Weight dtype of the fused-LoRA rows.
+    pub lora_dtype: DType,
+    pub reps: u32,
+}
+
+impl Grid {
+    pub fn standard() -> Grid {
+        Grid {
+            matmuls: vec![
+                (Form::Nt, 256, 2048, 2048),
+                (Form::Nt, 1, 2048, 2048),
+                (Form::Nt, 16, 576, 1536),
+                (Form::Nn, 256, 2048, 2048),
+                (Form::Nn, 1024, 576, 1536),
+                (Form::Tn, 16, 1024, 576),
+            ],
+            dtypes: vec![DType::F32, DType::F16],
+            lora_ms: vec![1, 16, 256, 2048],
+            lora_ranks: vec![8, 16, 64],
+            lora_adapters: vec![1, 2, 4, 8],
+            lora_hidden: vec![576, 2048],
+            lora_dtype: DType::F32,
+            reps: 5,
+        }
+    }
+
+    pub fn quick() -> Grid {
+        Grid {
+            matmuls: vec![(Form::Nt, 256, 2048, 2048), (Form::Nt, 1, 2048, 2048), (Form::Nn, 256, 576, 576)],
+            dtypes: vec![DType::F32, DType::F16],
+            lora_ms: vec![1, 256],
+            lora_ranks: vec![16],
+            lora_adapters: vec![1, 2],
+            lora_hidden: vec![576, 2048],
+            lora_dtype: DType::F32,
+            reps: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceRow {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    /// How kernel times were taken: GPU timestamp queries or the host wall clock.
+    pub clock: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MatmulRow {
+    pub form: Form,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub dtype: DType,
+    pub layout: Layout,
+    pub variant: String,
+    pub ms: f64,
+    pub gflops: f64,
+    pub gbps: f64,
+    /// Share of the measured FMA ceiling.
+    pub pct_fma: f64,
+    /// Whether the autotuner picks this variant for this shape.
+    pub tuned_pick: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoraRow {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub rank: usize,
+    pub adapters: usize,
+    pub dtype: DType,
+    pub layout: Layout,
+    pub base_ms: f64,
+    pub fused_ms: f64,
+    pub sequential_ms: f64,
+    pub merged_ms: f64,
+    /// fused / base: the cost of the adapters when fused.
+    pub fused_over_base: f64,
+    /// sequential / fused: what fusing saves.
+    pub sequential_over_fused: f64,
+    /// Dispatches per forward: fused (pack + shrink + base) vs sequential.
+    pub fused_dispatches: usize,
+    pub sequential_dispatches: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub device: DeviceRow,
+    pub ceiling: Ceilings,
+    pub matmul: Vec<MatmulRow>,
+    pub fused_lora: Vec<LoraRow>,
+    pub seconds: f64,
+}
+
+fn shapes(form: Form, m: usize, k: usize, n: usize) -> ([usize; 2], [usize; 2]) {
+    match form {
+        Form::Nt => ([m, k], [n, k]),
+        Form::Nn => ([m, k], [k, n]),
+        Form::Tn => ([k, m], [k, n]),
+    }
+}
+
+/// Runs the grid, reporting rows to `progress` as they finish.
+pub fn run(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Report> {
+    let start = Instant::now();
+    let ceiling = ceiling::measure(gpu, grid.reps)?;
+    progress.note(&format!(
+        "ceilings: FMA {:.1} GFLOP/s, copy {:.2} GB/s",
+        ceiling.fma_gflops, ceiling.copy_gbps
+    ));
+    let info = gpu.info();
+    let device = DeviceRow {
+        name: info.name.clone(),
+        backend: info.backend.to_str().into(),
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+        clock: if gpu.caps().timestamps { "gpu-timestamps" } else { "wall-clock" },
+    };
+    let matmul_rows = bench_matmuls(gpu, grid, &ceiling, progress)?;
+    let lora_rows = bench_lora(gpu, grid, progress)?;
+    Ok(Report { device, ceiling, matmul: matmul_rows, fused_lora: lora_rows, seconds: start.elapsed().as_secs_f64() })
+}
+
+fn bench_matmuls(gpu: &Gpu, grid: &Grid, ceiling: &Ceilings, progress: &mut dyn Progress) -> Result<Vec<MatmulRow>> {
+    // One job per shape, dtype and layout; its variants are timed together, interleaved.
+    let mut jobs = Vec::new();
+    for &(form, m, k, n) in &grid.matmuls {
+        for &dtype in &grid.dtypes {
+            for layout in [Layout::Texture, Layout::Buffer] {
+                let variants = Variant::candidates(gpu, form, layout);
+                if (form == Form::Tn && dtype != DType::F32) || variants.is_empty() {
+                    continue;
+                }
+                jobs.push((form, m, k, n, dtype, layout, variants));
+            }
+        }
+    }
+    progress.start("matmul variants", jobs.iter().map(|j| j.6.len()).sum());
+    let mut rows = Vec::new();
+    for (form, m, k, n, dtype, layout, variants) in jobs {
+        let (sa, sb) = shapes(form, m, k, n);
+        let a = Tensor::from_f32(gpu, &sa, &fill(sa[0] * sa[1], 1), "bench a")?;
+        let b = Matrix::from_host(gpu, layout, sb[0], sb[1], &fill(sb[0] * sb[1], 2), dtype, "bench b")?;
+        let y = Tensor::zeros(gpu, &[m, n], DType::F32, "bench y")?;
+        let opts: Vec<MatmulOpts> = variants.iter().map(|&v| MatmulOpts { variant: Some(v), ..Default::default() }).collect();
+        let (a, b, y) = (&a, &b, &y);
+        let mut ops: Vec<Box<tune::Op>> =
+            opts.iter().map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<tune::Op>).collect();
+        let mut refs: Vec<&mut tune::Op> = ops.iter_mut().map(|o| o.as_mut()).collect();
+        let times = time_ops(gpu, grid.reps, &mut refs)?;
+        let pick = tune::select(gpu, form, layout, dtype, m, n, k).ok();
+        for (&v, ms) in variants.iter().zip(times) {
+            let flops = form.flops(m, n, k) as f64;
+            let bytes = (4 * (m * k + m * n)) as f64 + dtype.bytes_for(n * k) as f64;
+            let row = MatmulRow {
+                form,
+                m,
+                k,
+                n,
+                dtype,
+                layout,
+                variant: v.to_string(),
+                ms,
+                gflops: flops / ms / 1e6,
+                gbps: bytes / ms / 1e6,
+                pct_fma: 100.0 * flops / ms / 1e6 / ceiling.fma_gflops,
+                tuned_pick: pick == Some(v),
+            };
+            progress.row(&format!(
+                "{form} {m}x{k}x{n} {dtype} {v}: {ms:.3} ms, {:.2} GFLOP/s ({:.0}% of FMA), {:.2} GB/s",
+                row.gflops, row.pct_fma, row.gbps
+            ));
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec<LoraRow>> {
+    let layout = tune::preferred_layout(gpu)?;
+    let dtype = grid.lora_dtype;
+    let mut jobs = Vec::new();
+    for &h in &grid.lora_hidden {
+        for &m in &grid.lora_ms {
+            for &r in &grid.lora_ranks {
+                for &na in &grid.lora_adapters {
+                    jobs.push((h, m, r, na));
+                }
+            }
+        }
+    }
+    progress.start("fused vs sequential vs merged", jobs.len());
+    let mut rows = Vec::new();
+    let mut base: Option<(usize, Matrix, Tensor)> = None;
+    for (h, m, r, na) in jobs {
+        let (k, n) = (h, h);
+        if base.as_ref().map(|(bh, _, _)| *bh != h).unwrap_or(true) {
+            let w = fill(n * k, 3);
+            let wm = Matrix::from_host(gpu, layout, n, k, &w, dtype, "bench w")?;
+            let wb = match dtype {
+                DType::F16 => Tensor::from_f32_as_f16(gpu, &[n, k], &w, "bench w buffer")?,
+                _ => Tensor::from_f32(gpu, &[n, k], &w, "bench w buffer")?,
+            };
+            base = Some((h, wm, wb));
+        }
+        let Some((_, wm, wb)) = &base else { unreachable!() };
+        let ads: Vec<HostAdapter> = (0..na)
+            .map(|i| HostAdapter {
+                rank: r,
+                a: fill(r * k, 10 + i as u64),
+                b: fill(n * r, 20 + i as u64),
+                scale: 32.0 / r as f32,
+            })
+            .collect();
+        let weights: Vec<f32> = (0..na).map(|i| 1.0 / (i + 1) as f32).collect();
+        let x = Tensor::from_f32(gpu, &[m, k], &fill(m * k, 4), "bench x")?;
+        let y = Tensor::zeros(gpu, &[m, n], DType::F32, "bench y")?;
+        let stack = LoraStack::new(gpu, layout, k, n, &ads)?;
+        let coef = Mix::All(weights.clone()).coef_tensor(gpu, m, &stack)?;
+        let t = Tensor::zeros(gpu, &[m, stack.rp()], DType::F32, "bench t")?;
+
+        let seq: Vec<SeqAdapter> = ads
+            .iter()
+            .zip(&weights)
+            .map(|(ad, &wt)| {
+                Ok(SeqAdapter {
+                    a: Matrix::from_host(gpu, layout, r, k, &ad.a, DType::F32, "seq a")?,
+                    b: Matrix::from_host(gpu, layout, n, r, &ad.b, DType::F32, "seq b")?,
+                    weight: wt * ad.scale,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let ts: Vec<Tensor> = (0..na).map(|_| Tensor::zeros(gpu, &[m, r], DType::F32, "seq t")).collect::<Result<_>>()?;
+        let merged = Tensor::zeros(gpu, &[n, k], DType::F32, "merged w")?;
+        let mut rec = crate::gpu::Recorder::new(gpu);
+        lora_merge(&mut rec, wb, &stack, &weights, &merged)?;
+        rec.run()?;
+        let merged_m = Matrix::from_host(gpu, layout, n, k, &merged.read_f32(gpu)?, dtype, "merged w")?;
+
+        let plain = MatmulOpts::default();
+        let mut base_op = |rec: &mut Recorder| matmul(rec, Form::Nt, &x, wm, &y, &plain);
+        let mut fused_op = |rec: &mut Recorder| lora_forward(rec, &x, wm, &stack, &coef, &t, &y, None);
+        let mut seq_op = |rec: &mut Recorder| lora_sequential(rec, &x, wm, &seq, &ts, &y);
+        let mut merged_op = |rec: &mut Recorder| matmul(rec, Form::Nt, &x, &merged_m, &y, &plain);
+        let times = time_ops(gpu, grid.reps, &mut [&mut base_op, &mut fused_op, &mut seq_op, &mut merged_op])?;
+        let [base_ms, fused_ms, sequential_ms, merged_ms] = [times[0], times[1], times[2], times[3]];
+
+        let count = |f: &mut dyn FnMut(&mut crate::gpu::Recorder) -> Result<()>| -> Result<usize> {
+            let mut rec = crate::gpu::Recorder::new(gpu);
+            f(&mut rec)?;
+            Ok(rec.len())
+        };
+        let fused_dispatches = count(&mut |rec| lora_forward(rec, &x, wm, &stack, &coef, &t, &y, None))?;
+        let sequential_dispatches = count(&mut |rec| lora_sequential(rec, &x, wm, &seq, &ts, &y))?;
+        let row = LoraRow {
+            m,
+            k,
+            n,
+            rank: r,
+            adapters: na,
+            dtype,
+            layout,
+            base_ms,
+            fused_ms,
+            sequential_ms,
+            merged_ms,
+            fused_over_base: fused_ms / base_ms,
+            sequential_over_fused: sequential_ms / fused_ms,
+            fused_dispatches,
+            sequential_dispatches,
+        };
+        progress.row(&format!(
+            "M={m} h={h} r={r} x{na}: base {base_ms:.3} ms, fused {fused_ms:.3} ({:.2}x base), sequential {sequential_ms:.3} ({:.2}x fused), merged {merged_ms:.3}",
+            row.fused_over_base, row.sequential_over_fused
+        ));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The report as Markdown tables (what BENCHMARKS.md records).
+pub fn markdown(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let d = &r.device;
+    let _ = writeln!(s, "Device: {} ({}, {}, {}); kernel times from {}.\n", d.name, d.backend, d.driver, d.driver_info, d.clock);
+    let _ = writeln!(
+        s,
+        "Ceilings measured in this run: FMA-bound shader {:.1} GFLOP/s, copy shader {:.2} GB/s (read + write).\n",
+        r.ceiling.fma_gflops, r.ceiling.copy_gbps
+    );
+    let _ = writeln!(s, "| form | M×K×N | weights | variant | ms | GFLOP/s | % of FMA | GB/s | tuned pick |");
+    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---:|:---:|");
+    for m in &r.matmul {
+        let _ = writeln!(
+            s,
+            "| {} | {}×{}×{} | {} {} | {} | {:.3} | {:.2} | {:.0}% | {:.2} | {} |",
+            m.form,
+            m.m,
+            m.k,
+            m.n,
+            m.dtype,
+            m.layout.name(),
+            m.variant,
+            m.ms,
+            m.gflops,
+            m.pct_fma,
+            m.gbps,
+            if m.tuned_pick { "✓" } else { "" }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nFused multi-LoRA forward (Y = X·Wᵀ + Σ λᵢ sᵢ (X·Aᵢᵀ)·Bᵢᵀ, K = N = hidden) against the base matmul alone, \
+         the sequential baseline (base, then a shrink and an expand-and-add per adapter) and the merged baseline \
+         (W' = W + Σ λ s B A, then one matmul; merging itself not timed). Times in ms, autotuned variants.\n"
+    );
+    let _ = writeln!(s, "| M | hidden | rank | adapters | base | fused | sequential | merged | fused/base | seq/fused |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for l in &r.fused_lora {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            l.m, l.k, l.rank, l.adapters, l.base_ms, l.fused_ms, l.sequential_ms, l.merged_ms, l.fused_over_base, l.sequential_over_fused
+        );
+    }
+    let _ = writeln!(s, "\nWhole run: {:.0} s.", r.seconds);
+    s
+}

@@ -1,0 +1,95 @@
+//! Benchmarks shared by `lorafuse bench` and `cargo bench`. Speed is reported as ratios taken
+//! in one run (fused vs sequential vs merged, achieved vs the device's measured ceilings), never
+//! asserted.
+
+pub mod kernels;
+
+/// Where a benchmark reports what it is doing.
+pub trait Progress {
+    /// A phase of `total` rows begins.
+    fn start(&mut self, phase: &str, total: usize);
+    /// One row finished.
+    fn row(&mut self, line: &str);
+    /// A remark outside the rows.
+    fn note(&mut self, line: &str);
+}
+
+/// Progress on stderr: a bar with the count and ETA, the finished rows printed above it.
+pub struct BarProgress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl BarProgress {
+    pub fn new() -> BarProgress {
+        BarProgress { bar: None }
+    }
+}
+
+impl Default for BarProgress {
+    fn default() -> Self {
+        BarProgress::new()
+    }
+}
+
+impl Progress for BarProgress {
+    fn start(&mut self, phase: &str, total: usize) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} rows, {elapsed} elapsed, ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(phase.to_string());
+        self.bar = Some(bar);
+    }
+
+    fn row(&mut self, line: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.println(line);
+                b.inc(1);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Drop for BarProgress {
+    fn drop(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Progress that keeps nothing (tests).
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&mut self, _: &str, _: usize) {}
+    fn row(&mut self, _: &str) {}
+    fn note(&mut self, _: &str) {}
+}
+
+/// Deterministic values in [-0.5, 0.5) for benchmark operands.
+pub fn fill(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
