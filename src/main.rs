@@ -155,7 +155,13 @@ fn tune_cmd(gpu: &Gpu, clear: bool) -> Result<()> {
     Ok(())
 }
 
-fn bench_kernels(gpu: &Gpu, json: Option<PathBuf>, markdown: Option<PathBuf>, quick: bool, lora_dtype: &str) -> Result<()> {
+fn bench_kernels(
+    gpu: &Gpu,
+    json: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+    quick: bool,
+    lora_dtype: &str,
+) -> Result<()> {
     let mut grid = if quick { bench::kernels::Grid::quick() } else { bench::kernels::Grid::standard() };
     grid.lora_dtype = if lora_dtype == "f16" { DType::F16 } else { DType::F32 };
     let report = {

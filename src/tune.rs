@@ -51,7 +51,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 fn read_cache(path: &Path) -> Result<CacheFile> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheFile { version: 1, ..Default::default() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(CacheFile { version: 1, ..Default::default() });
+        }
         Err(e) => return Err(Error::file(path, e)),
     };
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a lorafuse tune cache: {e}")))
@@ -215,10 +217,8 @@ pub fn time_candidates(
     let opts: Vec<MatmulOpts> =
         candidates.iter().map(|&v| MatmulOpts { variant: Some(v), ..Default::default() }).collect();
     let (a, b, y) = (&a, &b, &y);
-    let mut closures: Vec<Box<Op>> = opts
-        .iter()
-        .map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<Op>)
-        .collect();
+    let mut closures: Vec<Box<Op>> =
+        opts.iter().map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<Op>).collect();
     let mut refs: Vec<&mut Op> = closures.iter_mut().map(|c| c.as_mut()).collect();
     let times = time_ops(gpu, 3, &mut refs)?;
     let tried: BTreeMap<String, f64> = candidates.iter().map(|v| v.to_string()).zip(times).collect();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use lorafuse::gpu::{Clock, DType, Gpu, GpuOptions, Layout, Matrix, Recorder, TexMatrix, Tensor};
+use lorafuse::gpu::{Clock, DType, Gpu, GpuOptions, Layout, Matrix, Recorder, Tensor, TexMatrix};
 use lorafuse::kernels::matmul::{Form, MatmulOpts, Variant, matmul, matmul_ref};
 use lorafuse::kernels::pack;
 
@@ -92,7 +92,13 @@ fn tall_matrices_split_across_layers_and_grids_fold() {
             let mut rec = Recorder::new(gpu);
             matmul(&mut rec, Form::Nt, &xt, &wm, &y, &MatmulOpts { variant: Some(v), ..Default::default() }).unwrap();
             rec.run().unwrap();
-            assert_close(&format!("tall nt {v}"), &y.read_f32(gpu).unwrap(), &matmul_ref(Form::Nt, m, n, k, &x, &w), 1e-4, seed);
+            assert_close(
+                &format!("tall nt {v}"),
+                &y.read_f32(gpu).unwrap(),
+                &matmul_ref(Form::Nt, m, n, k, &x, &w),
+                1e-4,
+                seed,
+            );
         }
         for v in Variant::candidates(gpu, Form::Nn, layout).into_iter().filter(|v| !matches!(v, Variant::Tiled)) {
             let (m, kin, nout) = (3, max_dim + 300, 12);
@@ -209,6 +215,12 @@ fn without_subgroups_buffer_kernels_serve() {
     let mut rec = Recorder::new(&g);
     matmul(&mut rec, Form::Nt, &xt, &wm, &y, &MatmulOpts::default()).unwrap();
     rec.run().unwrap();
-    assert_close("auto-selected buffer kernel", &y.read_f32(&g).unwrap(), &matmul_ref(Form::Nt, m, n, k, &x, &w), 1e-4, seed);
+    assert_close(
+        "auto-selected buffer kernel",
+        &y.read_f32(&g).unwrap(),
+        &matmul_ref(Form::Nt, m, n, k, &x, &w),
+        1e-4,
+        seed,
+    );
     assert!(Matrix::from_host(&g, Layout::Texture, 4, 4, &[0.0; 16], DType::F32, "w").is_err());
 }

@@ -91,7 +91,8 @@ fn fused_forward_matches_reference() {
                         n_adapters: ads.len(),
                     };
                     let (want_y, want_t) = lora_forward_ref(c.m, &x, &w, &rs);
-                    let what = format!("fused forward {v} {dtype} m={} k={} n={} ranks={:?} {mix:?}", c.m, c.k, c.n, c.ranks);
+                    let what =
+                        format!("fused forward {v} {dtype} m={} k={} n={} ranks={:?} {mix:?}", c.m, c.k, c.n, c.ranks);
                     assert_close(&format!("{what}: T"), &t.read_f32(gpu).unwrap(), &want_t, TOL, s);
                     assert_close(&format!("{what}: Y"), &y.read_f32(gpu).unwrap(), &want_y, TOL, s);
                 }
@@ -124,8 +125,16 @@ fn fused_backward_matches_reference() {
                 let seg = stack.seg_host();
                 let mix = mixes(&mut rng, c.m, ads.len()).swap_remove(ci % 3);
                 let coef = mix.coef(c.m, stack.scales()).unwrap();
-                let rs =
-                    RefStack { k: c.k, n: c.n, rp: stack.rp(), a: &a_host, b: &b_host, seg: &seg, coef: &coef, n_adapters: ads.len() };
+                let rs = RefStack {
+                    k: c.k,
+                    n: c.n,
+                    rp: stack.rp(),
+                    a: &a_host,
+                    b: &b_host,
+                    seg: &seg,
+                    coef: &coef,
+                    n_adapters: ads.len(),
+                };
                 let (_, t_host) = lora_forward_ref(c.m, &x, &w, &rs);
                 let t_f32: Vec<f32> = t_host.iter().map(|&v| v as f32).collect();
 
@@ -146,7 +155,10 @@ fn fused_backward_matches_reference() {
                 lora_backward(&mut rec, &dyt, &xt, &wm, &stack, &ct, &tt, &g, &grads, Some(v), Some(tv)).unwrap();
                 rec.run().unwrap();
                 let (want_dx, want_da, want_db) = lora_backward_ref(c.m, &dy, &x, &w, &rs);
-                let what = format!("fused backward {v}/{tv} {dtype} m={} k={} n={} ranks={:?} {mix:?}", c.m, c.k, c.n, c.ranks);
+                let what = format!(
+                    "fused backward {v}/{tv} {dtype} m={} k={} n={} ranks={:?} {mix:?}",
+                    c.m, c.k, c.n, c.ranks
+                );
                 assert_close(&format!("{what}: dX"), &dx.read_f32(gpu).unwrap(), &want_dx, TOL, s);
                 assert_close(&format!("{what}: dA"), &da.read_f32(gpu).unwrap(), &want_da, TOL, s);
                 assert_close(&format!("{what}: dB"), &db.read_f32(gpu).unwrap(), &want_db, TOL, s);
@@ -212,8 +224,16 @@ fn sequential_and_merged_match_fused() {
                 let b_host = stack.b_buf.read_f32(gpu).unwrap();
                 let seg = stack.seg_host();
                 let coef = Mix::All(weights.clone()).coef(c.m, stack.scales()).unwrap();
-                let rs =
-                    RefStack { k: c.k, n: c.n, rp: stack.rp(), a: &a_host, b: &b_host, seg: &seg, coef: &coef, n_adapters: ads.len() };
+                let rs = RefStack {
+                    k: c.k,
+                    n: c.n,
+                    rp: stack.rp(),
+                    a: &a_host,
+                    b: &b_host,
+                    seg: &seg,
+                    coef: &coef,
+                    n_adapters: ads.len(),
+                };
                 let (want, _) = lora_forward_ref(c.m, &x, &w, &rs);
                 let what = format!("{} {dtype} m={} ranks={:?}", layout.name(), c.m, c.ranks);
 
@@ -251,9 +271,14 @@ fn sequential_and_merged_match_fused() {
                 let c_cols: Vec<f32> = seg
                     .iter()
                     .enumerate()
-                    .map(|(j, &sg)| if j < c.ranks.iter().sum() { weights[sg as usize] * ads[sg as usize].scale } else { 0.0 })
+                    .map(
+                        |(j, &sg)| {
+                            if j < c.ranks.iter().sum() { weights[sg as usize] * ads[sg as usize].scale } else { 0.0 }
+                        },
+                    )
                     .collect();
-                let want_w = lorafuse::kernels::lora_merge::merge_ref(&w, &a_host, &b_host, &c_cols, c.n, c.k, stack.rp());
+                let want_w =
+                    lorafuse::kernels::lora_merge::merge_ref(&w, &a_host, &b_host, &c_cols, c.n, c.k, stack.rp());
                 assert_close(&format!("merge kernel {what}"), &mh, &want_w, TOL, s);
                 let mm = Matrix::from_host(gpu, layout, c.n, c.k, &mh, DType::F32, "w merged").unwrap();
                 let y = Tensor::zeros(gpu, &[c.m, c.n], DType::F32, "y").unwrap();
@@ -316,7 +341,13 @@ fn zero_b_and_no_adapters_equal_base() {
             let mut rec = Recorder::new(gpu);
             lora_forward(&mut rec, &xt, &wm, &stack, &ct, &t, &y, None).unwrap();
             rec.run().unwrap();
-            assert_close(&format!("{} adapters, {} layout", ads.len(), layout.name()), &y.read_f32(gpu).unwrap(), &base, TOL, seed);
+            assert_close(
+                &format!("{} adapters, {} layout", ads.len(), layout.name()),
+                &y.read_f32(gpu).unwrap(),
+                &base,
+                TOL,
+                seed,
+            );
         }
     }
 }

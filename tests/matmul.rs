@@ -108,7 +108,8 @@ fn options_fuse_into_every_variant() {
     for form in [Form::Nt, Form::Nn] {
         for layout in [Layout::Buffer, Layout::Texture] {
             for v in Variant::candidates(gpu, form, layout) {
-                for (case, &(m, k, n, e)) in [(7usize, 45usize, 37usize, 12usize), (33, 130, 67, 20)].iter().enumerate() {
+                for (case, &(m, k, n, e)) in [(7usize, 45usize, 37usize, 12usize), (33, 130, 67, 20)].iter().enumerate()
+                {
                     let s = seed + case as u64;
                     let mut rng = Rng::new(s);
                     let (sa, sb) = operand_shapes(form, m, n, k);
@@ -151,7 +152,13 @@ fn options_fuse_into_every_variant() {
                             alpha as f64 * (main[i] + epi[i]) * scale + y0[i] as f64
                         })
                         .collect();
-                    assert_close(&format!("matmul {form} {v} with every option, m={m} k={k} n={n} e={e}"), &got, &want, TOL_F32, s);
+                    assert_close(
+                        &format!("matmul {form} {v} with every option, m={m} k={k} n={n} e={e}"),
+                        &got,
+                        &want,
+                        TOL_F32,
+                        s,
+                    );
                 }
             }
         }
@@ -163,12 +170,12 @@ fn options_fuse_into_every_variant() {
 fn bad_shapes_are_errors() {
     let gpu = gpu();
     let a = Tensor::zeros(gpu, &[4, 8], DType::F32, "a").unwrap();
-    let b = Matrix::from_host(gpu, Layout::Buffer, 5, 9, &vec![0.0; 45], DType::F32, "b").unwrap();
+    let b = Matrix::from_host(gpu, Layout::Buffer, 5, 9, &[0.0; 45], DType::F32, "b").unwrap();
     let y = Tensor::zeros(gpu, &[4, 5], DType::F32, "y").unwrap();
     let mut rec = Recorder::new(gpu);
     let err = matmul(&mut rec, Form::Nt, &a, &b, &y, &MatmulOpts::default()).unwrap_err();
     assert!(err.to_string().contains("matmul nt"), "{err}");
-    let b = Matrix::from_host(gpu, Layout::Buffer, 5, 8, &vec![0.0; 40], DType::F32, "b").unwrap();
+    let b = Matrix::from_host(gpu, Layout::Buffer, 5, 8, &[0.0; 40], DType::F32, "b").unwrap();
     let y_bad = Tensor::zeros(gpu, &[4, 6], DType::F32, "y").unwrap();
     let err = matmul(&mut rec, Form::Nt, &a, &b, &y_bad, &MatmulOpts::default()).unwrap_err();
     assert!(err.to_string().contains("output"), "{err}");

@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::bench::{Progress, fill};
 use crate::error::Result;
+use crate::gpu::Recorder;
 use crate::gpu::{DType, Gpu, Layout, Matrix, Tensor};
 use crate::kernels::ceiling::{self, Ceilings};
 use crate::kernels::lora::{HostAdapter, LoraStack, Mix, SeqAdapter, lora_forward, lora_merge, lora_sequential};
 use crate::kernels::matmul::{Form, MatmulOpts, Variant, matmul};
-use crate::gpu::Recorder;
 use crate::tune::{self, time_ops};
 
 /// What to measure. `standard()` is the issue's grid; `quick()` a minute-long subset.
@@ -137,10 +137,7 @@ fn shapes(form: Form, m: usize, k: usize, n: usize) -> ([usize; 2], [usize; 2]) 
 pub fn run(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Report> {
     let start = Instant::now();
     let ceiling = ceiling::measure(gpu, grid.reps)?;
-    progress.note(&format!(
-        "ceilings: FMA {:.1} GFLOP/s, copy {:.2} GB/s",
-        ceiling.fma_gflops, ceiling.copy_gbps
-    ));
+    progress.note(&format!("ceilings: FMA {:.1} GFLOP/s, copy {:.2} GB/s", ceiling.fma_gflops, ceiling.copy_gbps));
     let info = gpu.info();
     let device = DeviceRow {
         name: info.name.clone(),
@@ -176,10 +173,13 @@ fn bench_matmuls(gpu: &Gpu, grid: &Grid, ceiling: &Ceilings, progress: &mut dyn 
         let a = Tensor::from_f32(gpu, &sa, &fill(sa[0] * sa[1], 1), "bench a")?;
         let b = Matrix::from_host(gpu, layout, sb[0], sb[1], &fill(sb[0] * sb[1], 2), dtype, "bench b")?;
         let y = Tensor::zeros(gpu, &[m, n], DType::F32, "bench y")?;
-        let opts: Vec<MatmulOpts> = variants.iter().map(|&v| MatmulOpts { variant: Some(v), ..Default::default() }).collect();
+        let opts: Vec<MatmulOpts> =
+            variants.iter().map(|&v| MatmulOpts { variant: Some(v), ..Default::default() }).collect();
         let (a, b, y) = (&a, &b, &y);
-        let mut ops: Vec<Box<tune::Op>> =
-            opts.iter().map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<tune::Op>).collect();
+        let mut ops: Vec<Box<tune::Op>> = opts
+            .iter()
+            .map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<tune::Op>)
+            .collect();
         let mut refs: Vec<&mut tune::Op> = ops.iter_mut().map(|o| o.as_mut()).collect();
         let times = time_ops(gpu, grid.reps, &mut refs)?;
         let pick = tune::select(gpu, form, layout, dtype, m, n, k).ok();
@@ -264,7 +264,8 @@ fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec
                 })
             })
             .collect::<Result<_>>()?;
-        let ts: Vec<Tensor> = (0..na).map(|_| Tensor::zeros(gpu, &[m, r], DType::F32, "seq t")).collect::<Result<_>>()?;
+        let ts: Vec<Tensor> =
+            (0..na).map(|_| Tensor::zeros(gpu, &[m, r], DType::F32, "seq t")).collect::<Result<_>>()?;
         let merged = Tensor::zeros(gpu, &[n, k], DType::F32, "merged w")?;
         let mut rec = crate::gpu::Recorder::new(gpu);
         lora_merge(&mut rec, wb, &stack, &weights, &merged)?;
@@ -317,7 +318,11 @@ pub fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let d = &r.device;
-    let _ = writeln!(s, "Device: {} ({}, {}, {}); kernel times from {}.\n", d.name, d.backend, d.driver, d.driver_info, d.clock);
+    let _ = writeln!(
+        s,
+        "Device: {} ({}, {}, {}); kernel times from {}.\n",
+        d.name, d.backend, d.driver, d.driver_info, d.clock
+    );
     let _ = writeln!(
         s,
         "Ceilings measured in this run: FMA-bound shader {:.1} GFLOP/s, copy shader {:.2} GB/s (read + write).\n",
@@ -349,13 +354,23 @@ pub fn markdown(r: &Report) -> String {
          the sequential baseline (base, then a shrink and an expand-and-add per adapter) and the merged baseline \
          (W' = W + Σ λ s B A, then one matmul; merging itself not timed). Times in ms, autotuned variants.\n"
     );
-    let _ = writeln!(s, "| M | hidden | rank | adapters | base | fused | sequential | merged | fused/base | seq/fused |");
+    let _ =
+        writeln!(s, "| M | hidden | rank | adapters | base | fused | sequential | merged | fused/base | seq/fused |");
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for l in &r.fused_lora {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
-            l.m, l.k, l.rank, l.adapters, l.base_ms, l.fused_ms, l.sequential_ms, l.merged_ms, l.fused_over_base, l.sequential_over_fused
+            l.m,
+            l.k,
+            l.rank,
+            l.adapters,
+            l.base_ms,
+            l.fused_ms,
+            l.sequential_ms,
+            l.merged_ms,
+            l.fused_over_base,
+            l.sequential_over_fused
         );
     }
     let _ = writeln!(s, "\nWhole run: {:.0} s.", r.seconds);

@@ -122,9 +122,11 @@ impl GpuOptions {
             Err(_) => BackendChoice::Auto,
         };
         let adapter = match std::env::var("LORAFUSE_ADAPTER") {
-            Ok(v) => Some(v.trim().parse::<usize>().map_err(|_| {
-                Error::Invalid(format!("LORAFUSE_ADAPTER='{v}' is not an adapter index"))
-            })?),
+            Ok(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| Error::Invalid(format!("LORAFUSE_ADAPTER='{v}' is not an adapter index")))?,
+            ),
             Err(_) => None,
         };
         let disabled = match std::env::var("LORAFUSE_DISABLE") {
@@ -425,12 +427,15 @@ impl Gpu {
         let bucket = rows.max(crate::gpu::texture::ROW_ALIGN).next_power_of_two();
         let mut map = self.inner.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let key = (bucket, cols, slot);
-        if !map.contains_key(&key) {
-            let align = crate::kernels::matmul_texture::col_align(self)?;
-            let t = TexMatrix::zeros(self, bucket, cols, crate::gpu::DType::F32, align, "activation scratch")?;
-            map.insert(key, t);
-        }
-        Ok(map[&key].with_rows(rows))
+        let t = match map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let align = crate::kernels::matmul_texture::col_align(self)?;
+                let t = TexMatrix::zeros(self, bucket, cols, crate::gpu::DType::F32, align, "activation scratch")?;
+                v.insert(t).clone()
+            }
+        };
+        Ok(t.with_rows(rows))
     }
 
     pub fn tuner(&self) -> std::sync::MutexGuard<'_, Tuner> {

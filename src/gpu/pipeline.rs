@@ -53,7 +53,13 @@ impl Gpu {
         let start = std::time::Instant::now();
         let built = Arc::new(self.build_pipeline(key)?);
         if std::env::var_os("LORAFUSE_LOG_COMPILE").is_some() {
-            eprintln!("lorafuse: compiled {}::{} {:?} in {:.2} s", key.shader, key.entry, key.defines, start.elapsed().as_secs_f64());
+            eprintln!(
+                "lorafuse: compiled {}::{} {:?} in {:.2} s",
+                key.shader,
+                key.entry,
+                key.defines,
+                start.elapsed().as_secs_f64()
+            );
         }
         let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(key.clone()).or_insert(built).clone())

@@ -270,8 +270,8 @@ impl Recorder {
         for (l, bg) in self.launches.iter().zip(&groups) {
             let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&l.label) });
             {
-                let mut pass =
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&l.label), timestamp_writes: None });
+                let mut pass = enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&l.label), timestamp_writes: None });
                 pass.set_pipeline(&l.pipeline.pipeline);
                 pass.set_bind_group(0, bg, &[]);
                 pass.dispatch_workgroups(l.grid[0], l.grid[1], l.grid[2]);

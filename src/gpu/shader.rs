@@ -34,16 +34,15 @@ enum Node<'a> {
     Repeat { var: &'a str, count: &'a str, body: Vec<Node<'a>> },
 }
 
+/// Parsed nodes, and the directive that closed the block (with its line).
+type Block<'a> = (Vec<Node<'a>>, Option<(&'a str, usize)>);
+
 fn err(name: &str, line: usize, msg: impl std::fmt::Display) -> Error {
     Error::Shader { name: name.into(), message: format!("line {}: {msg}", line + 1) }
 }
 
 /// Parses lines from `*pos` up to a closing directive, returning the nodes and the directive.
-fn parse_block<'a>(
-    name: &str,
-    lines: &[&'a str],
-    pos: &mut usize,
-) -> Result<(Vec<Node<'a>>, Option<(&'a str, usize)>)> {
+fn parse_block<'a>(name: &str, lines: &[&'a str], pos: &mut usize) -> Result<Block<'a>> {
     let mut nodes = Vec::new();
     while *pos < lines.len() {
         let at = *pos;
@@ -150,7 +149,8 @@ mod tests {
 
     #[test]
     fn conditionals_and_repeats_expand() {
-        let src = "#if A\na\n#else\nnot_a\n#endif\n#if !B\nnot_b\n#endif\n#repeat i N\n#repeat j 2\nx{i}_{j}\n#end\n#end\n";
+        let src =
+            "#if A\na\n#else\nnot_a\n#endif\n#if !B\nnot_b\n#endif\n#repeat i N\n#repeat j 2\nx{i}_{j}\n#end\n#end\n";
         let d: Defines = [("A", 1), ("N", 2)].into_iter().collect();
         let out = preprocess("t", src, &d).unwrap();
         let body: Vec<&str> = out.lines().filter(|l| !l.starts_with("const")).collect();

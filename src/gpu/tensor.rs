@@ -165,10 +165,7 @@ impl Tensor {
         if want.contains(&self.dtype) {
             Ok(())
         } else {
-            Err(Error::DType {
-                op: op.into(),
-                detail: format!("{what} is {}, expected one of {:?}", self.dtype, want),
-            })
+            Err(Error::DType { op: op.into(), detail: format!("{what} is {}, expected one of {:?}", self.dtype, want) })
         }
     }
 }

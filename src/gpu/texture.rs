@@ -55,7 +55,10 @@ impl TexMatrix {
             DType::F32 => 4,
             DType::F16 => 8,
             DType::U32 => {
-                return Err(Error::DType { op: "TexMatrix".into(), detail: "u32 matrices have no texture layout".into() });
+                return Err(Error::DType {
+                    op: "TexMatrix".into(),
+                    detail: "u32 matrices have no texture layout".into(),
+                });
             }
         };
         let l = &gpu.caps().limits;
@@ -86,7 +89,14 @@ impl TexMatrix {
     }
 
     /// An all-zero texture matrix.
-    pub fn zeros(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, col_align: usize, label: &str) -> Result<TexMatrix> {
+    pub fn zeros(
+        gpu: &Gpu,
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+        col_align: usize,
+        label: &str,
+    ) -> Result<TexMatrix> {
         let (width, rpl, layers) = Self::geometry(gpu, rows, cols, dtype, col_align)?;
         let format = match dtype {
             DType::F16 => wgpu::TextureFormat::Rgba32Uint,
@@ -188,7 +198,8 @@ impl TexMatrix {
 
     /// Reads the matrix back to the host (unpadded, f32), for tests.
     pub fn read_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        let bytes_per_row = (self.width * 16).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let bytes_per_row =
+            (self.width * 16).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
         let size = bytes_per_row as u64 * self.padded_rows() as u64;
         let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("texture readback"),
@@ -196,7 +207,8 @@ impl TexMatrix {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("texture readback") });
+        let mut enc =
+            gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("texture readback") });
         enc.copy_texture_to_buffer(
             wgpu::TexelCopyTextureInfo {
                 texture: &self.texture,
@@ -295,7 +307,10 @@ impl Matrix {
                 DType::F32 => Tensor::from_f32(gpu, &[rows, cols], data, label)?,
                 DType::F16 => Tensor::from_f32_as_f16(gpu, &[rows, cols], data, label)?,
                 DType::U32 => {
-                    return Err(Error::DType { op: "Matrix::from_host".into(), detail: "u32 is not a matrix dtype".into() });
+                    return Err(Error::DType {
+                        op: "Matrix::from_host".into(),
+                        detail: "u32 is not a matrix dtype".into(),
+                    });
                 }
             })),
             Layout::Texture => {

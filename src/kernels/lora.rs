@@ -207,7 +207,10 @@ impl Mix {
 
 fn check_stack(op: &str, w: &Matrix, lora: &LoraStack) -> Result<()> {
     if (w.rows(), w.cols()) != (lora.n, lora.k) {
-        return Err(Error::shape(op, format!("weight [{}, {}] but adapters for [{}, {}]", w.rows(), w.cols(), lora.n, lora.k)));
+        return Err(Error::shape(
+            op,
+            format!("weight [{}, {}] but adapters for [{}, {}]", w.rows(), w.cols(), lora.n, lora.k),
+        ));
     }
     if w.layout() != lora.layout() {
         return Err(Error::Invalid(format!(
@@ -221,6 +224,7 @@ fn check_stack(op: &str, w: &Matrix, lora: &LoraStack) -> Result<()> {
 
 /// Fused forward: Y = X·Wᵀ + Σᵢ coef[:, i] ⊙ (X·Aᵢᵀ)·Bᵢᵀ, writing T = coef ⊙ (X·Aᵀ) [M, Rp]
 /// for the backward. Two launches (plus one activation pack on the texture path).
+#[allow(clippy::too_many_arguments)]
 pub fn lora_forward(
     rec: &mut Recorder,
     x: &Tensor,
@@ -265,7 +269,10 @@ pub fn lora_sequential(
     y: &Tensor,
 ) -> Result<()> {
     if ts.len() != adapters.len() {
-        return Err(Error::shape("sequential LoRA", format!("{} scratch tensors for {} adapters", ts.len(), adapters.len())));
+        return Err(Error::shape(
+            "sequential LoRA",
+            format!("{} scratch tensors for {} adapters", ts.len(), adapters.len()),
+        ));
     }
     let packed;
     let act = match w.layout() {
@@ -296,7 +303,10 @@ pub fn lora_sequential(
 /// fusion). `w` is the base weight as a buffer (f32 or f16); `out` f32 or f16 [N, K].
 pub fn lora_merge(rec: &mut Recorder, w: &Tensor, lora: &LoraStack, weights: &[f32], out: &Tensor) -> Result<()> {
     if weights.len() != lora.n_adapters() {
-        return Err(Error::shape("LoRA merge", format!("{} weights for {} adapters", weights.len(), lora.n_adapters())));
+        return Err(Error::shape(
+            "LoRA merge",
+            format!("{} weights for {} adapters", weights.len(), lora.n_adapters()),
+        ));
     }
     let seg = lora.seg_host();
     let total: usize = lora.ranks.iter().sum();
@@ -477,17 +487,17 @@ mod tests {
             q[i] -= h;
             (f(&p) - f(&q)) / (p[i] as f64 - q[i] as f64)
         };
-        for i in 0..a.len() {
+        for (i, want) in da.iter().enumerate() {
             let g = fd(&|v: &[f32]| stack(v, &b), &a, i);
-            assert!((g - da[i]).abs() < 1e-3, "dA[{i}]: fd {g} vs {}", da[i]);
+            assert!((g - want).abs() < 1e-3, "dA[{i}]: fd {g} vs {want}");
         }
-        for i in 0..b.len() {
+        for (i, want) in db.iter().enumerate() {
             let g = fd(&|v: &[f32]| stack(&a, v), &b, i);
-            assert!((g - db[i]).abs() < 1e-3, "dB[{i}]: fd {g} vs {}", db[i]);
+            assert!((g - want).abs() < 1e-3, "dB[{i}]: fd {g} vs {want}");
         }
-        for i in 0..x.len() {
+        for (i, want) in dx.iter().enumerate() {
             let g = fd(&loss_x, &x, i);
-            assert!((g - dx[i]).abs() < 1e-3, "dX[{i}]: fd {g} vs {}", dx[i]);
+            assert!((g - want).abs() < 1e-3, "dX[{i}]: fd {g} vs {want}");
         }
     }
 

@@ -48,10 +48,7 @@ pub fn merge(rec: &mut Recorder, w: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor,
     let x = groups.min(4096);
     let grid = fold_grid(rec.gpu(), x, groups.div_ceil(x));
     let params = Params { n: n as u32, k: k as u32, rp: rp as u32, words };
-    let work = Work {
-        flops: 3 * (n * k * rp) as u64,
-        bytes: w.bytes() + out.bytes() + a.bytes() + b.bytes(),
-    };
+    let work = Work { flops: 3 * (n * k * rp) as u64, bytes: w.bytes() + out.bytes() + a.bytes() + b.bytes() };
     rec.dispatch(
         pipeline,
         &params,

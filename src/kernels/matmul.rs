@@ -19,7 +19,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Layout, Matrix, Recorder, TexMatrix, Tensor};
+use crate::gpu::{DType, Layout, Matrix, Recorder, Tensor, TexMatrix};
 use crate::kernels::{matmul_blocked, matmul_texture, matmul_tiled, pack};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -110,22 +110,18 @@ impl Variant {
     pub fn candidates(gpu: &crate::gpu::Gpu, form: Form, layout: Layout) -> Vec<Variant> {
         match layout {
             Layout::Texture if matmul_texture::subgroup_size(gpu).is_some() => match form {
-                Form::Nt => matmul_texture::NT_BLOCKINGS
-                    .iter()
-                    .map(|&(rows, cols)| Variant::Texture { rows, cols })
-                    .collect(),
-                Form::Nn => matmul_texture::NN_BLOCKINGS
-                    .iter()
-                    .map(|&(rows, cols)| Variant::Texture { rows, cols })
-                    .collect(),
+                Form::Nt => {
+                    matmul_texture::NT_BLOCKINGS.iter().map(|&(rows, cols)| Variant::Texture { rows, cols }).collect()
+                }
+                Form::Nn => {
+                    matmul_texture::NN_BLOCKINGS.iter().map(|&(rows, cols)| Variant::Texture { rows, cols }).collect()
+                }
                 Form::Tn => Vec::new(),
             },
             Layout::Texture => Vec::new(),
             Layout::Buffer => {
-                let mut v: Vec<Variant> = matmul_blocked::BLOCKINGS
-                    .iter()
-                    .map(|&(rows, cols)| Variant::Blocked { rows, cols })
-                    .collect();
+                let mut v: Vec<Variant> =
+                    matmul_blocked::BLOCKINGS.iter().map(|&(rows, cols)| Variant::Blocked { rows, cols }).collect();
                 v.push(Variant::Tiled);
                 v
             }
@@ -311,11 +307,15 @@ pub(crate) fn matmul_act(
             matmul_texture::launch(rec, form, x, w, y, opts, &prob, rows, cols)
         }
         (Variant::Blocked { rows, cols }, Matrix::Buffer(w)) => {
-            let Act::Buffer(x) = a else { return Err(unsupported("the left operand is packed in a texture")) };
+            let Act::Buffer(x) = a else {
+                return Err(unsupported("the left operand is packed in a texture"));
+            };
             matmul_blocked::launch(rec, form, x, w, y, opts, &prob, rows, cols)
         }
         (Variant::Tiled, Matrix::Buffer(w)) => {
-            let Act::Buffer(x) = a else { return Err(unsupported("the left operand is packed in a texture")) };
+            let Act::Buffer(x) = a else {
+                return Err(unsupported("the left operand is packed in a texture"));
+            };
             matmul_tiled::launch(rec, form, x, w, y, opts, &prob)
         }
         _ => Err(unsupported(&format!("B is in a {} layout", b.layout().name()))),
@@ -363,6 +363,9 @@ pub(crate) struct BufferParams {
     pub alpha: f32,
 }
 
+/// Parameters, defines and bindings of one storage-buffer launch.
+pub(crate) type BufferSetup = (BufferParams, crate::gpu::shader::Defines, Vec<(u32, crate::gpu::Resource)>);
+
 /// Parameters, defines and bindings common to the storage-buffer families.
 pub(crate) fn buffer_setup(
     form: Form,
@@ -371,7 +374,7 @@ pub(crate) fn buffer_setup(
     y: &Tensor,
     opts: &MatmulOpts,
     prob: &Problem,
-) -> Result<(BufferParams, crate::gpu::shader::Defines, Vec<(u32, crate::gpu::Resource)>)> {
+) -> Result<BufferSetup> {
     use crate::gpu::Resource;
     let (a_t, b_t) = form.flags();
     let (_, ac) = x.dims2("matmul")?;

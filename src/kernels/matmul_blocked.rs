@@ -25,11 +25,8 @@ pub(crate) fn launch(
     let (params, mut defines, binds) = buffer_setup(form, x, w, y, opts, prob)?;
     // Four-wide loads need both operands contiguous along K with rows starting on 16 bytes; the
     // same buffers are then read through array<vec4<f32>> bindings.
-    let vec4 = form == Form::Nt
-        && w.dtype() == DType::F32
-        && params.k % 4 == 0
-        && params.lda % 4 == 0
-        && params.ldb % 4 == 0;
+    let vec4 =
+        form == Form::Nt && w.dtype() == DType::F32 && params.k % 4 == 0 && params.lda % 4 == 0 && params.ldb % 4 == 0;
     if vec4 {
         defines.insert("VEC4", 1);
     }

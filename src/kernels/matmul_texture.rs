@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, Gpu, Matrix, PipelineKey, Recorder, Resource, TexMatrix, Tensor, Work, fold_grid};
+use crate::gpu::{DType, Gpu, Matrix, PipelineKey, Recorder, Resource, Tensor, TexMatrix, Work, fold_grid};
 use crate::kernels::matmul::{Form, MatmulOpts, Problem, traffic};
 
 /// (rows, cols) per invocation that the autotuner tries for nt. Measured on lavapipe (Mesa 25,
@@ -115,11 +115,8 @@ pub(crate) fn launch(
     .into_iter()
     .collect();
     defines.retain(|_, v| *v != 0);
-    let mut binds = vec![
-        (1, Resource::View(x.view.clone())),
-        (2, Resource::View(w.view.clone())),
-        (3, Resource::from(y)),
-    ];
+    let mut binds =
+        vec![(1, Resource::View(x.view.clone())), (2, Resource::View(w.view.clone())), (3, Resource::from(y))];
     if let Some(ep) = &opts.epilogue {
         let Matrix::Texture(b) = ep.b else {
             return Err(unsupported("the epilogue B is not in a texture".into()));

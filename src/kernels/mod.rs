@@ -1,10 +1,10 @@
 //! Kernels: each file launches one WGSL file of shaders/ and holds its CPU reference.
 
+pub mod ceiling;
+pub mod lora;
+pub mod lora_merge;
 pub mod matmul;
 pub mod matmul_blocked;
 pub mod matmul_texture;
 pub mod matmul_tiled;
 pub mod pack;
-pub mod lora;
-pub mod lora_merge;
-pub mod ceiling;

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
 use crate::gpu::texture::ROW_ALIGN;
-use crate::gpu::{DType, PipelineKey, Recorder, Resource, TexMatrix, Tensor, Work, fold_grid};
+use crate::gpu::{DType, PipelineKey, Recorder, Resource, Tensor, TexMatrix, Work, fold_grid};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -23,7 +23,10 @@ pub fn pack(rec: &mut Recorder, src: &Tensor, dst: &TexMatrix) -> Result<()> {
     src.expect_dtype("pack", "source", &[DType::F32])?;
     let (rows, cols) = src.dims2("pack")?;
     if (rows, cols) != (dst.rows(), dst.cols()) {
-        return Err(Error::shape("pack", format!("source [{rows}, {cols}] into texture [{}, {}]", dst.rows(), dst.cols())));
+        return Err(Error::shape(
+            "pack",
+            format!("source [{rows}, {cols}] into texture [{}, {}]", dst.rows(), dst.cols()),
+        ));
     }
     let f16 = dst.dtype() == DType::F16;
     let vec4 = cols % 4 == 0;

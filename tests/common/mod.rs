@@ -81,7 +81,10 @@ pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64, seed: u64) {
     let e = rel_err(got, want);
-    assert!(e <= tol, "{what}: relative Frobenius error {e:.3e} > {tol:.1e} (seed {seed}; rerun with LORAFUSE_TEST_SEED={seed})");
+    assert!(
+        e <= tol,
+        "{what}: relative Frobenius error {e:.3e} > {tol:.1e} (seed {seed}; rerun with LORAFUSE_TEST_SEED={seed})"
+    );
 }
 
 /// Rounds through f16, as the GPU stores f16 weights.

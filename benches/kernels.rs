@@ -1,0 +1,33 @@
+//! `cargo bench`: the same kernel benchmark as `lorafuse bench kernels` (the full grid; set
+//! LORAFUSE_BENCH_QUICK=1 for the short one), printed as the Markdown tables of BENCHMARKS.md.
+
+use lorafuse::bench::{BarProgress, kernels};
+use lorafuse::gpu::Gpu;
+
+fn main() {
+    // cargo passes `--bench`; the filter arguments of libtest do not apply to this harness.
+    let gpu = match Gpu::from_env() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("cargo bench needs a GPU adapter: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("device: {}", gpu.describe());
+    let grid = if std::env::var_os("LORAFUSE_BENCH_QUICK").is_some() {
+        kernels::Grid::quick()
+    } else {
+        kernels::Grid::standard()
+    };
+    let report = {
+        let mut progress = BarProgress::new();
+        match kernels::run(&gpu, &grid, &mut progress) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
+    println!("{}", kernels::markdown(&report));
+}
