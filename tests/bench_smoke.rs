@@ -26,7 +26,7 @@ fn kernel_bench_reports_every_field() {
     for key in ["name", "backend", "driver"] {
         assert!(json["device"][key].is_string(), "device.{key}");
     }
-    for key in ["fma_gflops", "copy_gbps"] {
+    for key in ["fma_gflops", "copy_gbps", "dispatch_us"] {
         let v = json["ceiling"][key].as_f64().unwrap();
         assert!(v > 0.0 && v.is_finite(), "ceiling.{key} = {v}");
     }

@@ -224,3 +224,18 @@ fn without_subgroups_buffer_kernels_serve() {
     );
     assert!(Matrix::from_host(&g, Layout::Texture, 4, 4, &[0.0; 16], DType::F32, "w").is_err());
 }
+
+/// The copy-ceiling kernel copies exactly (its CPU reference is the identity).
+#[test]
+fn ceiling_copy_is_exact() {
+    let gpu = gpu();
+    let seed = seed();
+    let v = Rng::new(seed).vec(4 * 70_001);
+    let src = Tensor::from_f32(gpu, &[v.len()], &v, "src").unwrap();
+    let dst = Tensor::zeros(gpu, &[v.len()], DType::F32, "dst").unwrap();
+    dst.poison(gpu);
+    let mut rec = Recorder::new(gpu);
+    lorafuse::kernels::ceiling::copy(&mut rec, &src, &dst).unwrap();
+    rec.run().unwrap();
+    assert_eq!(dst.read_f32(gpu).unwrap(), v);
+}

@@ -90,6 +90,8 @@ pub struct MatmulRow {
     pub gbps: f64,
     /// Share of the measured FMA ceiling.
     pub pct_fma: f64,
+    /// Share of the measured copy ceiling (for the memory-bound rows, such as the matvec).
+    pub pct_copy: f64,
     /// Whether the autotuner picks this variant for this shape.
     pub tuned_pick: bool,
 }
@@ -198,6 +200,7 @@ fn bench_matmuls(gpu: &Gpu, grid: &Grid, ceiling: &Ceilings, progress: &mut dyn 
                 gflops: flops / ms / 1e6,
                 gbps: bytes / ms / 1e6,
                 pct_fma: 100.0 * flops / ms / 1e6 / ceiling.fma_gflops,
+                pct_copy: 100.0 * bytes / ms / 1e6 / ceiling.copy_gbps,
                 tuned_pick: pick == Some(v),
             };
             progress.row(&format!(
@@ -325,15 +328,17 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "Ceilings measured in this run: FMA-bound shader {:.1} GFLOP/s, copy shader {:.2} GB/s (read + write).\n",
-        r.ceiling.fma_gflops, r.ceiling.copy_gbps
+        "Ceilings measured in this run: FMA-bound shader {:.1} GFLOP/s, copy shader {:.2} GB/s (read + write), \
+         {:.1} µs per launch in a batch.\n",
+        r.ceiling.fma_gflops, r.ceiling.copy_gbps, r.ceiling.dispatch_us
     );
-    let _ = writeln!(s, "| form | M×K×N | weights | variant | ms | GFLOP/s | % of FMA | GB/s | tuned pick |");
-    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---:|:---:|");
+    let _ =
+        writeln!(s, "| form | M×K×N | weights | variant | ms | GFLOP/s | % of FMA | GB/s | % of copy | tuned pick |");
+    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---:|---:|:---:|");
     for m in &r.matmul {
         let _ = writeln!(
             s,
-            "| {} | {}×{}×{} | {} {} | {} | {:.3} | {:.2} | {:.0}% | {:.2} | {} |",
+            "| {} | {}×{}×{} | {} {} | {} | {:.3} | {:.2} | {:.0}% | {:.2} | {:.0}% | {} |",
             m.form,
             m.m,
             m.k,
@@ -345,6 +350,7 @@ pub fn markdown(r: &Report) -> String {
             m.gflops,
             m.pct_fma,
             m.gbps,
+            m.pct_copy,
             if m.tuned_pick { "✓" } else { "" }
         );
     }
@@ -354,13 +360,15 @@ pub fn markdown(r: &Report) -> String {
          the sequential baseline (base, then a shrink and an expand-and-add per adapter) and the merged baseline \
          (W' = W + Σ λ s B A, then one matmul; merging itself not timed). Times in ms, autotuned variants.\n"
     );
-    let _ =
-        writeln!(s, "| M | hidden | rank | adapters | base | fused | sequential | merged | fused/base | seq/fused |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| M | hidden | rank | adapters | base | fused | sequential | merged | fused/base | seq/fused | launches fused/seq |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for l in &r.fused_lora {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {}/{} |",
             l.m,
             l.k,
             l.rank,
@@ -370,7 +378,9 @@ pub fn markdown(r: &Report) -> String {
             l.sequential_ms,
             l.merged_ms,
             l.fused_over_base,
-            l.sequential_over_fused
+            l.sequential_over_fused,
+            l.fused_dispatches,
+            l.sequential_dispatches
         );
     }
     let _ = writeln!(s, "\nWhole run: {:.0} s.", r.seconds);
