@@ -265,3 +265,90 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 }
+
+// nt for few rows (decode): lanes walk the inner dimension side by side (lane l takes texel
+// q*SG + l of every operand row), so a subgroup reads SG neighbouring texels of one weight row
+// per fetch instead of one texel from each of SG rows; the R×C partial dots are summed across the
+// subgroup at the end. C weight rows (output columns) per subgroup, R activation rows.
+// f16 weights: a texel holds 8 values, so a lane takes two activation texels per weight texel
+// and a chunk spans 8*SG values (K is padded to 4*SG only: the last half chunk is masked).
+@compute @workgroup_size(SG)
+fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(subgroup_invocation_id) lane: u32) {
+    let col0 = wg.x * C;
+    let row0 = (wg.y + wg.z * nwg.y) * R;
+#repeat r R
+    let xr{r} = min(row0 + {r}u, p.m - 1u);
+    let xy{r} = i32(xr{r} % p.x_rpl);
+    let xl{r} = i32(xr{r} / p.x_rpl);
+#repeat c C
+    var acc{r}_{c} = 0.0;
+#end
+#end
+#repeat c C
+    let wr{c} = min(col0 + {c}u, p.n - 1u);
+    let wy{c} = i32(wr{c} % p.w_rpl);
+    let wl{c} = i32(wr{c} / p.w_rpl);
+#end
+    for (var q = 0u; q < p.chunks; q++) {
+        let tx = q * SG + lane;
+#if W_F16
+        let inside = tx < p.w_width;
+        let wx = i32(min(tx, p.w_width - 1u));
+#repeat c C
+        let wp{c} = textureLoad(wt, vec2<i32>(wx, wy{c}), wl{c}, 0);
+        let wa{c} = select(vec4<f32>(0.0), vec4<f32>(unpack2x16float(wp{c}.x), unpack2x16float(wp{c}.y)), inside);
+        let wb{c} = select(vec4<f32>(0.0), vec4<f32>(unpack2x16float(wp{c}.z), unpack2x16float(wp{c}.w)), inside);
+#end
+#repeat r R
+        let xa{r} = textureLoad(xt, vec2<i32>(2 * wx, xy{r}), xl{r}, 0);
+        let xb{r} = textureLoad(xt, vec2<i32>(2 * wx + 1, xy{r}), xl{r}, 0);
+#repeat c C
+        acc{r}_{c} += dot(xa{r}, wa{c}) + dot(xb{r}, wb{c});
+#end
+#end
+#else
+#repeat c C
+        let w{c} = textureLoad(wt, vec2<i32>(i32(tx), wy{c}), wl{c}, 0);
+#end
+#repeat r R
+        let x{r} = textureLoad(xt, vec2<i32>(i32(tx), xy{r}), xl{r}, 0);
+#repeat c C
+        acc{r}_{c} += dot(x{r}, w{c});
+#end
+#end
+#endif
+    }
+#if EPILOGUE
+#repeat c C
+    let by{c} = i32(wr{c} % p.b_rpl);
+    let bl{c} = i32(wr{c} / p.b_rpl);
+#end
+    for (var q = 0u; q < p.e_chunks; q++) {
+        let i4 = q * SG + lane;
+        let inside = i4 < p.e_ld4;
+        let ti = min(i4, p.e_ld4 - 1u);
+#repeat c C
+        let b{c} = textureLoad(bt, vec2<i32>(i32(i4), by{c}), bl{c}, 0);
+#end
+#repeat r R
+        let tv{r} = select(vec4<f32>(0.0), tb[xr{r} * p.e_ld4 + ti], inside);
+#repeat c C
+        acc{r}_{c} += dot(tv{r}, b{c});
+#end
+#end
+    }
+#endif
+#repeat r R
+#repeat c C
+    let s{r}_{c} = subgroupAdd(acc{r}_{c});
+#end
+#end
+    if (lane == 0u) {
+#repeat r R
+#repeat c C
+        finish(row0 + {r}u, col0 + {c}u, s{r}_{c});
+#end
+#end
+    }
+}

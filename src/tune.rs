@@ -182,7 +182,7 @@ fn describe(c: &Choice) -> String {
 /// drivers, row strips for decode-sized M, shared-memory tiles on GPUs.
 fn default_variant(gpu: &Gpu, candidates: &[Variant], m: usize) -> Variant {
     let wanted = if m <= 4 {
-        candidates.iter().find(|v| matches!(v, Variant::Texture { rows: 1, .. } | Variant::Blocked { rows: 1, .. }))
+        candidates.iter().find(|v| matches!(v, Variant::TextureDot { rows: 1, .. } | Variant::Blocked { rows: 1, .. }))
     } else if gpu.is_software() {
         candidates.iter().find(|v| !matches!(v, Variant::Tiled))
     } else {

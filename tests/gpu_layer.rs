@@ -123,7 +123,9 @@ fn tall_matrices_split_across_layers_and_grids_fold() {
     for layout in [Layout::Texture, Layout::Buffer] {
         for v in Variant::candidates(gpu, Form::Nt, layout) {
             let rows_per_block = match v {
-                Variant::Texture { rows, .. } | Variant::Blocked { rows, .. } => rows,
+                Variant::Texture { rows, .. } | Variant::TextureDot { rows, .. } | Variant::Blocked { rows, .. } => {
+                    rows
+                }
                 Variant::Tiled => 64,
             };
             if rows_per_block != 1 {

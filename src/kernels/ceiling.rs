@@ -46,7 +46,11 @@ pub fn fma(rec: &mut Recorder, sink: &Tensor, groups: u32, iters: u32) -> Result
 
 /// dst = src, both f32 with the same element count (a multiple of 4).
 pub fn copy(rec: &mut Recorder, src: &Tensor, dst: &Tensor) -> Result<()> {
-    if src.numel() != dst.numel() || !src.numel().is_multiple_of(4) || src.dtype() != DType::F32 || dst.dtype() != DType::F32 {
+    if src.numel() != dst.numel()
+        || !src.numel().is_multiple_of(4)
+        || src.dtype() != DType::F32
+        || dst.dtype() != DType::F32
+    {
         return Err(Error::shape("ceiling copy", format!("{:?} into {:?}: same f32 size, a multiple of 4", src, dst)));
     }
     let n4 = (src.numel() / 4) as u32;

@@ -92,6 +92,9 @@ impl FromStr for Form {
 pub enum Variant {
     /// Texture operands, subgroup sharing; `rows` × `cols` outputs (nn: texel columns) per invocation.
     Texture { rows: u32, cols: u32 },
+    /// Texture operands, lanes splitting the inner dimension (nt only, for few rows); `rows` ×
+    /// `cols` outputs per subgroup.
+    TextureDot { rows: u32, cols: u32 },
     /// Storage buffers, `rows` × `cols` outputs per invocation.
     Blocked { rows: u32, cols: u32 },
     /// Storage buffers, 64×64 shared-memory tiles.
@@ -101,7 +104,7 @@ pub enum Variant {
 impl Variant {
     pub fn layout(self) -> Layout {
         match self {
-            Variant::Texture { .. } => Layout::Texture,
+            Variant::Texture { .. } | Variant::TextureDot { .. } => Layout::Texture,
             _ => Layout::Buffer,
         }
     }
@@ -110,9 +113,13 @@ impl Variant {
     pub fn candidates(gpu: &crate::gpu::Gpu, form: Form, layout: Layout) -> Vec<Variant> {
         match layout {
             Layout::Texture if matmul_texture::subgroup_size(gpu).is_some() => match form {
-                Form::Nt => {
-                    matmul_texture::NT_BLOCKINGS.iter().map(|&(rows, cols)| Variant::Texture { rows, cols }).collect()
-                }
+                Form::Nt => matmul_texture::NT_BLOCKINGS
+                    .iter()
+                    .map(|&(rows, cols)| Variant::Texture { rows, cols })
+                    .chain(
+                        matmul_texture::NT_DOT_BLOCKINGS.iter().map(|&(rows, cols)| Variant::TextureDot { rows, cols }),
+                    )
+                    .collect(),
                 Form::Nn => {
                     matmul_texture::NN_BLOCKINGS.iter().map(|&(rows, cols)| Variant::Texture { rows, cols }).collect()
                 }
@@ -133,6 +140,7 @@ impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Variant::Texture { rows, cols } => write!(f, "texture_r{rows}c{cols}"),
+            Variant::TextureDot { rows, cols } => write!(f, "texdot_r{rows}c{cols}"),
             Variant::Blocked { rows, cols } => write!(f, "blocked_r{rows}c{cols}"),
             Variant::Tiled => f.write_str("tiled_64x64"),
         }
@@ -154,6 +162,9 @@ impl FromStr for Variant {
         if let Some(rest) = s.strip_prefix("texture_") {
             let (rows, cols) = parse(rest).ok_or_else(bad)?;
             Ok(Variant::Texture { rows, cols })
+        } else if let Some(rest) = s.strip_prefix("texdot_") {
+            let (rows, cols) = parse(rest).ok_or_else(bad)?;
+            Ok(Variant::TextureDot { rows, cols })
         } else if let Some(rest) = s.strip_prefix("blocked_") {
             let (rows, cols) = parse(rest).ok_or_else(bad)?;
             Ok(Variant::Blocked { rows, cols })
@@ -295,7 +306,7 @@ pub(crate) fn matmul_act(
         return Err(unsupported(&format!("not a candidate for {} operands of this device", b.layout().name())));
     }
     match (variant, b) {
-        (Variant::Texture { rows, cols }, Matrix::Texture(w)) => {
+        (Variant::Texture { .. } | Variant::TextureDot { .. }, Matrix::Texture(w)) => {
             let packed;
             let x = match a {
                 Act::Packed(t) => t,
@@ -304,7 +315,7 @@ pub(crate) fn matmul_act(
                     &packed
                 }
             };
-            matmul_texture::launch(rec, form, x, w, y, opts, &prob, rows, cols)
+            matmul_texture::launch(rec, form, x, w, y, opts, &prob, variant)
         }
         (Variant::Blocked { rows, cols }, Matrix::Buffer(w)) => {
             let Act::Buffer(x) = a else {
