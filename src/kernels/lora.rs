@@ -236,18 +236,11 @@ pub fn lora_forward(
     variant: Option<Variant>,
 ) -> Result<()> {
     check_stack("fused LoRA forward", w, lora)?;
-    let packed;
-    let act = match w.layout() {
-        Layout::Texture => {
-            packed = pack::to_scratch_texture(rec, x, 0)?;
-            Act::Packed(&packed)
-        }
-        Layout::Buffer => Act::Buffer(x),
-    };
+    let act = Act::prepare(rec, x, w.layout(), 0)?;
     let shrink = MatmulOpts { row_coef: Some(RowCoef { coef, seg: &lora.seg }), variant, ..Default::default() };
-    matmul_act(rec, Form::Nt, act, &lora.a, t, &shrink)?;
+    matmul_act(rec, Form::Nt, &act, &lora.a, t, &shrink)?;
     let base = MatmulOpts { epilogue: Some(Epilogue { t, b: &lora.b }), variant, ..Default::default() };
-    matmul_act(rec, Form::Nt, act, w, y, &base)
+    matmul_act(rec, Form::Nt, &act, w, y, &base)
 }
 
 /// One adapter for the sequential baseline: its own A [r, K] and B [N, r], applied with
@@ -274,27 +267,15 @@ pub fn lora_sequential(
             format!("{} scratch tensors for {} adapters", ts.len(), adapters.len()),
         ));
     }
-    let packed;
-    let act = match w.layout() {
-        Layout::Texture => {
-            packed = pack::to_scratch_texture(rec, x, 0)?;
-            Act::Packed(&packed)
-        }
-        Layout::Buffer => Act::Buffer(x),
-    };
-    matmul_act(rec, Form::Nt, act, w, y, &MatmulOpts::default())?;
+    let act = Act::prepare(rec, x, w.layout(), 0)?;
+    matmul_act(rec, Form::Nt, &act, w, y, &MatmulOpts::default())?;
     for (ad, t) in adapters.iter().zip(ts) {
-        matmul_act(rec, Form::Nt, act, &ad.a, t, &MatmulOpts::default())?;
+        matmul_act(rec, Form::Nt, &act, &ad.a, t, &MatmulOpts::default())?;
         let expand = MatmulOpts { alpha: ad.weight, accumulate: true, ..Default::default() };
         // The expand is an ordinary product with a short inner dimension; on the texture path
         // the tuner's choice packs Tᵢ (a second scratch slot: X's pack stays valid).
-        match ad.b.layout() {
-            Layout::Texture => {
-                let tp = pack::to_scratch_texture(rec, t, 1)?;
-                matmul_act(rec, Form::Nt, Act::Packed(&tp), &ad.b, y, &expand)?;
-            }
-            Layout::Buffer => matmul(rec, Form::Nt, t, &ad.b, y, &expand)?,
-        }
+        let tp = Act::prepare(rec, t, ad.b.layout(), 1)?;
+        matmul_act(rec, Form::Nt, &tp, &ad.b, y, &expand)?;
     }
     Ok(())
 }
@@ -343,19 +324,12 @@ pub fn lora_backward(
     tn_variant: Option<Variant>,
 ) -> Result<()> {
     check_stack("fused LoRA backward", w, lora)?;
-    let packed;
-    let act = match w.layout() {
-        Layout::Texture => {
-            packed = pack::to_scratch_texture(rec, dy, 0)?;
-            Act::Packed(&packed)
-        }
-        Layout::Buffer => Act::Buffer(dy),
-    };
+    let act = Act::prepare(rec, dy, w.layout(), 0)?;
     let shrink = MatmulOpts { row_coef: Some(RowCoef { coef, seg: &lora.seg }), variant, ..Default::default() };
-    matmul_act(rec, Form::Nn, act, &lora.b, g, &shrink)?;
+    matmul_act(rec, Form::Nn, &act, &lora.b, g, &shrink)?;
     if let Some(dx) = grads.dx {
         let base = MatmulOpts { epilogue: Some(Epilogue { t: g, b: &lora.a }), variant, ..Default::default() };
-        matmul_act(rec, Form::Nn, act, w, dx, &base)?;
+        matmul_act(rec, Form::Nn, &act, w, dx, &base)?;
     }
     let tn = MatmulOpts { variant: tn_variant, ..Default::default() };
     matmul(rec, Form::Tn, g, &Matrix::Buffer(x.clone()), grads.da, &tn)?;

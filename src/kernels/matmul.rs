@@ -206,13 +206,22 @@ impl Default for MatmulOpts<'_> {
 
 /// The left operand: a tensor, or one already packed for the texture kernels (so an activation
 /// feeding several products is packed once).
-#[derive(Clone, Copy)]
-pub(crate) enum Act<'a> {
-    Buffer(&'a Tensor),
-    Packed(&'a TexMatrix),
+#[derive(Clone)]
+pub(crate) enum Act {
+    Buffer(Tensor),
+    Packed(TexMatrix),
 }
 
-impl Act<'_> {
+impl Act {
+    /// `x` ready for products with weights in `layout`: packed into scratch texture `slot` for
+    /// the texture kernels, as it is otherwise.
+    pub(crate) fn prepare(rec: &mut Recorder, x: &Tensor, layout: Layout, slot: u32) -> Result<Act> {
+        Ok(match layout {
+            Layout::Texture => Act::Packed(pack::to_scratch_texture(rec, x, slot)?),
+            Layout::Buffer => Act::Buffer(x.clone()),
+        })
+    }
+
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
             Act::Buffer(t) => t.dims2("matmul"),
@@ -281,13 +290,13 @@ fn check(form: Form, a: (usize, usize), b: &Matrix, y: &Tensor, opts: &MatmulOpt
 /// Y = alpha · op(A)·op(B) (+ epilogue), per `form` and `opts`. The variant is `opts.variant` or
 /// the autotuner's choice for this device and shape class.
 pub fn matmul(rec: &mut Recorder, form: Form, a: &Tensor, b: &Matrix, y: &Tensor, opts: &MatmulOpts) -> Result<()> {
-    matmul_act(rec, form, Act::Buffer(a), b, y, opts)
+    matmul_act(rec, form, &Act::Buffer(a.clone()), b, y, opts)
 }
 
 pub(crate) fn matmul_act(
     rec: &mut Recorder,
     form: Form,
-    a: Act,
+    a: &Act,
     b: &Matrix,
     y: &Tensor,
     opts: &MatmulOpts,
