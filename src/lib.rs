@@ -5,6 +5,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod tune;
 
 pub use error::{Error, Result};

@@ -22,6 +22,11 @@ pub fn source(name: &str) -> Option<&'static str> {
         "pack" => include_str!("../../shaders/pack.wgsl"),
         "lora_merge" => include_str!("../../shaders/lora_merge.wgsl"),
         "ceiling" => include_str!("../../shaders/ceiling.wgsl"),
+        "embedding" => include_str!("../../shaders/embedding.wgsl"),
+        "rmsnorm" => include_str!("../../shaders/rmsnorm.wgsl"),
+        "elementwise" => include_str!("../../shaders/elementwise.wgsl"),
+        "rope" => include_str!("../../shaders/rope.wgsl"),
+        "attention" => include_str!("../../shaders/attention.wgsl"),
         _ => return None,
     })
 }

@@ -95,3 +95,23 @@ pub fn round_f16(v: &[f32]) -> Vec<f32> {
 /// Awkward sizes: the rows the issue names and inner/outer sizes that are multiples of no tile.
 pub const MS: [usize; 4] = [1, 7, 33, 257];
 pub const KNS: [(usize, usize); 3] = [(45, 37), (130, 67), (301, 259)];
+
+/// The default model, fetched by scripts/fetch-model.sh (which .ci/run calls). Missing is a
+/// failure, not a skip.
+pub fn default_model() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run scripts/fetch-model.sh", p.display());
+    p
+}
+
+/// The golden reference of SmolLM2-135M-Instruct (../shared/fixtures, beside the checkout).
+pub fn golden() -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/smollm2_golden.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (the shared/ folder must sit beside the checkout)", p.display()));
+    serde_json::from_str(&text).expect("golden fixture is JSON")
+}
+
+pub fn golden_ids(g: &serde_json::Value, key: &str) -> Vec<u32> {
+    g[key].as_array().unwrap_or_else(|| panic!("golden.{key}")).iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}

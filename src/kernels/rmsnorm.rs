@@ -1,0 +1,46 @@
+//! Launcher for shaders/rmsnorm.wgsl and its CPU reference.
+
+use crate::error::{Error, Result};
+use crate::gpu::shader::Defines;
+use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, fold_grid};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    h: u32,
+    eps: f32,
+}
+
+/// out = x / rms(x) · w over the last dimension. x, out [R, H] f32; w [H] f32.
+pub fn rmsnorm(rec: &mut Recorder, x: &Tensor, w: &Tensor, out: &Tensor, eps: f32) -> Result<()> {
+    let (r, h) = x.dims2("rmsnorm")?;
+    if w.numel() != h || out.shape() != x.shape() {
+        return Err(Error::shape(
+            "rmsnorm",
+            format!("x {:?}, weight {:?}, out {:?}", x.shape(), w.shape(), out.shape()),
+        ));
+    }
+    for (t, name) in [(x, "x"), (w, "weight"), (out, "out")] {
+        t.expect_dtype("rmsnorm", name, &[DType::F32])?;
+    }
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("rmsnorm", "rmsnorm", &Defines::new()))?;
+    let groups = (r as u32).div_ceil(64);
+    let x_groups = groups.min(1024);
+    let grid = fold_grid(rec.gpu(), x_groups, groups.div_ceil(x_groups));
+    let params = Params { rows: r as u32, h: h as u32, eps };
+    let work = Work { flops: 4 * (r * h) as u64, bytes: 2 * x.bytes() + w.bytes() };
+    rec.dispatch(pipeline, &params, vec![(1, x.into()), (2, w.into()), (3, out.into())], grid, "rmsnorm", work)
+}
+
+/// CPU reference (f64 accumulation).
+pub fn rmsnorm_ref(x: &[f32], w: &[f32], eps: f64) -> Vec<f64> {
+    let h = w.len();
+    x.chunks(h)
+        .flat_map(|row| {
+            let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / h as f64;
+            let inv = 1.0 / (ms + eps).sqrt();
+            row.iter().zip(w).map(move |(&v, &g)| v as f64 * inv * g as f64)
+        })
+        .collect()
+}

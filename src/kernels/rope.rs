@@ -1,0 +1,140 @@
+//! Launcher for shaders/rope.wgsl (RoPE fused with the KV-cache store) and its CPU reference.
+
+use crate::error::{Error, Result};
+use crate::gpu::shader::Defines;
+use crate::gpu::{DType, Gpu, PipelineKey, Recorder, Tensor, Work, fold_grid};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    heads: u32,
+    kv_heads: u32,
+    hd: u32,
+    max_len: u32,
+}
+
+/// cos(p·θᵢ) and sin(p·θᵢ) for positions 0..positions, computed in f64 and stored f32
+/// ([positions, d/2] each): exact angles at any position, no GPU trigonometry.
+pub struct RopeTable {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub positions: usize,
+    pub half: usize,
+}
+
+impl RopeTable {
+    pub fn new(gpu: &Gpu, inv_freq: &[f64], positions: usize) -> Result<RopeTable> {
+        let (cos, sin) = rope_angles(inv_freq, positions);
+        let half = inv_freq.len();
+        Ok(RopeTable {
+            cos: Tensor::from_f32(gpu, &[positions, half], &cos, "rope cos")?,
+            sin: Tensor::from_f32(gpu, &[positions, half], &sin, "rope sin")?,
+            positions,
+            half,
+        })
+    }
+}
+
+/// The host tables: (cos, sin), each [positions, d/2] row-major.
+pub fn rope_angles(inv_freq: &[f64], positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(positions * inv_freq.len());
+    let mut sin = Vec::with_capacity(positions * inv_freq.len());
+    for p in 0..positions {
+        for &f in inv_freq {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Where a batch's rows belong: `pos[r]` and `slot[r]` ([R] u32 each).
+pub struct Rows<'a> {
+    pub pos: &'a Tensor,
+    pub slot: &'a Tensor,
+}
+
+/// Rotates q [R, H·d] in place; rotates k [R, G·d] and stores it with v [R, G·d] into the caches
+/// kc, vc [slots, G, max_len, d] at (slot[r], ·, pos[r]). Positions must be < table.positions and
+/// < max_len (checked by the caller).
+pub fn rope_kv(
+    rec: &mut Recorder,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rows: &Rows,
+    table: &RopeTable,
+    kc: &Tensor,
+    vc: &Tensor,
+) -> Result<()> {
+    let op = "rope_kv";
+    let hd = 2 * table.half;
+    let (r, qw) = q.dims2(op)?;
+    let (_, kw) = k.dims2(op)?;
+    let [_, g, max_len, d] = kc.shape() else {
+        return Err(Error::shape(op, format!("cache {:?} is not [slots, kv_heads, max_len, head_dim]", kc.shape())));
+    };
+    let (g, max_len) = (*g, *max_len);
+    if qw % hd != 0 || kw != g * hd || *d != hd || k.shape() != v.shape() || kc.shape() != vc.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "q {:?}, k {:?}, v {:?}, caches {:?}/{:?}, head_dim {hd}",
+                q.shape(),
+                k.shape(),
+                v.shape(),
+                kc.shape(),
+                vc.shape()
+            ),
+        ));
+    }
+    if rows.pos.numel() != r || rows.slot.numel() != r || k.shape()[0] != r {
+        return Err(Error::shape(
+            op,
+            format!("{r} rows but {} positions and {} slots", rows.pos.numel(), rows.slot.numel()),
+        ));
+    }
+    for t in [q, k, v, kc, vc] {
+        t.expect_dtype(op, "activations and caches", &[DType::F32])?;
+    }
+    let heads = qw / hd;
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("rope", "rope_kv", &Defines::new()))?;
+    let units = (heads + g) as u32;
+    let grid = fold_grid(rec.gpu(), units.div_ceil(64), r as u32);
+    let params =
+        Params { rows: r as u32, heads: heads as u32, kv_heads: g as u32, hd: hd as u32, max_len: max_len as u32 };
+    let work = Work { flops: 3 * (r * (qw + kw)) as u64, bytes: 2 * (q.bytes() + k.bytes() + v.bytes()) };
+    let binds = vec![
+        (1, q.into()),
+        (2, k.into()),
+        (3, v.into()),
+        (4, rows.pos.into()),
+        (5, rows.slot.into()),
+        (6, (&table.cos).into()),
+        (7, (&table.sin).into()),
+        (8, kc.into()),
+        (9, vc.into()),
+    ];
+    rec.dispatch(pipeline, &params, binds, grid, "rope_kv", work)
+}
+
+/// CPU reference: x [R, heads·d] rotated at positions `pos` (f64).
+pub fn rope_ref(x: &[f32], heads: usize, hd: usize, pos: &[u32], inv_freq: &[f64]) -> Vec<f64> {
+    let half = hd / 2;
+    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    for (r, &p) in pos.iter().enumerate() {
+        for h in 0..heads {
+            let b = (r * heads + h) * hd;
+            for i in 0..half {
+                let a = p as f64 * inv_freq[i];
+                let (s, c) = a.sin_cos();
+                let (x1, x2) = (x[b + i] as f64, x[b + i + half] as f64);
+                out[b + i] = x1 * c - x2 * s;
+                out[b + i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+    out
+}

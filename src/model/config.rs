@@ -1,0 +1,214 @@
+//! Llama-family hyper-parameters, from GGUF metadata or a Hugging Face config.json.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::model::gguf::Gguf;
+
+/// Llama-3's frequency-dependent RoPE scaling (HF `rope_type: "llama3"`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_positions: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Llama3(Llama3Scaling),
+    /// Per-frequency divisors, as llama.cpp stores Llama-3 scaling in GGUF (`rope_freqs.weight`).
+    Factors(Vec<f32>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    /// Llama with biases on the q, k and v projections.
+    Qwen2,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub arch: Arch,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub rms_eps: f64,
+    pub max_positions: usize,
+    pub tie_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// RoPE inverse frequencies θ^(−2i/d), i < d/2, with the model's scaling applied (f64, as
+    /// Hugging Face computes them before casting).
+    pub fn inv_freq(&self) -> Vec<f64> {
+        let d = self.head_dim;
+        let base: Vec<f64> = (0..d / 2).map(|i| self.rope_theta.powf(-(2.0 * i as f64) / d as f64)).collect();
+        match &self.rope_scaling {
+            RopeScaling::None => base,
+            RopeScaling::Factors(f) => base.iter().zip(f).map(|(b, f)| b / *f as f64).collect(),
+            RopeScaling::Llama3(s) => {
+                let low_wavelen = s.original_max_positions / s.low_freq_factor;
+                let high_wavelen = s.original_max_positions / s.high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / s.factor
+                        } else {
+                            let smooth = (s.original_max_positions / wavelen - s.low_freq_factor)
+                                / (s.high_freq_factor - s.low_freq_factor);
+                            (1.0 - smooth) * f / s.factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn check(self, source: &Path) -> Result<Self> {
+        let bad = |msg: String| Err(Error::file(source, msg));
+        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return bad(format!("{} attention heads are not a multiple of {} KV heads", self.heads, self.kv_heads));
+        }
+        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+            return bad(format!("head dimension {} is not even", self.head_dim));
+        }
+        if self.layers == 0 || self.hidden == 0 || self.vocab == 0 || self.intermediate == 0 {
+            return bad("zero layers, hidden size, vocabulary or FFN size".into());
+        }
+        Ok(self)
+    }
+
+    /// From GGUF metadata (`general.architecture` llama or qwen2).
+    pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig> {
+        let arch_name = g.str("general.architecture")?.to_string();
+        let arch = match arch_name.as_str() {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => {
+                return Err(Error::file(
+                    g.path(),
+                    format!("architecture '{other}' is not a Llama-family model lorafuse runs"),
+                ));
+            }
+        };
+        let k = |s: &str| format!("{arch_name}.{s}");
+        let hidden = g.u64(&k("embedding_length"))? as usize;
+        let heads = g.u64(&k("attention.head_count"))? as usize;
+        let kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(heads as u64) as usize;
+        let head_dim = match g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()) {
+            Some(d) => d as usize,
+            None => hidden / heads.max(1),
+        };
+        let vocab = match g.get(&k("vocab_size")).and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => g.tensor("token_embd.weight")?.shape()[0],
+        };
+        let rope_scaling = match g.tensor("rope_freqs.weight") {
+            Ok(_) => RopeScaling::Factors(g.tensor_f32("rope_freqs.weight")?.1),
+            Err(_) => RopeScaling::None,
+        };
+        LlamaConfig {
+            arch,
+            hidden,
+            intermediate: g.u64(&k("feed_forward_length"))? as usize,
+            layers: g.u64(&k("block_count"))? as usize,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            rope_theta: g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            rope_scaling,
+            rms_eps: g.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5),
+            max_positions: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
+            tie_embeddings: g.tensor("output.weight").is_err(),
+        }
+        .check(g.path())
+    }
+
+    /// From a Hugging Face config.json.
+    pub fn from_hf_json(path: &Path) -> Result<LlamaConfig> {
+        #[derive(Deserialize)]
+        struct RopeScalingJson {
+            #[serde(alias = "type")]
+            rope_type: Option<String>,
+            factor: Option<f64>,
+            low_freq_factor: Option<f64>,
+            high_freq_factor: Option<f64>,
+            original_max_position_embeddings: Option<f64>,
+        }
+        #[derive(Deserialize)]
+        struct Json {
+            model_type: Option<String>,
+            hidden_size: usize,
+            intermediate_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            num_key_value_heads: Option<usize>,
+            head_dim: Option<usize>,
+            vocab_size: usize,
+            rope_theta: Option<f64>,
+            rope_scaling: Option<RopeScalingJson>,
+            rms_norm_eps: Option<f64>,
+            max_position_embeddings: Option<usize>,
+            tie_word_embeddings: Option<bool>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        let j: Json = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a model config: {e}")))?;
+        let arch = match j.model_type.as_deref() {
+            Some("llama") | Some("mistral") | None => Arch::Llama,
+            Some("qwen2") => Arch::Qwen2,
+            Some(other) => {
+                return Err(Error::file(
+                    path,
+                    format!("model_type '{other}' is not a Llama-family model lorafuse runs"),
+                ));
+            }
+        };
+        let rope_scaling = match j.rope_scaling {
+            None => RopeScaling::None,
+            Some(s) if s.rope_type.as_deref() == Some("llama3") => RopeScaling::Llama3(Llama3Scaling {
+                factor: s.factor.unwrap_or(8.0),
+                low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
+                original_max_positions: s.original_max_position_embeddings.unwrap_or(8192.0),
+            }),
+            Some(s) if s.rope_type.as_deref() == Some("default") => RopeScaling::None,
+            Some(s) => {
+                return Err(Error::file(
+                    path,
+                    format!("rope_scaling type {:?} is not supported (llama3 and default are)", s.rope_type),
+                ));
+            }
+        };
+        LlamaConfig {
+            arch,
+            hidden: j.hidden_size,
+            intermediate: j.intermediate_size,
+            layers: j.num_hidden_layers,
+            heads: j.num_attention_heads,
+            kv_heads: j.num_key_value_heads.unwrap_or(j.num_attention_heads),
+            head_dim: j.head_dim.unwrap_or(j.hidden_size / j.num_attention_heads.max(1)),
+            vocab: j.vocab_size,
+            rope_theta: j.rope_theta.unwrap_or(10000.0),
+            rope_scaling,
+            rms_eps: j.rms_norm_eps.unwrap_or(1e-6),
+            max_positions: j.max_position_embeddings.unwrap_or(2048),
+            tie_embeddings: j.tie_word_embeddings.unwrap_or(false),
+        }
+        .check(path)
+    }
+}

@@ -1,0 +1,196 @@
+//! Tokenizers through the `tokenizers` crate: read from a Hugging Face tokenizer.json, or built
+//! from GGUF metadata (byte-level BPE: `tokenizer.ggml.model = gpt2`, with the pre-tokenizer
+//! named by `tokenizer.ggml.pre`).
+
+use std::path::Path;
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
+use crate::model::gguf::Gguf;
+
+/// Llama-3's pre-tokenizer split (numbers in runs of up to three digits).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's (single digits).
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    /// Tokens that end generation (end of sequence and end of turn).
+    pub eos: Vec<u32>,
+    /// Whether plain text gets BOS prepended (templates that print it themselves do not).
+    pub add_bos: bool,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+fn tok_err(source: &Path, e: impl std::fmt::Display) -> Error {
+    Error::file(source, format!("tokenizer: {e}"))
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer a GGUF file describes.
+    pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
+        let path = g.path();
+        let model = g.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tokenizer.ggml.model '{model}': only byte-level BPE (gpt2) tokenizers are built from GGUF; \
+                     use the model's Hugging Face directory (its tokenizer.json) instead"
+                ),
+            ));
+        }
+        let tokens = g.str_array("tokenizer.ggml.tokens")?;
+        let merges_raw = g.str_array("tokenizer.ggml.merges")?;
+        let types = g.int_array("tokenizer.ggml.token_type").unwrap_or_default();
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let merges = merges_raw
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::file(path, format!("tokenizer.ggml.merges: '{m}' is not 'left right'")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| tok_err(path, e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let byte_level = |use_regex| PreTokenizerWrapper::from(ByteLevel::new(false, true, use_regex));
+        let split = |re: &str| -> Result<PreTokenizerWrapper> {
+            Ok(Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| tok_err(path, e))?
+                .into())
+        };
+        let pre_tokenizer = match pre {
+            // SmolLM and StarCoder: every digit alone, then GPT-2's split.
+            "smollm" | "starcoder" | "refact" => Sequence::new(vec![Digits::new(true).into(), byte_level(true)]),
+            "llama-bpe" | "llama3" | "llama-v3" => Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]),
+            "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)]),
+            "default" | "gpt2" | "gpt-2" => Sequence::new(vec![byte_level(true)]),
+            other => {
+                return Err(Error::file(
+                    path,
+                    format!("tokenizer.ggml.pre '{other}' is not known here; use the model's Hugging Face directory"),
+                ));
+            }
+        };
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        // Control tokens (type 3) are special: matched whole in text, skipped when decoding on
+        // request. User-defined tokens (type 4) are matched whole too.
+        let special: Vec<AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == 3)
+            .map(|(i, _)| AddedToken::from(tokens[i].to_string(), true))
+            .collect();
+        let user: Vec<AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == 4)
+            .map(|(i, _)| AddedToken::from(tokens[i].to_string(), false))
+            .collect();
+        inner.add_special_tokens(&special);
+        inner.add_tokens(&user);
+        let id = |key: &str| g.get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
+        let bos = id("tokenizer.ggml.bos_token_id");
+        let mut eos: Vec<u32> =
+            [id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.eot_token_id")].into_iter().flatten().collect();
+        eos.dedup();
+        let name = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+        Ok(Tokenizer {
+            inner,
+            bos,
+            add_bos: g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+            bos_token: name(bos),
+            eos_token: name(eos.first().copied()),
+            eos,
+        })
+    }
+
+    /// Reads tokenizer.json and the special-token settings of tokenizer_config.json and
+    /// generation_config.json (where present) from a Hugging Face model directory.
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
+        let tj = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| tok_err(&tj, e))?;
+        let cfg = read_json(&dir.join("tokenizer_config.json"))?;
+        let token_str = |v: &serde_json::Value| -> Option<String> {
+            match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+                _ => None,
+            }
+        };
+        let bos_token = cfg.as_ref().and_then(|c| c.get("bos_token")).and_then(token_str);
+        let eos_token = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(token_str);
+        let add_bos = cfg.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
+        let bos = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        let mut eos: Vec<u32> = eos_token.as_deref().and_then(|t| inner.token_to_id(t)).into_iter().collect();
+        if let Some(gen_cfg) = read_json(&dir.join("generation_config.json"))? {
+            match gen_cfg.get("eos_token_id") {
+                Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|v| v as u32)),
+                Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
+                _ => {}
+            }
+        }
+        eos.sort_unstable();
+        eos.dedup();
+        Ok(Tokenizer { inner, bos, eos, add_bos, bos_token, eos_token })
+    }
+
+    /// Token ids of `text`; BOS first when `add_bos` and `special` are both set.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Invalid(format!("tokenizing: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if special
+            && self.add_bos
+            && let Some(b) = self.bos
+        {
+            ids.push(b);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Invalid(format!("decoding tokens: {e}")))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Text of the tokens generated so far, for streaming: decodes `ids` and returns what was
+    /// not returned before (bytes of an unfinished UTF-8 character wait for the next token).
+    pub fn decode_new(&self, ids: &[u32], printed: &mut usize) -> Result<String> {
+        let text = self.decode(ids, true)?;
+        if text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        let new = text.get(*printed..).unwrap_or("").to_string();
+        *printed = text.len();
+        Ok(new)
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| Error::file(path, format!("invalid JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::file(path, e)),
+    }
+}
