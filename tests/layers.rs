@@ -10,7 +10,7 @@ use lorafuse::kernels::attention::{attention, attention_ref};
 use lorafuse::kernels::elementwise::{add_bias, swiglu, swiglu_ref};
 use lorafuse::kernels::embedding::{gather, gather_ref};
 use lorafuse::kernels::rmsnorm::{rmsnorm, rmsnorm_ref};
-use lorafuse::kernels::rope::{RopeTable, Rows, rope_kv, rope_ref};
+use lorafuse::kernels::rope::{Cache, RopeTable, Rows, rope_kv, rope_ref};
 
 #[test]
 fn gather_rows() {
@@ -131,7 +131,7 @@ fn rope_rotates_q_and_stores_kv() {
         let pt = Tensor::from_u32(gpu, &[r], &pos, "pos").unwrap();
         let st = Tensor::from_u32(gpu, &[r], &slot, "slot").unwrap();
         let mut rec = Recorder::new(gpu);
-        rope_kv(&mut rec, &qt, &kt, &vt, &Rows { pos: &pt, slot: &st }, &table, &kc, &vc).unwrap();
+        rope_kv(&mut rec, &qt, &kt, &vt, &Rows { pos: &pt, slot: &st }, &table, &Cache { k: &kc, v: &vc }).unwrap();
         rec.run().unwrap();
         assert_close("rope q", &qt.read_f32(gpu).unwrap(), &rope_ref(&q, heads, hd, &pos, &freqs), 1e-6, seed);
         let k_rot = rope_ref(&k, kv_heads, hd, &pos, &freqs);
@@ -177,7 +177,7 @@ fn attention_over_ragged_rows() {
         out.poison(gpu);
         lse.poison(gpu);
         let mut rec = Recorder::new(gpu);
-        attention(&mut rec, &qt, &kt, &vt, &Rows { pos: &pt, slot: &st }, &out, Some(&lse)).unwrap();
+        attention(&mut rec, &qt, &Cache { k: &kt, v: &vt }, &Rows { pos: &pt, slot: &st }, &out, Some(&lse)).unwrap();
         rec.run().unwrap();
         let (want, want_lse) = attention_ref(&q, &kc, &vc, &pos, &slot, heads, kv_heads, max_len, hd);
         let what = format!("attention H={heads} G={kv_heads} d={hd} rows={r} max_len={max_len}");

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
 use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, fold_grid};
-use crate::kernels::rope::Rows;
+use crate::kernels::rope::{Cache, Rows};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -16,19 +16,19 @@ struct Params {
     scale: f32,
 }
 
-/// out [R, H·d] = attention of q [R, H·d] over kc, vc [slots, G, max_len, d] for the rows'
+/// out [R, H·d] = attention of q [R, H·d] over the cache ([slots, G, max_len, d]) for the rows'
 /// slots and positions (keys 0..=pos). With `lse` ([R, H]) the log-sum-exp of each softmax is
 /// written too. Rows must have been stored in the cache (rope_kv) first.
 pub fn attention(
     rec: &mut Recorder,
     q: &Tensor,
-    kc: &Tensor,
-    vc: &Tensor,
+    cache: &Cache,
     rows: &Rows,
     out: &Tensor,
     lse: Option<&Tensor>,
 ) -> Result<()> {
     let op = "attention";
+    let (kc, vc) = (cache.k, cache.v);
     let [_, g, max_len, hd] = kc.shape() else {
         return Err(Error::shape(op, format!("cache {:?} is not [slots, kv_heads, max_len, head_dim]", kc.shape())));
     };

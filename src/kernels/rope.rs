@@ -56,9 +56,15 @@ pub struct Rows<'a> {
     pub slot: &'a Tensor,
 }
 
-/// Rotates q [R, H·d] in place; rotates k [R, G·d] and stores it with v [R, G·d] into the caches
-/// kc, vc [slots, G, max_len, d] at (slot[r], ·, pos[r]). Positions must be < table.positions and
-/// < max_len (checked by the caller).
+/// One layer's KV cache: k and v, each [slots, kv_heads, max_len, head_dim] f32.
+pub struct Cache<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+}
+
+/// Rotates q [R, H·d] in place; rotates k [R, G·d] and stores it with v [R, G·d] into the cache
+/// at (slot[r], ·, pos[r]). Positions must be < table.positions and < max_len (checked by the
+/// caller).
 pub fn rope_kv(
     rec: &mut Recorder,
     q: &Tensor,
@@ -66,10 +72,10 @@ pub fn rope_kv(
     v: &Tensor,
     rows: &Rows,
     table: &RopeTable,
-    kc: &Tensor,
-    vc: &Tensor,
+    cache: &Cache,
 ) -> Result<()> {
     let op = "rope_kv";
+    let (kc, vc) = (cache.k, cache.v);
     let hd = 2 * table.half;
     let (r, qw) = q.dims2(op)?;
     let (_, kw) = k.dims2(op)?;

@@ -80,10 +80,10 @@ impl LlamaConfig {
 
     fn check(self, source: &Path) -> Result<Self> {
         let bad = |msg: String| Err(Error::file(source, msg));
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!("{} attention heads are not a multiple of {} KV heads", self.heads, self.kv_heads));
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
             return bad(format!("head dimension {} is not even", self.head_dim));
         }
         if self.layers == 0 || self.hidden == 0 || self.vocab == 0 || self.intermediate == 0 {

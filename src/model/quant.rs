@@ -89,7 +89,7 @@ impl GgmlType {
     pub fn bytes_for(self, n: u64) -> Result<u64> {
         let (per, bytes) =
             self.block().ok_or_else(|| Error::Invalid(format!("unsupported tensor type {}", self.name())))?;
-        if n % per as u64 != 0 {
+        if !n.is_multiple_of(per as u64) {
             return Err(Error::Invalid(format!("{n} values is not a whole number of {} blocks of {per}", self.name())));
         }
         Ok(n / per as u64 * bytes as u64)
