@@ -115,3 +115,5 @@ pub fn golden() -> serde_json::Value {
 pub fn golden_ids(g: &serde_json::Value, key: &str) -> Vec<u32> {
     g[key].as_array().unwrap_or_else(|| panic!("golden.{key}")).iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
+
+pub mod tiny;

@@ -1,0 +1,316 @@
+//! The Llama forward pass on the GPU, written as the paper's equations with kernel launches as
+//! the only lines. Rows of a batch are any mix of sequences and positions (ragged: a prefill of
+//! several prompts, a decode step of several sequences), each tied to a KV-cache slot.
+//!
+//!   h = embed(tokens)
+//!   per layer:  x = rmsnorm(h);  q, k, v = x·Wqᵀ, x·Wkᵀ, x·Wvᵀ (+ bias);  rope(q, k) → cache
+//!               h += attention(q, cache)·Woᵀ
+//!               x = rmsnorm(h);  h += (silu(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ
+//!   logits = rmsnorm(h[wanted rows])·Wlmᵀ
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Layout, Matrix, Recorder, Tensor};
+use crate::kernels::attention::attention;
+use crate::kernels::elementwise::{add_bias, swiglu};
+use crate::kernels::embedding::gather;
+use crate::kernels::matmul::{Act, Form, MatmulOpts, matmul_act};
+use crate::kernels::rmsnorm::rmsnorm;
+use crate::kernels::rope::{Cache, RopeTable, Rows, rope_kv};
+use crate::model::config::LlamaConfig;
+use crate::model::source::ModelSource;
+
+/// How weights are held on the GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// f16 (default: half the memory and, on lavapipe, faster than f32) or f32 (exact
+    /// dequantized values, for parity checks).
+    pub dtype: DType,
+    /// Weight layout; None lets the autotuner decide for the device.
+    pub layout: Option<Layout>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { dtype: DType::F16, layout: None }
+    }
+}
+
+/// A linear layer y = x·Wᵀ (+ b), W [out, in] in Hugging Face layout.
+pub struct Linear {
+    pub w: Matrix,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// y (+)= x·Wᵀ + b.
+    fn forward(&self, rec: &mut Recorder, x: &Act, y: &Tensor, accumulate: bool) -> Result<()> {
+        let opts = MatmulOpts { accumulate, ..Default::default() };
+        matmul_act(rec, Form::Nt, x, &self.w, y, &opts)?;
+        if let Some(b) = &self.bias {
+            add_bias(rec, y, b)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Layer {
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    gpu: Gpu,
+    /// Token embeddings [V, H] for the row gather (f32 or f16).
+    embed: Tensor,
+    pub layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Matrix,
+    layout: Layout,
+    dtype: DType,
+}
+
+/// The KV cache: per layer, K and V of `slots` sequences up to `max_len` positions, and the RoPE
+/// table for those positions.
+pub struct KvCache {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub slots: usize,
+    pub max_len: usize,
+    rope: RopeTable,
+}
+
+/// The rows of one forward pass, on the host: token, cache slot and position of each row, and
+/// the rows whose logits are wanted (in the order the logits come out).
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub tokens: Vec<u32>,
+    pub slots: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub logits_rows: Vec<u32>,
+}
+
+impl Batch {
+    /// Appends `tokens` of the sequence in `slot`, starting at position `start`; its last row's
+    /// logits are wanted when `want_logits`.
+    pub fn push_sequence(&mut self, slot: u32, start: u32, tokens: &[u32], want_logits: bool) {
+        for (i, &t) in tokens.iter().enumerate() {
+            self.tokens.push(t);
+            self.slots.push(slot);
+            self.positions.push(start + i as u32);
+        }
+        if want_logits && !tokens.is_empty() {
+            self.logits_rows.push(self.tokens.len() as u32 - 1);
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+fn load_linear(
+    gpu: &Gpu,
+    src: &ModelSource,
+    cfg: &LlamaConfig,
+    name: &str,
+    out: usize,
+    inp: usize,
+    opts: (Layout, DType),
+) -> Result<Linear> {
+    let w = src.tensor(&format!("{name}.weight"), &[out, inp], cfg)?;
+    let bias_name = format!("{name}.bias");
+    let bias = if src.has(&bias_name) {
+        Some(Tensor::from_f32(gpu, &[out], &src.tensor(&bias_name, &[out], cfg)?, &bias_name)?)
+    } else {
+        None
+    };
+    Ok(Linear { w: Matrix::from_host(gpu, opts.0, out, inp, &w, opts.1, name)?, bias })
+}
+
+impl Llama {
+    pub fn load(gpu: &Gpu, src: &ModelSource, opts: LoadOptions) -> Result<Llama> {
+        let cfg = src.config()?;
+        let layout = match opts.layout {
+            Some(l) => l,
+            None => crate::tune::preferred_layout(gpu)?,
+        };
+        if !matches!(opts.dtype, DType::F32 | DType::F16) {
+            return Err(Error::Invalid(format!("weights can be f32 or f16, not {}", opts.dtype)));
+        }
+        let lo = (layout, opts.dtype);
+        let (h, f, hd) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (nq, nkv) = (cfg.heads * hd, cfg.kv_heads * hd);
+        let embed_host = src.tensor("model.embed_tokens.weight", &[cfg.vocab, h], &cfg)?;
+        let embed = match opts.dtype {
+            DType::F16 => Tensor::from_f32_as_f16(gpu, &[cfg.vocab, h], &embed_host, "embed_tokens")?,
+            _ => Tensor::from_f32(gpu, &[cfg.vocab, h], &embed_host, "embed_tokens")?,
+        };
+        let lm_head = if cfg.tie_embeddings || !src.has("lm_head.weight") {
+            Matrix::from_host(gpu, layout, cfg.vocab, h, &embed_host, opts.dtype, "lm_head (tied)")?
+        } else {
+            let w = src.tensor("lm_head.weight", &[cfg.vocab, h], &cfg)?;
+            Matrix::from_host(gpu, layout, cfg.vocab, h, &w, opts.dtype, "lm_head")?
+        };
+        drop(embed_host);
+        let norm_vec =
+            |name: &str| -> Result<Tensor> { Tensor::from_f32(gpu, &[h], &src.tensor(name, &[h], &cfg)?, name) };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                attn_norm: norm_vec(&format!("{p}.input_layernorm.weight"))?,
+                q: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.q_proj"), nq, h, lo)?,
+                k: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.k_proj"), nkv, h, lo)?,
+                v: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.v_proj"), nkv, h, lo)?,
+                o: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.o_proj"), h, nq, lo)?,
+                mlp_norm: norm_vec(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate: load_linear(gpu, src, &cfg, &format!("{p}.mlp.gate_proj"), f, h, lo)?,
+                up: load_linear(gpu, src, &cfg, &format!("{p}.mlp.up_proj"), f, h, lo)?,
+                down: load_linear(gpu, src, &cfg, &format!("{p}.mlp.down_proj"), h, f, lo)?,
+            });
+        }
+        let norm = norm_vec("model.norm.weight")?;
+        Ok(Llama { cfg, gpu: gpu.clone(), embed, layers, norm, lm_head, layout, dtype: opts.dtype })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of weights on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        let lin = |l: &Linear| l.w.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|x| lin(x)).sum::<u64>()
+                    + l.attn_norm.bytes()
+                    + l.mlp_norm.bytes()
+            })
+            .sum();
+        layers + self.embed.bytes() + self.norm.bytes() + self.lm_head.bytes()
+    }
+
+    /// A cache for `slots` sequences of up to `max_len` positions.
+    pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
+        if max_len > self.cfg.max_positions {
+            return Err(Error::Invalid(format!(
+                "{max_len} positions exceed the model's context of {} tokens",
+                self.cfg.max_positions
+            )));
+        }
+        let shape = [slots, self.cfg.kv_heads, max_len, self.cfg.head_dim];
+        let mut k = Vec::with_capacity(self.cfg.layers);
+        let mut v = Vec::with_capacity(self.cfg.layers);
+        for _ in 0..self.cfg.layers {
+            k.push(Tensor::zeros(&self.gpu, &shape, DType::F32, "k cache")?);
+            v.push(Tensor::zeros(&self.gpu, &shape, DType::F32, "v cache")?);
+        }
+        let rope = RopeTable::new(&self.gpu, &self.cfg.inv_freq(), max_len)?;
+        Ok(KvCache { k, v, slots, max_len, rope })
+    }
+
+    /// Runs `batch` and returns its logits [batch.logits_rows.len(), vocab] (submitted, not
+    /// waited for: read the tensor to wait).
+    pub fn forward(&self, batch: &Batch, cache: &KvCache) -> Result<Tensor> {
+        let mut rec = Recorder::new(&self.gpu);
+        let logits = self.record_forward(&mut rec, batch, cache)?;
+        rec.submit()?;
+        Ok(logits)
+    }
+
+    /// Records the forward pass of `batch` into `rec` and returns the logits tensor it fills.
+    pub fn record_forward(&self, rec: &mut Recorder, batch: &Batch, cache: &KvCache) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let r = batch.rows();
+        self.check_batch(batch, cache)?;
+        let gpu = &self.gpu;
+        let (h, f) = (cfg.hidden, cfg.intermediate);
+        let (nq, nkv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        let eps = cfg.rms_eps as f32;
+        let t = |shape: &[usize], name: &str| Tensor::zeros(gpu, shape, DType::F32, name);
+        let tokens = Tensor::from_u32(gpu, &[r], &batch.tokens, "tokens")?;
+        let pos = Tensor::from_u32(gpu, &[r], &batch.positions, "positions")?;
+        let slot = Tensor::from_u32(gpu, &[r], &batch.slots, "slots")?;
+        let rows = Rows { pos: &pos, slot: &slot };
+        let (hs, xn) = (t(&[r, h], "h")?, t(&[r, h], "x")?);
+        let (q, k, v, att) = (t(&[r, nq], "q")?, t(&[r, nkv], "k")?, t(&[r, nkv], "v")?, t(&[r, nq], "attn")?);
+        let (gate, up, act) = (t(&[r, f], "gate")?, t(&[r, f], "up")?, t(&[r, f], "act")?);
+
+        gather(rec, &self.embed, &tokens, &hs)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
+            rmsnorm(rec, &hs, &l.attn_norm, &xn, eps)?;
+            let x = Act::prepare(rec, &xn, self.layout, 0)?;
+            l.q.forward(rec, &x, &q, false)?;
+            l.k.forward(rec, &x, &k, false)?;
+            l.v.forward(rec, &x, &v, false)?;
+            rope_kv(rec, &q, &k, &v, &rows, &cache.rope, &cache_l)?;
+            attention(rec, &q, &cache_l, &rows, &att, None)?;
+            let a = Act::prepare(rec, &att, self.layout, 0)?;
+            l.o.forward(rec, &a, &hs, true)?;
+
+            rmsnorm(rec, &hs, &l.mlp_norm, &xn, eps)?;
+            let x = Act::prepare(rec, &xn, self.layout, 0)?;
+            l.gate.forward(rec, &x, &gate, false)?;
+            l.up.forward(rec, &x, &up, false)?;
+            swiglu(rec, &gate, &up, &act)?;
+            let a = Act::prepare(rec, &act, self.layout, 0)?;
+            l.down.forward(rec, &a, &hs, true)?;
+        }
+        let b = batch.logits_rows.len();
+        let wanted = Tensor::from_u32(gpu, &[b], &batch.logits_rows, "logits rows")?;
+        let (sel, seln) = (t(&[b, h], "last h")?, t(&[b, h], "last x")?);
+        gather(rec, &hs, &wanted, &sel)?;
+        rmsnorm(rec, &sel, &self.norm, &seln, eps)?;
+        let logits = t(&[b, cfg.vocab], "logits")?;
+        let x = Act::prepare(rec, &seln, self.layout, 0)?;
+        matmul_act(rec, Form::Nt, &x, &self.lm_head, &logits, &MatmulOpts::default())?;
+        Ok(logits)
+    }
+
+    fn check_batch(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
+        let r = batch.rows();
+        if r == 0 || batch.slots.len() != r || batch.positions.len() != r {
+            return Err(Error::Invalid(format!(
+                "a batch needs rows: {} tokens, {} slots, {} positions",
+                r,
+                batch.slots.len(),
+                batch.positions.len()
+            )));
+        }
+        if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {}", self.cfg.vocab)));
+        }
+        if let Some(&s) = batch.slots.iter().find(|&&s| s as usize >= cache.slots) {
+            return Err(Error::Invalid(format!("cache slot {s} of {}", cache.slots)));
+        }
+        if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= cache.max_len) {
+            return Err(Error::Invalid(format!(
+                "position {p} is past the cache's {} positions (the sequence is over the limit)",
+                cache.max_len
+            )));
+        }
+        if batch.logits_rows.is_empty() || batch.logits_rows.iter().any(|&i| i as usize >= r) {
+            return Err(Error::Invalid("logits rows must name rows of the batch".into()));
+        }
+        Ok(())
+    }
+}

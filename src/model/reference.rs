@@ -1,0 +1,162 @@
+//! A CPU Llama forward in f64 on the host weights: the independent reference the GPU model is
+//! tested against (slow: for tiny models and short prompts).
+
+use crate::error::Result;
+use crate::model::config::LlamaConfig;
+use crate::model::source::ModelSource;
+
+struct HostLinear {
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    out: usize,
+    inp: usize,
+}
+
+impl HostLinear {
+    fn apply(&self, x: &[f64]) -> Vec<f64> {
+        (0..self.out)
+            .map(|o| {
+                let row = &self.w[o * self.inp..(o + 1) * self.inp];
+                let s: f64 = row.iter().zip(x).map(|(&w, &v)| w as f64 * v).sum();
+                s + self.bias.as_ref().map_or(0.0, |b| b[o] as f64)
+            })
+            .collect()
+    }
+}
+
+struct HostLayer {
+    attn_norm: Vec<f32>,
+    q: HostLinear,
+    k: HostLinear,
+    v: HostLinear,
+    o: HostLinear,
+    mlp_norm: Vec<f32>,
+    gate: HostLinear,
+    up: HostLinear,
+    down: HostLinear,
+}
+
+pub struct HostLlama {
+    cfg: LlamaConfig,
+    embed: Vec<f32>,
+    layers: Vec<HostLayer>,
+    norm: Vec<f32>,
+    lm_head: Vec<f32>,
+}
+
+fn rmsnorm(x: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(v, &g)| v * inv * g as f64).collect()
+}
+
+impl HostLlama {
+    pub fn load(src: &ModelSource) -> Result<HostLlama> {
+        let cfg = src.config()?;
+        let (h, f, hd) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (nq, nkv) = (cfg.heads * hd, cfg.kv_heads * hd);
+        let lin = |name: &str, out: usize, inp: usize| -> Result<HostLinear> {
+            let bias = if src.has(&format!("{name}.bias")) {
+                Some(src.tensor(&format!("{name}.bias"), &[out], &cfg)?)
+            } else {
+                None
+            };
+            Ok(HostLinear { w: src.tensor(&format!("{name}.weight"), &[out, inp], &cfg)?, bias, out, inp })
+        };
+        let mut layers = Vec::new();
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            layers.push(HostLayer {
+                attn_norm: src.tensor(&format!("{p}.input_layernorm.weight"), &[h], &cfg)?,
+                q: lin(&format!("{p}.self_attn.q_proj"), nq, h)?,
+                k: lin(&format!("{p}.self_attn.k_proj"), nkv, h)?,
+                v: lin(&format!("{p}.self_attn.v_proj"), nkv, h)?,
+                o: lin(&format!("{p}.self_attn.o_proj"), h, nq)?,
+                mlp_norm: src.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h], &cfg)?,
+                gate: lin(&format!("{p}.mlp.gate_proj"), f, h)?,
+                up: lin(&format!("{p}.mlp.up_proj"), f, h)?,
+                down: lin(&format!("{p}.mlp.down_proj"), h, f)?,
+            });
+        }
+        let embed = src.tensor("model.embed_tokens.weight", &[cfg.vocab, h], &cfg)?;
+        let lm_head = if cfg.tie_embeddings || !src.has("lm_head.weight") {
+            embed.clone()
+        } else {
+            src.tensor("lm_head.weight", &[cfg.vocab, h], &cfg)?
+        };
+        let norm = src.tensor("model.norm.weight", &[h], &cfg)?;
+        Ok(HostLlama { cfg, embed, layers, norm, lm_head })
+    }
+
+    /// Logits at every position of `tokens` (one sequence from position 0), f64.
+    pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
+        let c = &self.cfg;
+        let (h, hd) = (c.hidden, c.head_dim);
+        let half = hd / 2;
+        let inv_freq = c.inv_freq();
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut hs: Vec<Vec<f64>> = tokens
+            .iter()
+            .map(|&t| self.embed[t as usize * h..(t as usize + 1) * h].iter().map(|&v| v as f64).collect())
+            .collect();
+        let rope = |x: &mut [f64], p: usize| {
+            for head in x.chunks_mut(hd) {
+                for i in 0..half {
+                    let (s, co) = (p as f64 * inv_freq[i]).sin_cos();
+                    let (x1, x2) = (head[i], head[i + half]);
+                    head[i] = x1 * co - x2 * s;
+                    head[i + half] = x2 * co + x1 * s;
+                }
+            }
+        };
+        for l in &self.layers {
+            let xs: Vec<Vec<f64>> = hs.iter().map(|x| rmsnorm(x, &l.attn_norm, c.rms_eps)).collect();
+            let mut qs: Vec<Vec<f64>> = xs.iter().map(|x| l.q.apply(x)).collect();
+            let mut ks: Vec<Vec<f64>> = xs.iter().map(|x| l.k.apply(x)).collect();
+            let vs: Vec<Vec<f64>> = xs.iter().map(|x| l.v.apply(x)).collect();
+            for (p, (q, k)) in qs.iter_mut().zip(ks.iter_mut()).enumerate() {
+                rope(q, p);
+                rope(k, p);
+            }
+            for (t, hrow) in hs.iter_mut().enumerate() {
+                let mut att = vec![0.0; c.heads * hd];
+                for head in 0..c.heads {
+                    let g = head / group;
+                    let q = &qs[t][head * hd..(head + 1) * hd];
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|u| q.iter().zip(&ks[u][g * hd..(g + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() * scale)
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                    for (u, s) in scores.iter().enumerate() {
+                        let p = (s - m).exp() / z;
+                        for i in 0..hd {
+                            att[head * hd + i] += p * vs[u][g * hd + i];
+                        }
+                    }
+                }
+                for (o, v) in hrow.iter_mut().zip(l.o.apply(&att)) {
+                    *o += v;
+                }
+            }
+            for hrow in hs.iter_mut() {
+                let x = rmsnorm(hrow, &l.mlp_norm, c.rms_eps);
+                let g = l.gate.apply(&x);
+                let u = l.up.apply(&x);
+                let a: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                for (o, v) in hrow.iter_mut().zip(l.down.apply(&a)) {
+                    *o += v;
+                }
+            }
+        }
+        hs.iter()
+            .map(|x| {
+                let xn = rmsnorm(x, &self.norm, c.rms_eps);
+                (0..c.vocab)
+                    .map(|v| self.lm_head[v * h..(v + 1) * h].iter().zip(&xn).map(|(&w, x)| w as f64 * x).sum())
+                    .collect()
+            })
+            .collect()
+    }
+}

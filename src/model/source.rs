@@ -1,0 +1,239 @@
+//! Where a model's weights come from: a GGUF file or a Hugging Face directory. Either way the
+//! rest of lorafuse sees Hugging Face tensor names and layouts, as f32 on the host (llama.cpp's
+//! rotary row permutation of q and k undone).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::model::chat::ChatTemplate;
+use crate::model::config::{Arch, LlamaConfig};
+use crate::model::gguf::Gguf;
+use crate::model::tokenizer::Tokenizer;
+
+pub enum ModelSource {
+    Gguf(Gguf),
+    Hf(HfDir),
+}
+
+/// A Hugging Face model directory: config.json, model.safetensors or shards listed in
+/// model.safetensors.index.json, and the tokenizer files.
+pub struct HfDir {
+    dir: PathBuf,
+    /// tensor name → shard file
+    map: BTreeMap<String, PathBuf>,
+    /// The last shard read, kept while tensors are taken from it in order.
+    shard: RefCell<Option<(PathBuf, Vec<u8>)>>,
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let mapped = match rest {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{mapped}"))
+}
+
+/// Undoes llama.cpp's q/k row permutation: its converter viewed each head's rows as
+/// [2, d/2] and swapped the axes, so GGUF row h·d + 2j + t is Hugging Face row h·d + t·d/2 + j.
+pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>> {
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() != rows * cols {
+        return Err(Error::Invalid(format!("cannot unpermute {rows} rows of {cols} over {heads} heads")));
+    }
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0.0f32; data.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let src = h * hd + 2 * j + t;
+                let dst = h * hd + t * half + j;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl ModelSource {
+    /// A `.gguf` file or a Hugging Face directory.
+    pub fn open(path: &Path) -> Result<ModelSource> {
+        if path.is_dir() {
+            return Ok(ModelSource::Hf(HfDir::open(path)?));
+        }
+        if !path.exists() {
+            return Err(Error::file(
+                path,
+                "no such model file or directory (scripts/fetch-model.sh fetches the default)",
+            ));
+        }
+        Ok(ModelSource::Gguf(Gguf::open(path)?))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelSource::Gguf(g) => g.path(),
+            ModelSource::Hf(h) => &h.dir,
+        }
+    }
+
+    pub fn config(&self) -> Result<LlamaConfig> {
+        match self {
+            ModelSource::Gguf(g) => LlamaConfig::from_gguf(g),
+            ModelSource::Hf(h) => LlamaConfig::from_hf_json(&h.dir.join("config.json")),
+        }
+    }
+
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match self {
+            ModelSource::Gguf(g) => Tokenizer::from_gguf(g),
+            ModelSource::Hf(h) => Tokenizer::from_hf_dir(&h.dir),
+        }
+    }
+
+    /// The model's own chat template, if it has one.
+    pub fn chat_template(&self) -> Result<Option<ChatTemplate>> {
+        let source = match self {
+            ModelSource::Gguf(g) => g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
+            ModelSource::Hf(h) => {
+                let p = h.dir.join("tokenizer_config.json");
+                match std::fs::read_to_string(&p) {
+                    Ok(t) => {
+                        let j: serde_json::Value =
+                            serde_json::from_str(&t).map_err(|e| Error::file(&p, format!("invalid JSON: {e}")))?;
+                        j.get("chat_template").and_then(|v| v.as_str()).map(str::to_string)
+                    }
+                    Err(_) => None,
+                }
+            }
+        };
+        source.map(|s| ChatTemplate::new(&s).map_err(|e| Error::file(self.path(), e))).transpose()
+    }
+
+    pub fn has(&self, hf_name: &str) -> bool {
+        match self {
+            ModelSource::Gguf(g) => gguf_name(hf_name).is_some_and(|n| g.tensor(&n).is_ok()),
+            ModelSource::Hf(h) => h.map.contains_key(hf_name),
+        }
+    }
+
+    /// A tensor by Hugging Face name, f32, row-major, with its shape checked against `shape`.
+    pub fn tensor(&self, hf_name: &str, shape: &[usize], cfg: &LlamaConfig) -> Result<Vec<f32>> {
+        let (got_shape, data) = match self {
+            ModelSource::Gguf(g) => {
+                let name = gguf_name(hf_name)
+                    .ok_or_else(|| Error::file(g.path(), format!("no GGUF name for tensor '{hf_name}'")))?;
+                let (s, d) = g.tensor_f32(&name)?;
+                let heads = match (cfg.arch, hf_name.rsplit('.').nth(1)) {
+                    (Arch::Llama, Some("q_proj")) => Some(cfg.heads),
+                    (Arch::Llama, Some("k_proj")) => Some(cfg.kv_heads),
+                    _ => None,
+                };
+                let d = match heads {
+                    Some(h) => {
+                        let cols = if s.len() == 2 { s[1] } else { 1 };
+                        unpermute_rows(&d, s[0], cols, h)
+                            .map_err(|e| Error::file(g.path(), format!("tensor '{name}': {e}")))?
+                    }
+                    None => d,
+                };
+                (s, d)
+            }
+            ModelSource::Hf(h) => h.tensor(hf_name)?,
+        };
+        if got_shape != shape {
+            return Err(Error::file(
+                self.path(),
+                format!("tensor '{hf_name}' has shape {got_shape:?}, the config implies {shape:?}"),
+            ));
+        }
+        Ok(data)
+    }
+}
+
+impl HfDir {
+    pub fn open(dir: &Path) -> Result<HfDir> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let mut map = BTreeMap::new();
+        if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::file(&index, e))?;
+            let j: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("invalid JSON: {e}")))?;
+            let wm = j
+                .get("weight_map")
+                .and_then(|w| w.as_object())
+                .ok_or_else(|| Error::file(&index, "no weight_map object"))?;
+            for (name, file) in wm {
+                let f = file
+                    .as_str()
+                    .ok_or_else(|| Error::file(&index, format!("weight_map['{name}'] is not a file name")))?;
+                map.insert(name.clone(), dir.join(f));
+            }
+        } else if single.exists() {
+            let bytes = std::fs::read(&single).map_err(|e| Error::file(&single, e))?;
+            let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::file(&single, e))?;
+            for name in st.names() {
+                map.insert(name.to_string(), single.clone());
+            }
+        } else {
+            return Err(Error::file(dir, "neither model.safetensors nor model.safetensors.index.json"));
+        }
+        Ok(HfDir { dir: dir.to_path_buf(), map, shard: RefCell::new(None) })
+    }
+
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let file = self.map.get(name).ok_or_else(|| Error::file(&self.dir, format!("tensor '{name}': missing")))?;
+        let mut cache = self.shard.borrow_mut();
+        if cache.as_ref().is_none_or(|(p, _)| p != file) {
+            let bytes = std::fs::read(file).map_err(|e| Error::file(file, e))?;
+            *cache = Some((file.clone(), bytes));
+        }
+        let (_, bytes) = cache.as_ref().expect("shard loaded above");
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::file(file, e))?;
+        let view = st.tensor(name).map_err(|e| Error::file(file, format!("tensor '{name}': {e}")))?;
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => {
+                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            safetensors::Dtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            safetensors::Dtype::BF16 => {
+                raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            other => {
+                return Err(Error::file(
+                    file,
+                    format!("tensor '{name}': dtype {other:?} (f32, f16 and bf16 are read)"),
+                ));
+            }
+        };
+        Ok((view.shape().to_vec(), data))
+    }
+}

@@ -1,0 +1,235 @@
+//! The GPU Llama against its f64 CPU reference on tiny random models the tests write (Llama and
+//! Qwen2 flavours, tied and untied heads, GGUF and Hugging Face files); KV-cache decode against
+//! full recompute; ragged batches against one sequence at a time; bad files as errors.
+
+mod common;
+
+use common::tiny::*;
+use common::*;
+use lorafuse::gpu::{DType, Layout};
+use lorafuse::kernels::matmul::{Form, Variant};
+use lorafuse::model::llama::{Batch, Llama, LoadOptions};
+use lorafuse::model::reference::HostLlama;
+use lorafuse::model::source::ModelSource;
+
+fn layouts() -> Vec<Layout> {
+    let mut v = vec![Layout::Buffer];
+    if !Variant::candidates(gpu(), Form::Nt, Layout::Texture).is_empty() {
+        v.push(Layout::Texture);
+    }
+    v
+}
+
+/// Logits of every position of one sequence, from one forward pass.
+fn gpu_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
+    let cache = model.new_cache(1, tokens.len() + 1).unwrap();
+    let mut b = Batch::default();
+    b.push_sequence(0, 0, tokens, false);
+    b.logits_rows = (0..tokens.len() as u32).collect();
+    model.forward(&b, &cache).unwrap().read_f32(model.gpu()).unwrap()
+}
+
+fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(vocab) as u32).collect()
+}
+
+#[test]
+fn tiny_models_match_the_cpu_reference() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let specs = [
+        Tiny::default(),
+        Tiny { qwen2: true, tie: false, heads: 4, kv_heads: 2, head_dim: 12, hidden: 40, inter: 70, ..Tiny::default() },
+    ];
+    for (si, spec) in specs.iter().enumerate() {
+        let w = random_weights(spec, seed + si as u64);
+        let dir = temp_dir("tiny-hf");
+        write_hf(&dir, spec, &w, safetensors::Dtype::F32);
+        let src = ModelSource::open(&dir).unwrap();
+        let host = HostLlama::load(&src).unwrap();
+        let tokens = random_tokens(&mut rng, 11, spec.vocab);
+        let want: Vec<f64> = host.logits(&tokens).concat();
+        for layout in layouts() {
+            for (dtype, tol) in [(DType::F32, 1e-4), (DType::F16, 5e-3)] {
+                let model = Llama::load(gpu, &src, LoadOptions { dtype, layout: Some(layout) }).unwrap();
+                let got = gpu_logits(&model, &tokens);
+                assert_close(&format!("tiny model {si} ({}, {dtype} weights)", layout.name()), &got, &want, tol, seed);
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// The same weights through a GGUF file (q/k rows permuted as llama.cpp stores them, f32 and
+/// f16) and a Hugging Face directory (f32, f16, bf16) load to the same tensors.
+#[test]
+fn gguf_and_hf_files_load_the_same_weights() {
+    let seed = seed();
+    for qwen2 in [false, true] {
+        let spec = Tiny { qwen2, tie: !qwen2, ..Tiny::default() };
+        let w = random_weights(&spec, seed);
+        let dir = temp_dir("tiny-both");
+        write_hf(&dir.join("hf"), &spec, &w, safetensors::Dtype::F32);
+        write_gguf_model(&dir.join("m.gguf"), &spec, &w, false);
+        let hf = ModelSource::open(&dir.join("hf")).unwrap();
+        let gg = ModelSource::open(&dir.join("m.gguf")).unwrap();
+        let cfg = hf.config().unwrap();
+        let mut gcfg = gg.config().unwrap();
+        // GGUF stores eps as f32
+        assert!((gcfg.rms_eps - cfg.rms_eps).abs() < 1e-12);
+        gcfg.rms_eps = cfg.rms_eps;
+        assert_eq!(cfg, gcfg);
+        for (name, (shape, v)) in &w {
+            assert_eq!(&hf.tensor(name, shape, &cfg).unwrap(), v, "{name} from safetensors");
+            assert_eq!(&gg.tensor(name, shape, &cfg).unwrap(), v, "{name} from GGUF");
+        }
+        // f16 and bf16 files round to those types
+        write_hf(&dir.join("hf16"), &spec, &w, safetensors::Dtype::F16);
+        write_hf(&dir.join("hfb16"), &spec, &w, safetensors::Dtype::BF16);
+        write_gguf_model(&dir.join("m16.gguf"), &spec, &w, true);
+        let name = "model.layers.1.self_attn.q_proj.weight";
+        let (shape, v) = &w[name];
+        let f16: Vec<f32> = round_f16(v);
+        let bf16: Vec<f32> = v.iter().map(|x| half::bf16::from_f32(*x).to_f32()).collect();
+        assert_eq!(ModelSource::open(&dir.join("hf16")).unwrap().tensor(name, shape, &cfg).unwrap(), f16);
+        assert_eq!(ModelSource::open(&dir.join("hfb16")).unwrap().tensor(name, shape, &cfg).unwrap(), bf16);
+        assert_eq!(ModelSource::open(&dir.join("m16.gguf")).unwrap().tensor(name, shape, &cfg).unwrap(), f16);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// Prefill then one token at a time through the cache gives the logits of a full recompute.
+#[test]
+fn kv_cache_decode_equals_full_recompute() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let spec = Tiny::default();
+    let dir = temp_dir("tiny-kv");
+    write_hf(&dir, &spec, &random_weights(&spec, seed), safetensors::Dtype::F32);
+    let src = ModelSource::open(&dir).unwrap();
+    for layout in layouts() {
+        let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(layout) }).unwrap();
+        let tokens = random_tokens(&mut rng, 14, spec.vocab);
+        let full = gpu_logits(&model, &tokens);
+        let v = spec.vocab;
+        let cache = model.new_cache(1, 16).unwrap();
+        let prefill = 5;
+        let mut b = Batch::default();
+        b.push_sequence(0, 0, &tokens[..prefill], true);
+        let mut stepwise = model.forward(&b, &cache).unwrap().read_f32(gpu).unwrap();
+        for p in prefill..tokens.len() {
+            let mut b = Batch::default();
+            b.push_sequence(0, p as u32, &tokens[p..p + 1], true);
+            stepwise.extend(model.forward(&b, &cache).unwrap().read_f32(gpu).unwrap());
+        }
+        let want: Vec<f64> = full[(prefill - 1) * v..].iter().map(|&x| x as f64).collect();
+        assert_close(&format!("decode vs recompute ({})", layout.name()), &stepwise, &want, 1e-5, seed);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sequences of different lengths in one ragged batch (prefill, then decode steps for all of
+/// them at once) give each sequence's logits as if it ran alone.
+#[test]
+fn ragged_batch_equals_one_sequence_at_a_time() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let spec = Tiny { kv_heads: 3, ..Tiny::default() };
+    let dir = temp_dir("tiny-batch");
+    write_hf(&dir, &spec, &random_weights(&spec, seed), safetensors::Dtype::F32);
+    let src = ModelSource::open(&dir).unwrap();
+    let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: None }).unwrap();
+    let prompts: Vec<Vec<u32>> = [7, 1, 12].iter().map(|&n| random_tokens(&mut rng, n, spec.vocab)).collect();
+    let next: Vec<u32> = random_tokens(&mut rng, 3, spec.vocab);
+    let v = spec.vocab;
+    // together
+    let cache = model.new_cache(3, 16).unwrap();
+    let mut b = Batch::default();
+    for (s, p) in prompts.iter().enumerate() {
+        b.push_sequence(s as u32, 0, p, true);
+    }
+    let first = model.forward(&b, &cache).unwrap().read_f32(gpu).unwrap();
+    let mut b = Batch::default();
+    for (s, p) in prompts.iter().enumerate() {
+        b.push_sequence(s as u32, p.len() as u32, &next[s..s + 1], true);
+    }
+    let second = model.forward(&b, &cache).unwrap().read_f32(gpu).unwrap();
+    // alone
+    for (s, p) in prompts.iter().enumerate() {
+        let mut seq = p.clone();
+        seq.push(next[s]);
+        let alone = gpu_logits(&model, &seq);
+        let want_first: Vec<f64> = alone[(p.len() - 1) * v..p.len() * v].iter().map(|&x| x as f64).collect();
+        let want_second: Vec<f64> = alone[p.len() * v..].iter().map(|&x| x as f64).collect();
+        assert_close(&format!("sequence {s}, prefill"), &first[s * v..(s + 1) * v], &want_first, 1e-5, seed);
+        assert_close(&format!("sequence {s}, decode"), &second[s * v..(s + 1) * v], &want_second, 1e-5, seed);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_model_files_are_errors_naming_file_and_tensor() {
+    let seed = seed();
+    let spec = Tiny::default();
+    let w = random_weights(&spec, seed);
+    let dir = temp_dir("tiny-bad");
+    let gg = dir.join("m.gguf");
+    write_gguf_model(&gg, &spec, &w, false);
+    let bytes = std::fs::read(&gg).unwrap();
+    let cfg = ModelSource::open(&gg).unwrap().config().unwrap();
+
+    // truncated anywhere: header, metadata, tensor table, data
+    for cut in [3, 20, 200, bytes.len() / 2, bytes.len() - 1] {
+        let p = dir.join(format!("cut{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let msg = match ModelSource::open(&p) {
+            Err(e) => e.to_string(),
+            Ok(src) => src.tensor("model.norm.weight", &[spec.hidden], &cfg).map(|_| ()).unwrap_err().to_string(),
+        };
+        assert!(msg.contains(&p.display().to_string()), "cut at {cut}: {msg}");
+        if cut > 1000 {
+            assert!(msg.contains("tensor '") && msg.contains("truncated"), "cut at {cut}: {msg}");
+        }
+    }
+    let p = dir.join("magic.gguf");
+    let mut bad = bytes.clone();
+    bad[..4].copy_from_slice(b"GGML");
+    std::fs::write(&p, &bad).unwrap();
+    assert!(ModelSource::open(&p).err().unwrap().to_string().contains("not a GGUF file"));
+
+    // safetensors: truncated, and a config that disagrees with the tensors
+    let hf = dir.join("hf");
+    write_hf(&hf, &spec, &w, safetensors::Dtype::F32);
+    let st = hf.join("model.safetensors");
+    let full = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &full[..full.len() - 100]).unwrap();
+    let err = ModelSource::open(&hf).err().expect("truncated safetensors").to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::write(&st, &full).unwrap();
+    let wrong = Tiny { inter: spec.inter + 1, ..spec.clone() };
+    std::fs::write(hf.join("config.json"), config_json(&wrong)).unwrap();
+    let src = ModelSource::open(&hf).unwrap();
+    let err = Llama::load(gpu(), &src, LoadOptions::default()).err().expect("shape mismatch").to_string();
+    assert!(err.contains("mlp.gate_proj.weight") && err.contains("shape"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sequences_over_the_limit_are_errors() {
+    let spec = Tiny::default();
+    let dir = temp_dir("tiny-limit");
+    write_hf(&dir, &spec, &random_weights(&spec, seed()), safetensors::Dtype::F32);
+    let model = Llama::load(gpu(), &ModelSource::open(&dir).unwrap(), LoadOptions::default()).unwrap();
+    assert!(model.new_cache(1, 513).err().unwrap().to_string().contains("context of 512"));
+    let cache = model.new_cache(1, 4).unwrap();
+    let mut b = Batch::default();
+    b.push_sequence(0, 0, &[1, 2, 3, 4, 5], true);
+    assert!(model.forward(&b, &cache).err().unwrap().to_string().contains("over the limit"));
+    let mut b = Batch::default();
+    b.push_sequence(0, 0, &[1000], true);
+    assert!(model.forward(&b, &cache).err().unwrap().to_string().contains("vocabulary"));
+    std::fs::remove_dir_all(&dir).ok();
+}
