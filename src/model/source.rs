@@ -63,7 +63,7 @@ fn gguf_name(hf: &str) -> Option<String> {
 /// Undoes llama.cpp's q/k row permutation: its converter viewed each head's rows as
 /// [2, d/2] and swapped the axes, so GGUF row h·d + 2j + t is Hugging Face row h·d + t·d/2 + j.
 pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() != rows * cols {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) || data.len() != rows * cols {
         return Err(Error::Invalid(format!("cannot unpermute {rows} rows of {cols} over {heads} heads")));
     }
     let hd = rows / heads;
