@@ -216,7 +216,7 @@ pub fn write_gguf(path: &Path, meta: &[(String, Meta)], tensors: &[(String, Vec<
         offsets.push(offset);
         offset += (bytes.len() as u64).div_ceil(32) * 32;
     }
-    while f.len() % 32 != 0 {
+    while !f.len().is_multiple_of(32) {
         f.push(0);
     }
     let start = f.len();
