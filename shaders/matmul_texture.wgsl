@@ -29,7 +29,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if X_BUF
+// nt_dot only: the activation straight from its buffer, [M, K/4] vec4s (x_rpl holds K/4).
+@group(0) @binding(1) var<storage, read> xbuf: array<vec4<f32>>;
+#else
 @group(0) @binding(1) var xt: texture_2d_array<f32>;
+#endif
 #if W_F16
 @group(0) @binding(2) var wt: texture_2d_array<u32>;
 #else
@@ -59,6 +64,7 @@ fn finish(row: u32, col: u32, acc: f32) {
     }
 }
 
+#if !X_BUF
 @compute @workgroup_size(SG)
 fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
       @builtin(subgroup_invocation_id) lane: u32) {
@@ -266,6 +272,15 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 }
 
+#endif
+
+#if X_BUF
+// Texel i of activation row r from the buffer; zero past the row (the buffer is not padded).
+fn x_at(r: u32, i: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), xbuf[r * p.x_rpl + min(i, p.x_rpl - 1u)], i < p.x_rpl);
+}
+#endif
+
 // nt for few rows (decode): lanes walk the inner dimension side by side (lane l takes texel
 // q*SG + l of every operand row), so a subgroup reads SG neighbouring texels of one weight row
 // per fetch instead of one texel from each of SG rows; the R×C partial dots are summed across the
@@ -301,8 +316,13 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         let wb{c} = select(vec4<f32>(0.0), vec4<f32>(unpack2x16float(wp{c}.z), unpack2x16float(wp{c}.w)), inside);
 #end
 #repeat r R
+#if X_BUF
+        let xa{r} = x_at(xr{r}, 2u * u32(wx));
+        let xb{r} = x_at(xr{r}, 2u * u32(wx) + 1u);
+#else
         let xa{r} = textureLoad(xt, vec2<i32>(2 * wx, xy{r}), xl{r}, 0);
         let xb{r} = textureLoad(xt, vec2<i32>(2 * wx + 1, xy{r}), xl{r}, 0);
+#endif
 #repeat c C
         acc{r}_{c} += dot(xa{r}, wa{c}) + dot(xb{r}, wb{c});
 #end
@@ -312,7 +332,11 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         let w{c} = textureLoad(wt, vec2<i32>(i32(tx), wy{c}), wl{c}, 0);
 #end
 #repeat r R
+#if X_BUF
+        let x{r} = x_at(xr{r}, tx);
+#else
         let x{r} = textureLoad(xt, vec2<i32>(i32(tx), xy{r}), xl{r}, 0);
+#endif
 #repeat c C
         acc{r}_{c} += dot(x{r}, w{c});
 #end

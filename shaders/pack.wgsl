@@ -3,8 +3,9 @@
 //   src [rows, cols] (row stride ld)  ->  dst texel (x, y, layer) with row = layer * rpl + y,
 //   f32: texel x holds cols 4x .. 4x+3 (rgba32float);
 //   f16: texel x holds cols 8x .. 8x+7 as four pack2x16float words (rgba32uint).
-// Columns past `cols` and rows past `rows` are written as zeros: the matmul kernels rely on
-// zero padding instead of bounds tests in their inner loops.
+// Columns past `cols` are written as zeros: the matmul kernels rely on zero padding instead of
+// bounds tests in their inner loops. Rows past `rows` are left alone: kernels clamp activation
+// rows, and a fresh texture's padding rows (which weight reductions do read) are zero already.
 // One invocation per texel; workgroups cover (texels, rows) with rows folded over (y, z).
 
 struct Params {
@@ -13,7 +14,6 @@ struct Params {
     ld: u32,
     width: u32,     // texels per texture row
     rpl: u32,       // rows per layer
-    padded_rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,14 +31,14 @@ struct Params {
 
 #if VEC4
 fn at4(row: u32, col: u32) -> vec4<f32> {
-    if (row < p.rows && col < p.cols) {
+    if (col < p.cols) {
         return src[(row * p.ld + col) / 4u];
     }
     return vec4<f32>(0.0);
 }
 #else
 fn at(row: u32, col: u32) -> f32 {
-    if (row < p.rows && col < p.cols) {
+    if (col < p.cols) {
         return src[row * p.ld + col];
     }
     return 0.0;
@@ -53,7 +53,7 @@ fn at4(row: u32, col: u32) -> vec4<f32> {
 fn pack(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let x = gid.x;
     let row = gid.y + gid.z * nwg.y;
-    if (x >= p.width || row >= p.padded_rows) {
+    if (x >= p.width || row >= p.rows) {
         return;
     }
     let coord = vec2<u32>(x, row % p.rpl);

@@ -1,5 +1,7 @@
 //! The `lorafuse` command line.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,6 +60,10 @@ enum Command {
         #[arg(long)]
         clear: bool,
     },
+    /// Generate text from prompts (chat template applied unless --raw).
+    Generate(cli::generate::GenerateArgs),
+    /// An interactive chat, replies streamed.
+    Chat(cli::generate::ChatArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -186,6 +192,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&cli.device.backend, json),
         Command::Tune { clear } => tune_cmd(&cli.device.open()?, clear),
+        Command::Generate(args) => cli::generate::run_generate(&cli.device.open()?, &args),
+        Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),
         Command::Bench { what: BenchCommand::Kernels { json, markdown, quick, lora_dtype } } => {
             bench_kernels(&cli.device.open()?, json, markdown, quick, &lora_dtype)
         }

@@ -1,12 +1,13 @@
 //! The autotuner: which matmul variant to run, per device and shape class, decided by timing
 //! the candidates once and remembered on disk.
 //!
-//! A device is keyed by adapter name, backend, driver and driver version (a driver upgrade
-//! re-tunes). A shape class is (form, weight layout, weight dtype, M bucket, N bucket, K bucket);
-//! the first problem of a class is timed at a proxy shape capped at 256 × 1024 × 2048 so tuning
-//! stays well under a second a class even where a candidate runs at 1 GF/s. The cache lives in
-//! `$LORAFUSE_CACHE_DIR/tune.json` (else `$XDG_CACHE_HOME/lorafuse/` or `~/.cache/lorafuse/`),
-//! written atomically. `LORAFUSE_TUNE=off` skips timing and uses the built-in defaults.
+//! A device is keyed by adapter name, backend, driver, driver version and the shader sources'
+//! fingerprint (a driver upgrade or a new build re-tunes). A shape class is (form, weight layout,
+//! weight dtype, M bucket, N bucket, K bucket); the first problem of a class is timed at a proxy
+//! shape capped at 256 × 1024 × 2048 so tuning stays well under a second a class even where a
+//! candidate runs at 1 GF/s. The cache lives in `$LORAFUSE_CACHE_DIR/tune.json` (else
+//! `$XDG_CACHE_HOME/lorafuse/` or `~/.cache/lorafuse/`), written atomically. `LORAFUSE_TUNE=off`
+//! skips timing and uses the built-in defaults.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -93,13 +94,15 @@ fn class_key(form: Form, layout: Layout, dtype: DType, m: usize, n: usize, k: us
 
 impl Tuner {
     pub(crate) fn load(cache_dir: Option<PathBuf>, timing: bool, info: &wgpu::AdapterInfo, caps: &Caps) -> Tuner {
+        // The kernels' own fingerprint is part of the key: a new build re-times its kernels.
         let device_key = format!(
-            "{}|{}|{}|{}|sg{:?}",
+            "{}|{}|{}|{}|sg{:?}|kernels {:016x}",
             info.name,
             info.backend.to_str(),
             info.driver,
             info.driver_info,
-            caps.fixed_subgroup_size
+            caps.fixed_subgroup_size,
+            crate::gpu::shader::sources_hash()
         );
         let path = cache_dir.map(|d| d.join("tune.json"));
         let entries = match &path {

@@ -112,7 +112,7 @@ fn options_fuse_into_every_variant() {
     for form in [Form::Nt, Form::Nn] {
         for layout in [Layout::Buffer, Layout::Texture] {
             for v in Variant::candidates(gpu, form, layout) {
-                for (case, &(m, k, n, e)) in [(7usize, 45usize, 37usize, 12usize), (33, 130, 67, 20)].iter().enumerate()
+                for (case, &(m, k, n, e)) in [(7usize, 45usize, 37usize, 12usize), (33, 132, 67, 20)].iter().enumerate()
                 {
                     let s = seed + case as u64;
                     let mut rng = Rng::new(s);

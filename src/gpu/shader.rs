@@ -31,6 +31,33 @@ pub fn source(name: &str) -> Option<&'static str> {
     })
 }
 
+/// Every shader file, for `sources_hash`.
+const ALL: [&str; 11] = [
+    "matmul_texture",
+    "matmul_blocked",
+    "matmul_tiled",
+    "pack",
+    "lora_merge",
+    "ceiling",
+    "embedding",
+    "rmsnorm",
+    "elementwise",
+    "rope",
+    "attention",
+];
+
+/// A fingerprint of the shader sources (FNV-1a), so choices timed for other kernels (a cache
+/// written by an older build) are not trusted.
+pub fn sources_hash() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for name in ALL {
+        for b in source(name).unwrap_or("").bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 pub type Defines = BTreeMap<&'static str, u32>;
 
 enum Node<'a> {
@@ -161,6 +188,14 @@ mod tests {
         let body: Vec<&str> = out.lines().filter(|l| !l.starts_with("const")).collect();
         assert_eq!(body, ["a", "not_b", "x0_0", "x0_1", "x1_0", "x1_1"]);
         assert!(out.contains("const A: u32 = 1u;"));
+    }
+
+    #[test]
+    fn every_shader_is_listed() {
+        assert!(ALL.iter().all(|n| source(n).is_some()));
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let files = std::fs::read_dir(dir).unwrap().count();
+        assert_eq!(files, ALL.len(), "a shader file is missing from shader::ALL");
     }
 
     #[test]

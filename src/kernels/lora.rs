@@ -236,7 +236,7 @@ pub fn lora_forward(
     variant: Option<Variant>,
 ) -> Result<()> {
     check_stack("fused LoRA forward", w, lora)?;
-    let act = Act::prepare(rec, x, w.layout(), 0)?;
+    let act = Act::new(x, 0);
     let shrink = MatmulOpts { row_coef: Some(RowCoef { coef, seg: &lora.seg }), variant, ..Default::default() };
     matmul_act(rec, Form::Nt, &act, &lora.a, t, &shrink)?;
     let base = MatmulOpts { epilogue: Some(Epilogue { t, b: &lora.b }), variant, ..Default::default() };
@@ -267,14 +267,14 @@ pub fn lora_sequential(
             format!("{} scratch tensors for {} adapters", ts.len(), adapters.len()),
         ));
     }
-    let act = Act::prepare(rec, x, w.layout(), 0)?;
+    let act = Act::new(x, 0);
     matmul_act(rec, Form::Nt, &act, w, y, &MatmulOpts::default())?;
     for (ad, t) in adapters.iter().zip(ts) {
         matmul_act(rec, Form::Nt, &act, &ad.a, t, &MatmulOpts::default())?;
         let expand = MatmulOpts { alpha: ad.weight, accumulate: true, ..Default::default() };
         // The expand is an ordinary product with a short inner dimension; on the texture path
         // the tuner's choice packs Tᵢ (a second scratch slot: X's pack stays valid).
-        let tp = Act::prepare(rec, t, ad.b.layout(), 1)?;
+        let tp = Act::new(t, 1);
         matmul_act(rec, Form::Nt, &tp, &ad.b, y, &expand)?;
     }
     Ok(())
@@ -324,7 +324,7 @@ pub fn lora_backward(
     tn_variant: Option<Variant>,
 ) -> Result<()> {
     check_stack("fused LoRA backward", w, lora)?;
-    let act = Act::prepare(rec, dy, w.layout(), 0)?;
+    let act = Act::new(dy, 0);
     let shrink = MatmulOpts { row_coef: Some(RowCoef { coef, seg: &lora.seg }), variant, ..Default::default() };
     matmul_act(rec, Form::Nn, &act, &lora.b, g, &shrink)?;
     if let Some(dx) = grads.dx {

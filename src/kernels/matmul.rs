@@ -204,30 +204,46 @@ impl Default for MatmulOpts<'_> {
     }
 }
 
-/// The left operand: a tensor, or one already packed for the texture kernels (so an activation
-/// feeding several products is packed once).
-#[derive(Clone)]
-pub(crate) enum Act {
-    Buffer(Tensor),
-    Packed(TexMatrix),
+/// The left operand of a product: an activation tensor, packed into a scratch texture the first
+/// time a texture kernel needs it and reused by every later product of the same activation (the
+/// q, k and v projections of one normalized input pack it once; a decode step's one-row kernels
+/// read the buffer directly and never pack it).
+pub(crate) struct Act {
+    x: Tensor,
+    slot: u32,
+    packed: std::cell::OnceCell<TexMatrix>,
 }
 
 impl Act {
-    /// `x` ready for products with weights in `layout`: packed into scratch texture `slot` for
-    /// the texture kernels, as it is otherwise.
-    pub(crate) fn prepare(rec: &mut Recorder, x: &Tensor, layout: Layout, slot: u32) -> Result<Act> {
-        Ok(match layout {
-            Layout::Texture => Act::Packed(pack::to_scratch_texture(rec, x, slot)?),
-            Layout::Buffer => Act::Buffer(x.clone()),
-        })
+    /// `slot` names the scratch texture: activations packed while another is still to be read
+    /// need different slots.
+    pub(crate) fn new(x: &Tensor, slot: u32) -> Act {
+        Act { x: x.clone(), slot, packed: std::cell::OnceCell::new() }
+    }
+
+    pub(crate) fn tensor(&self) -> &Tensor {
+        &self.x
+    }
+
+    /// The texture form, packed on first use.
+    pub(crate) fn packed(&self, rec: &mut Recorder) -> Result<&TexMatrix> {
+        if let Some(t) = self.packed.get() {
+            return Ok(t);
+        }
+        let t = pack::to_scratch_texture(rec, &self.x, self.slot)?;
+        Ok(self.packed.get_or_init(|| t))
     }
 
     fn dims(&self) -> Result<(usize, usize)> {
-        match self {
-            Act::Buffer(t) => t.dims2("matmul"),
-            Act::Packed(t) => Ok((t.rows(), t.cols())),
-        }
+        self.x.dims2("matmul")
     }
+}
+
+/// Where a texture kernel reads the activation from.
+pub(crate) enum XOperand<'a> {
+    Texture(&'a TexMatrix),
+    /// [M, K] f32 with K a multiple of 4 (read as vec4s): only the one-row kernels take it.
+    Buffer(&'a Tensor),
 }
 
 /// Checked shapes of one product.
@@ -290,7 +306,7 @@ fn check(form: Form, a: (usize, usize), b: &Matrix, y: &Tensor, opts: &MatmulOpt
 /// Y = alpha · op(A)·op(B) (+ epilogue), per `form` and `opts`. The variant is `opts.variant` or
 /// the autotuner's choice for this device and shape class.
 pub fn matmul(rec: &mut Recorder, form: Form, a: &Tensor, b: &Matrix, y: &Tensor, opts: &MatmulOpts) -> Result<()> {
-    matmul_act(rec, form, &Act::Buffer(a.clone()), b, y, opts)
+    matmul_act(rec, form, &Act::new(a, 0), b, y, opts)
 }
 
 pub(crate) fn matmul_act(
@@ -315,29 +331,17 @@ pub(crate) fn matmul_act(
         return Err(unsupported(&format!("not a candidate for {} operands of this device", b.layout().name())));
     }
     match (variant, b) {
+        (Variant::TextureDot { .. }, Matrix::Texture(w)) if prob.k.is_multiple_of(4) => {
+            matmul_texture::launch(rec, form, XOperand::Buffer(a.tensor()), w, y, opts, &prob, variant)
+        }
         (Variant::Texture { .. } | Variant::TextureDot { .. }, Matrix::Texture(w)) => {
-            let packed;
-            let x = match a {
-                Act::Packed(t) => t,
-                Act::Buffer(t) => {
-                    packed = pack::to_scratch_texture(rec, t, 0)?;
-                    &packed
-                }
-            };
-            matmul_texture::launch(rec, form, x, w, y, opts, &prob, variant)
+            let x = a.packed(rec)?.clone();
+            matmul_texture::launch(rec, form, XOperand::Texture(&x), w, y, opts, &prob, variant)
         }
         (Variant::Blocked { rows, cols }, Matrix::Buffer(w)) => {
-            let Act::Buffer(x) = a else {
-                return Err(unsupported("the left operand is packed in a texture"));
-            };
-            matmul_blocked::launch(rec, form, x, w, y, opts, &prob, rows, cols)
+            matmul_blocked::launch(rec, form, a.tensor(), w, y, opts, &prob, rows, cols)
         }
-        (Variant::Tiled, Matrix::Buffer(w)) => {
-            let Act::Buffer(x) = a else {
-                return Err(unsupported("the left operand is packed in a texture"));
-            };
-            matmul_tiled::launch(rec, form, x, w, y, opts, &prob)
-        }
+        (Variant::Tiled, Matrix::Buffer(w)) => matmul_tiled::launch(rec, form, a.tensor(), w, y, opts, &prob),
         _ => Err(unsupported(&format!("B is in a {} layout", b.layout().name()))),
     }
 }

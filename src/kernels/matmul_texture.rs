@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
 use crate::gpu::{DType, Gpu, Matrix, PipelineKey, Recorder, Resource, Tensor, TexMatrix, Work, fold_grid};
-use crate::kernels::matmul::{Form, MatmulOpts, Problem, Variant, traffic};
+use crate::kernels::matmul::{Form, MatmulOpts, Problem, Variant, XOperand, traffic};
 
 /// (rows, cols) per invocation that the autotuner tries for nt. Measured on lavapipe (Mesa 25,
 /// 256×2048×2048): 32×2 and 16×4 reach 35–45 GF/s, 8×4 wins at M≈16, and one-row strips win the
@@ -67,7 +67,7 @@ struct Params {
 pub(crate) fn launch(
     rec: &mut Recorder,
     form: Form,
-    x: &TexMatrix,
+    x: XOperand,
     w: &TexMatrix,
     y: &Tensor,
     opts: &MatmulOpts,
@@ -85,11 +85,12 @@ pub(crate) fn launch(
     if form == Form::Tn {
         return Err(unsupported("the tn form has no texture kernel".into()));
     }
-    if x.col_align != 4 * sg as usize || w.col_align != 4 * sg as usize {
-        return Err(unsupported("texture matrices padded for another subgroup size".into()));
-    }
-    if x.dtype() != DType::F32 {
-        return Err(unsupported("the activation texture must be f32".into()));
+    let x_aligned = match x {
+        XOperand::Texture(t) => t.col_align == 4 * sg as usize && t.dtype() == DType::F32,
+        XOperand::Buffer(t) => dot && prob.k.is_multiple_of(4) && t.dtype() == DType::F32,
+    };
+    if !x_aligned || w.col_align != 4 * sg as usize {
+        return Err(unsupported("operands not in this kernel's layout (padding, dtype or a buffer activation)".into()));
     }
     let f16 = w.dtype() == DType::F16;
     let mut params = Params {
@@ -98,7 +99,11 @@ pub(crate) fn launch(
         ldy: prob.n as u32,
         // nt_dot with f16 weights walks 8 values a lane per step
         chunks: (prob.k as u32).div_ceil(if dot && f16 { 8 * sg } else { 4 * sg }),
-        x_rpl: x.rows_per_layer,
+        x_rpl: match x {
+            XOperand::Texture(t) => t.rows_per_layer,
+            // the buffer path reads rows of K/4 vec4s
+            XOperand::Buffer(_) => (prob.k / 4) as u32,
+        },
         w_rpl: w.rows_per_layer,
         e_chunks: 0,
         e_ld4: 0,
@@ -117,12 +122,12 @@ pub(crate) fn launch(
         ("EPILOGUE", opts.epilogue.is_some() as u32),
         ("ROW_COEF", opts.row_coef.is_some() as u32),
         ("ACCUMULATE", opts.accumulate as u32),
+        ("X_BUF", matches!(x, XOperand::Buffer(_)) as u32),
     ]
     .into_iter()
     .collect();
     defines.retain(|_, v| *v != 0);
-    let mut binds =
-        vec![(1, Resource::View(x.view.clone())), (2, Resource::View(w.view.clone())), (3, Resource::from(y))];
+    let mut binds = vec![(1, x_resource(&x)), (2, Resource::View(w.view.clone())), (3, Resource::from(y))];
     if let Some(ep) = &opts.epilogue {
         let Matrix::Texture(b) = ep.b else {
             return Err(unsupported("the epilogue B is not in a texture".into()));
@@ -152,4 +157,11 @@ pub(crate) fn launch(
     let grid = fold_grid(rec.gpu(), col_groups, (prob.m as u32).div_ceil(rows));
     let work = Work { flops: form.flops(prob.m, prob.n, prob.k + prob.e), bytes: traffic(prob, w.dtype()) };
     rec.dispatch(pipeline, &params, binds, grid, format!("matmul_{form}_{variant}"), work)
+}
+
+fn x_resource(x: &XOperand) -> Resource {
+    match x {
+        XOperand::Texture(t) => Resource::View(t.view.clone()),
+        XOperand::Buffer(t) => Resource::from(*t),
+    }
 }

@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::texture::ROW_ALIGN;
 use crate::gpu::{DType, PipelineKey, Recorder, Resource, Tensor, TexMatrix, Work, fold_grid};
 
 #[repr(C)]
@@ -15,7 +14,6 @@ struct Params {
     ld: u32,
     width: u32,
     rpl: u32,
-    padded_rows: u32,
 }
 
 /// Packs `src` ([rows, cols] f32, row-major) into `dst`, which must have the same shape.
@@ -32,18 +30,9 @@ pub fn pack(rec: &mut Recorder, src: &Tensor, dst: &TexMatrix) -> Result<()> {
     let vec4 = cols % 4 == 0;
     let defines: Defines = [("F16", f16 as u32), ("VEC4", vec4 as u32)].into_iter().filter(|(_, v)| *v != 0).collect();
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("pack", "pack", &defines))?;
-    // Rows past the matrix up to the row alignment are zeroed; a scratch texture's rows beyond
-    // that are never read (kernels clamp rows to M).
-    let padded_rows = (rows.div_ceil(ROW_ALIGN) * ROW_ALIGN).min(dst.padded_rows()) as u32;
-    let params = Params {
-        rows: rows as u32,
-        cols: cols as u32,
-        ld: cols as u32,
-        width: dst.width,
-        rpl: dst.rows_per_layer,
-        padded_rows,
-    };
-    let grid = fold_grid(rec.gpu(), dst.width.div_ceil(64), padded_rows);
+    let params =
+        Params { rows: rows as u32, cols: cols as u32, ld: cols as u32, width: dst.width, rpl: dst.rows_per_layer };
+    let grid = fold_grid(rec.gpu(), dst.width.div_ceil(64), rows as u32);
     let work = Work { flops: 0, bytes: src.bytes() + dst.bytes() };
     rec.dispatch(
         pipeline,

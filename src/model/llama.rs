@@ -258,21 +258,21 @@ impl Llama {
         for (i, l) in self.layers.iter().enumerate() {
             let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
             rmsnorm(rec, &hs, &l.attn_norm, &xn, eps)?;
-            let x = Act::prepare(rec, &xn, self.layout, 0)?;
+            let x = Act::new(&xn, 0);
             l.q.forward(rec, &x, &q, false)?;
             l.k.forward(rec, &x, &k, false)?;
             l.v.forward(rec, &x, &v, false)?;
             rope_kv(rec, &q, &k, &v, &rows, &cache.rope, &cache_l)?;
             attention(rec, &q, &cache_l, &rows, &att, None)?;
-            let a = Act::prepare(rec, &att, self.layout, 0)?;
+            let a = Act::new(&att, 0);
             l.o.forward(rec, &a, &hs, true)?;
 
             rmsnorm(rec, &hs, &l.mlp_norm, &xn, eps)?;
-            let x = Act::prepare(rec, &xn, self.layout, 0)?;
+            let x = Act::new(&xn, 0);
             l.gate.forward(rec, &x, &gate, false)?;
             l.up.forward(rec, &x, &up, false)?;
             swiglu(rec, &gate, &up, &act)?;
-            let a = Act::prepare(rec, &act, self.layout, 0)?;
+            let a = Act::new(&act, 0);
             l.down.forward(rec, &a, &hs, true)?;
         }
         let b = batch.logits_rows.len();
@@ -281,7 +281,7 @@ impl Llama {
         gather(rec, &hs, &wanted, &sel)?;
         rmsnorm(rec, &sel, &self.norm, &seln, eps)?;
         let logits = t(&[b, cfg.vocab], "logits")?;
-        let x = Act::prepare(rec, &seln, self.layout, 0)?;
+        let x = Act::new(&seln, 0);
         matmul_act(rec, Form::Nt, &x, &self.lm_head, &logits, &MatmulOpts::default())?;
         Ok(logits)
     }

@@ -3,9 +3,11 @@
 
 pub mod chat;
 pub mod config;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod quant;
 pub mod reference;
+pub mod sampling;
 pub mod source;
 pub mod tokenizer;

@@ -1,0 +1,284 @@
+//! `lorafuse generate` and `lorafuse chat`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use lorafuse::gpu::{DType, Gpu};
+use lorafuse::model::chat::{ChatTemplate, Message};
+use lorafuse::model::generate::{Completion, GenerateOptions, Stats, generate, prompt_ids};
+use lorafuse::model::llama::{Llama, LoadOptions};
+use lorafuse::model::sampling::SamplingOptions;
+use lorafuse::model::source::ModelSource;
+use lorafuse::model::tokenizer::Tokenizer;
+
+/// The default model, as scripts/fetch-model.sh places it.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face model directory.
+    #[arg(long, env = "LORAFUSE_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Weight precision on the GPU: f16 (half the memory, faster on lavapipe) or f32 (exact
+    /// dequantized weights).
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    pub dtype: String,
+}
+
+/// A model loaded with its tokenizer and chat template.
+pub struct Loaded {
+    pub model: Llama,
+    pub tok: Tokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+impl ModelArgs {
+    pub fn load(&self, gpu: &Gpu) -> Result<Loaded> {
+        let started = std::time::Instant::now();
+        let src = ModelSource::open(&self.model)?;
+        let dtype = if self.dtype == "f32" { DType::F32 } else { DType::F16 };
+        let model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
+        let tok = src.tokenizer()?;
+        let template = src.chat_template()?;
+        eprintln!(
+            "model: {} ({} layers, hidden {}, {} weights in {} layout, {:.0} MiB) loaded in {:.1} s",
+            self.model.display(),
+            model.cfg.layers,
+            model.cfg.hidden,
+            dtype,
+            model.layout().name(),
+            model.weight_bytes() as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Loaded { model, tok, template })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate per prompt.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: the most likely tokens holding this probability (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> Result<GenerateOptions> {
+        if self.temperature < 0.0 || !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
+            bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+        }
+        Ok(GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The user's message (or, with --raw, the whole prompt text).
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// JSONL, one prompt a line: {"prompt": "..."} or {"messages": [{"role", "content"}, ...]}.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// A system message before each prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Send the text as it is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Prompts per batch with --prompts.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Print one JSON object a prompt (token ids and text) instead of the text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// The conversations of a prompts file, with errors naming its line.
+fn read_prompts(path: &Path, system: Option<&str>) -> Result<Vec<Vec<Message>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: &str| anyhow::anyhow!("{}:{}: {what}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&format!("not JSON: {e}")))?;
+        let mut messages: Vec<Message> = match (v.get("messages"), v.get("prompt")) {
+            (Some(m), _) => serde_json::from_value(m.clone())
+                .map_err(|e| bad(&format!("\"messages\" must be a list of {{role, content}}: {e}")))?,
+            (None, Some(serde_json::Value::String(p))) => vec![Message::new("user", p)],
+            _ => return Err(bad("needs a \"prompt\" string or a \"messages\" list")),
+        };
+        if messages.is_empty() {
+            return Err(bad("\"messages\" is empty"));
+        }
+        if let Some(s) = system
+            && messages[0].role != "system"
+        {
+            messages.insert(0, Message::new("system", s));
+        }
+        out.push(messages);
+    }
+    Ok(out)
+}
+
+fn conversation(system: Option<&str>, user: &str) -> Vec<Message> {
+    let mut m = Vec::new();
+    if let Some(s) = system {
+        m.push(Message::new("system", s));
+    }
+    m.push(Message::new("user", user));
+    m
+}
+
+fn report(stats: &Stats) {
+    eprintln!(
+        "prefill: {} tokens in {:.2} s ({:.1} tokens/s); decode: {} tokens in {:.2} s ({:.1} tokens/s)",
+        stats.prefill_tokens,
+        stats.prefill_secs,
+        stats.prefill_tps(),
+        stats.decode_tokens,
+        stats.decode_secs,
+        stats.decode_tps()
+    );
+}
+
+pub fn run_generate(gpu: &Gpu, args: &GenerateArgs) -> Result<()> {
+    let opts = args.sampling.options()?;
+    let conversations = match (&args.prompt, &args.prompts) {
+        (Some(p), _) => vec![conversation(args.system.as_deref(), p)],
+        (None, Some(path)) => read_prompts(path, args.system.as_deref())?,
+        (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl"),
+    };
+    let m = args.model.load(gpu)?;
+    if m.template.is_none() && !args.raw {
+        eprintln!("note: the model has no chat template; prompts are sent as raw text");
+    }
+    let ids: Vec<Vec<u32>> = conversations
+        .iter()
+        .map(|c| prompt_ids(&m.tok, m.template.as_ref(), c, args.raw))
+        .collect::<lorafuse::Result<_>>()?;
+    let stream = !args.json && ids.len() == 1;
+    let mut total = Stats::default();
+    let mut stdout = std::io::stdout().lock();
+    for (chunk_no, chunk) in ids.chunks(args.batch_size.max(1)).enumerate() {
+        let base = chunk_no * args.batch_size.max(1);
+        let (completions, stats) = generate(&m.model, &m.tok, chunk, &opts, |_, piece| {
+            if stream {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+            }
+        })?;
+        total.add(&stats);
+        for (i, c) in completions.iter().enumerate() {
+            print_completion(&mut stdout, base + i, &chunk[i], c, args.json, stream)?;
+        }
+    }
+    report(&total);
+    Ok(())
+}
+
+fn print_completion(
+    out: &mut impl Write,
+    index: usize,
+    prompt: &[u32],
+    c: &Completion,
+    json: bool,
+    streamed: bool,
+) -> Result<()> {
+    if json {
+        let line = serde_json::json!({
+            "index": index,
+            "prompt_ids": prompt,
+            "ids": c.ids,
+            "text": c.text,
+            "finish_reason": c.finish,
+        });
+        writeln!(out, "{line}")?;
+    } else if streamed {
+        writeln!(out)?;
+    } else {
+        writeln!(out, "### {index}\n{}\n", c.text)?;
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// An interactive session on stdin/stdout, replies streamed as they are generated.
+pub fn run_chat(gpu: &Gpu, args: &ChatArgs) -> Result<()> {
+    let opts = args.sampling.options()?;
+    let m = args.model.load(gpu)?;
+    let Some(template) = m.template.as_ref() else {
+        bail!("{} has no chat template; use `lorafuse generate --raw` for plain text", args.model.model.display());
+    };
+    let mut history: Vec<Message> = args.system.iter().map(|s| Message::new("system", s)).collect();
+    let fresh = history.clone();
+    eprintln!("chat: type a message; /reset starts over, /exit (or end of input) leaves");
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history = fresh.clone();
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::new("user", line));
+        let ids = prompt_ids(&m.tok, Some(template), &history, false)?;
+        let (c, stats) = generate(&m.model, &m.tok, &[ids], &opts, |_, piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        })?;
+        writeln!(stdout)?;
+        report(&stats);
+        history.push(Message::new("assistant", &c[0].text));
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Batched generation: one ragged prefill of every prompt, then decode steps over the sequences
+//! still running, each step one forward pass with one row per sequence. Stops on the model's
+//! end tokens, on stop strings, or at the token budget.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::model::chat::{ChatTemplate, Message};
+use crate::model::llama::{Batch, Llama};
+use crate::model::sampling::{Rng, SamplingOptions, sample};
+use crate::model::tokenizer::Tokenizer;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingOptions,
+    /// Generation stops when the text produced contains one of these (cut before it).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 256, sampling: SamplingOptions::default(), stop: Vec::new() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// The model produced an end-of-turn or end-of-sequence token.
+    Eos,
+    /// A stop string appeared.
+    Stop,
+    /// The token budget ran out.
+    Length,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Completion {
+    /// Generated token ids, the end token included when there was one.
+    pub ids: Vec<u32>,
+    /// Generated text, special tokens left out and cut at a stop string.
+    pub text: String,
+    pub finish: Finish,
+}
+
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_tokens: usize,
+    pub decode_secs: f64,
+}
+
+impl Stats {
+    pub fn prefill_tps(&self) -> f64 {
+        self.prefill_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+
+    pub fn decode_tps(&self) -> f64 {
+        self.decode_tokens as f64 / self.decode_secs.max(1e-9)
+    }
+
+    pub fn add(&mut self, o: &Stats) {
+        self.prefill_tokens += o.prefill_tokens;
+        self.prefill_secs += o.prefill_secs;
+        self.decode_tokens += o.decode_tokens;
+        self.decode_secs += o.decode_secs;
+    }
+}
+
+/// The token ids of a prompt: the chat template applied to `messages` (with the generation
+/// prompt), or, with `raw` or without a template, the last message's text as it is.
+pub fn prompt_ids(
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    messages: &[Message],
+    raw: bool,
+) -> Result<Vec<u32>> {
+    match template {
+        Some(t) if !raw => {
+            let text = t.render(messages, true, tok.bos_token.as_deref(), tok.eos_token.as_deref())?;
+            // The template prints BOS itself where the model wants one.
+            tok.encode(&text, false)
+        }
+        _ => {
+            let last = messages.last().ok_or_else(|| Error::Invalid("an empty prompt".into()))?;
+            tok.encode(&last.content, true)
+        }
+    }
+}
+
+struct Running {
+    index: usize,
+    slot: u32,
+    next_pos: u32,
+    ids: Vec<u32>,
+    printed: usize,
+    rng: Rng,
+}
+
+/// Generates a completion for every prompt (all in one batch). `on_text(i, piece)` receives the
+/// text of prompt i as it is produced (for streaming).
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<(Vec<Completion>, Stats)> {
+    let gpu = model.gpu();
+    let mut stats = Stats::default();
+    if prompts.is_empty() {
+        return Ok((Vec::new(), stats));
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(Error::Invalid(format!("prompt {i} has no tokens")));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_len = longest + opts.max_new_tokens;
+    if max_len > model.cfg.max_positions {
+        let i = prompts.iter().position(|p| p.len() == longest).unwrap_or(0);
+        return Err(Error::Invalid(format!(
+            "prompt {i} has {longest} tokens; with {} new ones that is {max_len}, over the model's context of {}",
+            opts.max_new_tokens, model.cfg.max_positions
+        )));
+    }
+    let cache = model.new_cache(prompts.len(), max_len.max(1))?;
+    let mut done: Vec<Option<Completion>> = vec![None; prompts.len()];
+    let mut running: Vec<Running> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Running {
+            index: i,
+            slot: i as u32,
+            next_pos: p.len() as u32,
+            ids: Vec::new(),
+            printed: 0,
+            rng: Rng::new(opts.sampling.seed, i as u64),
+        })
+        .collect();
+
+    let start = Instant::now();
+    let mut batch = Batch::default();
+    for (i, p) in prompts.iter().enumerate() {
+        batch.push_sequence(i as u32, 0, p, true);
+    }
+    let mut logits = model.forward(&batch, &cache)?.read_f32(gpu)?;
+    stats.prefill_tokens = batch.rows();
+    stats.prefill_secs = start.elapsed().as_secs_f64();
+
+    let vocab = model.cfg.vocab;
+    let decode_start = Instant::now();
+    while !running.is_empty() {
+        let mut still = Vec::with_capacity(running.len());
+        for (row, mut seq) in running.into_iter().enumerate() {
+            if opts.max_new_tokens == 0 {
+                done[seq.index] = Some(Completion { ids: vec![], text: String::new(), finish: Finish::Length });
+                continue;
+            }
+            let next = sample(&logits[row * vocab..(row + 1) * vocab], &opts.sampling, &mut seq.rng);
+            seq.ids.push(next);
+            let piece = tok.decode_new(&seq.ids, &mut seq.printed)?;
+            let text = tok.decode(&seq.ids, true)?;
+            let stop_at = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min();
+            let finish = if tok.eos.contains(&next) {
+                Some(Finish::Eos)
+            } else if stop_at.is_some() {
+                Some(Finish::Stop)
+            } else if seq.ids.len() >= opts.max_new_tokens {
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            match finish {
+                Some(f) => {
+                    let text = match stop_at {
+                        Some(cut) => text[..cut].to_string(),
+                        None => text,
+                    };
+                    if !piece.is_empty() && f != Finish::Stop {
+                        on_text(seq.index, &piece);
+                    }
+                    done[seq.index] = Some(Completion { ids: seq.ids, text, finish: f });
+                }
+                None => {
+                    if !piece.is_empty() {
+                        on_text(seq.index, &piece);
+                    }
+                    still.push(seq);
+                }
+            }
+        }
+        running = still;
+        if running.is_empty() {
+            break;
+        }
+        let mut b = Batch::default();
+        for seq in running.iter_mut() {
+            let last = *seq.ids.last().expect("every running sequence has a token");
+            b.push_sequence(seq.slot, seq.next_pos, &[last], true);
+            seq.next_pos += 1;
+        }
+        logits = model.forward(&b, &cache)?.read_f32(gpu)?;
+        stats.decode_tokens += b.rows();
+    }
+    stats.decode_secs = decode_start.elapsed().as_secs_f64();
+    let completions = done.into_iter().map(|c| c.expect("every prompt finishes")).collect();
+    Ok((completions, stats))
+}
