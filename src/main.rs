@@ -64,6 +64,11 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
     Chat(cli::generate::ChatArgs),
+    /// Run a workload with every kernel timed: per-kernel tables and a Chrome trace.
+    Profile {
+        #[command(subcommand)]
+        what: cli::profile::ProfileCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -88,6 +93,32 @@ enum BenchCommand {
         #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
         lora_dtype: String,
     },
+    /// Prefill and decode tokens/s of a model at batch 1 and 32, against llama.cpp on the same
+    /// GGUF (CPU), and peak device memory.
+    Model(ModelBenchArgs),
+}
+
+#[derive(Args)]
+struct ModelBenchArgs {
+    #[command(flatten)]
+    model: cli::generate::ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    batches: Vec<usize>,
+    /// Python with llama-cpp-python for the peer (default: .venv-bench/bin/python when present).
+    #[arg(long, env = "LORAFUSE_PEER_PYTHON")]
+    peer_python: Option<PathBuf>,
+    /// CPU threads for the peer (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 fn devices(backend: &str, json: bool) -> Result<()> {
@@ -176,27 +207,51 @@ fn bench_kernels(
     };
     let md = bench::kernels::markdown(&report);
     println!("{md}");
+    write_outputs(json.as_ref(), &serde_json::to_string_pretty(&report)?, markdown.as_ref(), &md)
+}
+
+fn write_outputs(json: Option<&PathBuf>, json_text: &str, markdown: Option<&PathBuf>, md: &str) -> Result<()> {
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report)?;
-        tune::write_atomic(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        tune::write_atomic(path, json_text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = markdown {
-        tune::write_atomic(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+        tune::write_atomic(path, md).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn bench_model(gpu: &Gpu, args: &ModelBenchArgs) -> Result<()> {
+    let loaded = args.model.load(gpu)?;
+    let default_py = PathBuf::from(".venv-bench/bin/python");
+    let opts = bench::model::Options {
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        batches: args.batches.clone(),
+        peer_python: args.peer_python.clone().or_else(|| default_py.exists().then_some(default_py)),
+        threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+    };
+    let report = {
+        let mut progress = BarProgress::new();
+        bench::model::run(gpu, &loaded.model, &args.model.model, &opts, &mut progress)?
+    };
+    let md = bench::model::markdown(&report);
+    println!("{md}");
+    write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&cli.device.backend, json),
         Command::Tune { clear } => tune_cmd(&cli.device.open()?, clear),
-        Command::Generate(args) => cli::generate::run_generate(&cli.device.open()?, &args),
+        Command::Generate(args) => cli::generate::run_generate(&cli.device.open()?, &args, None),
+        Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),
         Command::Bench { what: BenchCommand::Kernels { json, markdown, quick, lora_dtype } } => {
             bench_kernels(&cli.device.open()?, json, markdown, quick, &lora_dtype)
         }
+        Command::Bench { what: BenchCommand::Model(args) } => bench_model(&cli.device.open()?, &args),
     }
 }
 

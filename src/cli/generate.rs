@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use lorafuse::gpu::{DType, Gpu};
+use lorafuse::gpu::{DType, Gpu, Profile};
 use lorafuse::model::chat::{ChatTemplate, Message};
 use lorafuse::model::generate::{Completion, GenerateOptions, Stats, generate, prompt_ids};
 use lorafuse::model::llama::{Llama, LoadOptions};
@@ -172,7 +172,7 @@ fn report(stats: &Stats) {
     );
 }
 
-pub fn run_generate(gpu: &Gpu, args: &GenerateArgs) -> Result<()> {
+pub fn run_generate(gpu: &Gpu, args: &GenerateArgs, mut profile: Option<&mut Profile>) -> Result<()> {
     let opts = args.sampling.options()?;
     let conversations = match (&args.prompt, &args.prompts) {
         (Some(p), _) => vec![conversation(args.system.as_deref(), p)],
@@ -192,7 +192,7 @@ pub fn run_generate(gpu: &Gpu, args: &GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     for (chunk_no, chunk) in ids.chunks(args.batch_size.max(1)).enumerate() {
         let base = chunk_no * args.batch_size.max(1);
-        let (completions, stats) = generate(&m.model, &m.tok, chunk, &opts, |_, piece| {
+        let (completions, stats) = generate(&m.model, &m.tok, chunk, &opts, profile.as_deref_mut(), |_, piece| {
             if stream {
                 let _ = write!(stdout, "{piece}");
                 let _ = stdout.flush();
@@ -272,7 +272,7 @@ pub fn run_chat(gpu: &Gpu, args: &ChatArgs) -> Result<()> {
         }
         history.push(Message::new("user", line));
         let ids = prompt_ids(&m.tok, Some(template), &history, false)?;
-        let (c, stats) = generate(&m.model, &m.tok, &[ids], &opts, |_, piece| {
+        let (c, stats) = generate(&m.model, &m.tok, &[ids], &opts, None, |_, piece| {
             let _ = write!(stdout, "{piece}");
             let _ = stdout.flush();
         })?;

@@ -1,3 +1,4 @@
 //! Subcommands of the `lorafuse` binary that need more than a few lines.
 
 pub mod generate;
+pub mod profile;

@@ -259,6 +259,7 @@ pub(crate) struct GpuInner {
     pub(crate) pipelines: PipelineCache,
     pub(crate) tuner: Mutex<Tuner>,
     scratch: Mutex<HashMap<(usize, usize, u32), TexMatrix>>,
+    memory: Arc<crate::gpu::tensor::MemoryMeter>,
 }
 
 /// An open GPU device: cheap to clone, safe to share between threads.
@@ -346,6 +347,7 @@ impl Gpu {
                 pipelines: PipelineCache::default(),
                 tuner: Mutex::new(tuner),
                 scratch: Mutex::new(HashMap::new()),
+                memory: Arc::default(),
             }),
         })
     }
@@ -436,6 +438,11 @@ impl Gpu {
             }
         };
         Ok(t.with_rows(rows))
+    }
+
+    /// Device memory held by lorafuse's buffers and textures (live and peak).
+    pub fn memory(&self) -> &Arc<crate::gpu::tensor::MemoryMeter> {
+        &self.inner.memory
     }
 
     pub fn tuner(&self) -> std::sync::MutexGuard<'_, Tuner> {

@@ -11,7 +11,7 @@ pub mod texture;
 
 pub use device::{AdapterSummary, BackendChoice, Caps, Disabled, Gpu, GpuOptions, list_adapters};
 pub use pipeline::PipelineKey;
-pub use profiler::{Clock, KernelSummary, KernelTiming, group_ms};
+pub use profiler::{Clock, KernelSummary, KernelTiming, Profile, group_ms};
 pub use recorder::{Recorder, Resource, Work, fold_grid};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, MemoryMeter, Tensor};
 pub use texture::{Layout, Matrix, TexMatrix};

@@ -18,6 +18,8 @@ pub enum Clock {
 pub struct KernelTiming {
     pub label: String,
     pub group: u32,
+    /// Start, from the first launch of its submission.
+    pub start_ns: f64,
     pub ns: f64,
     #[serde(skip)]
     pub work: Work,
@@ -95,4 +97,71 @@ pub fn table(rows: &[KernelSummary]) -> String {
         );
     }
     s
+}
+
+/// Launch timings of a whole workload, tagged by phase (prefill, decode, ...), placed on the
+/// host's clock by the time of each submission: the per-kernel table and a Chrome trace.
+#[derive(Default)]
+pub struct Profile {
+    spans: Vec<(String, f64, KernelTiming)>,
+    start: Option<std::time::Instant>,
+}
+
+impl Profile {
+    pub fn new() -> Profile {
+        Profile { spans: Vec::new(), start: Some(std::time::Instant::now()) }
+    }
+
+    /// Adds the launches of one submission made at `submitted`.
+    pub fn add(&mut self, phase: &str, submitted: std::time::Instant, timings: Vec<KernelTiming>) {
+        let start = *self.start.get_or_insert(submitted);
+        let at_ns = submitted.saturating_duration_since(start).as_nanos() as f64;
+        self.spans.extend(timings.into_iter().map(|t| (phase.to_string(), at_ns, t)));
+    }
+
+    pub fn phases(&self) -> Vec<String> {
+        let mut p: Vec<String> = Vec::new();
+        for (ph, _, _) in &self.spans {
+            if !p.contains(ph) {
+                p.push(ph.clone());
+            }
+        }
+        p
+    }
+
+    /// The per-kernel summary of one phase (or of everything with `None`).
+    pub fn summary(&self, phase: Option<&str>) -> Vec<KernelSummary> {
+        let t: Vec<KernelTiming> =
+            self.spans.iter().filter(|(ph, _, _)| phase.is_none_or(|p| p == ph)).map(|(_, _, t)| t.clone()).collect();
+        summarize(&t)
+    }
+
+    /// Chrome trace JSON (chrome://tracing, Perfetto): one complete event a launch.
+    pub fn chrome_trace(&self) -> serde_json::Value {
+        let events: Vec<serde_json::Value> = self
+            .spans
+            .iter()
+            .map(|(phase, at_ns, t)| {
+                let dur_us = t.ns / 1e3;
+                let mut args = serde_json::json!({ "group": t.group, "clock": t.clock });
+                if t.work.flops > 0 {
+                    args["gflops"] = serde_json::json!(t.work.flops as f64 / t.ns);
+                }
+                if t.work.bytes > 0 {
+                    args["gbps"] = serde_json::json!(t.work.bytes as f64 / t.ns);
+                }
+                serde_json::json!({
+                    "name": t.label,
+                    "cat": phase,
+                    "ph": "X",
+                    "ts": (at_ns + t.start_ns) / 1e3,
+                    "dur": dur_us,
+                    "pid": 1,
+                    "tid": phase,
+                    "args": args,
+                })
+            })
+            .collect();
+        serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
+    }
 }

@@ -207,6 +207,9 @@ impl Recorder {
         let groups = self.bind_groups();
         let device = self.gpu.device();
         let mut timings = Vec::with_capacity(self.launches.len());
+        // Chunks are separate submissions: each is placed where the previous one's launches
+        // ended (the host's gap between them is not kernel time).
+        let mut chunk_start_ns = 0.0;
         // A query set holds at most 4096 queries: two per launch, so submit in chunks.
         let per_chunk = (wgpu::QUERY_SET_MAX_QUERIES / 2) as usize;
         for (chunk, bgs) in self.launches.chunks(per_chunk).zip(groups.chunks(per_chunk)) {
@@ -249,16 +252,21 @@ impl Recorder {
             let raw = map_read(&self.gpu, &staging)?;
             let ticks: &[u64] = bytemuck::cast_slice(&raw);
             let period = self.gpu.caps().timestamp_period as f64;
+            let mut end_ns = chunk_start_ns;
             for (i, l) in chunk.iter().enumerate() {
                 let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+                let start_ns = chunk_start_ns + ticks[2 * i].saturating_sub(ticks[0]) as f64 * period;
+                end_ns = end_ns.max(start_ns + ns);
                 timings.push(KernelTiming {
                     label: l.label.to_string(),
                     group: l.group,
+                    start_ns,
                     ns,
                     work: l.work,
                     clock: Clock::Gpu,
                 });
             }
+            chunk_start_ns = end_ns;
         }
         Ok(timings)
     }
@@ -267,6 +275,7 @@ impl Recorder {
         let groups = self.bind_groups();
         let device = self.gpu.device();
         let mut timings = Vec::with_capacity(self.launches.len());
+        let mut start_ns = 0.0;
         for (l, bg) in self.launches.iter().zip(&groups) {
             let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&l.label) });
             {
@@ -279,13 +288,16 @@ impl Recorder {
             let t0 = Instant::now();
             self.gpu.queue().submit([enc.finish()]);
             self.gpu.wait()?;
+            let ns = t0.elapsed().as_nanos() as f64;
             timings.push(KernelTiming {
                 label: l.label.to_string(),
                 group: l.group,
-                ns: t0.elapsed().as_nanos() as f64,
+                start_ns,
+                ns,
                 work: l.work,
                 clock: Clock::Wall,
             });
+            start_ns += ns;
         }
         Ok(timings)
     }

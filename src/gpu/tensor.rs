@@ -44,6 +44,49 @@ pub struct Tensor {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,
     dtype: DType,
+    _alloc: std::sync::Arc<Allocation>,
+}
+
+/// Counts device memory while a buffer or texture lives (shared by a tensor's clones).
+#[derive(Debug)]
+pub(crate) struct Allocation {
+    bytes: u64,
+    meter: std::sync::Arc<MemoryMeter>,
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.meter.live.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bytes of buffers and textures alive on the device, and the most there were at once.
+#[derive(Debug, Default)]
+pub struct MemoryMeter {
+    live: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryMeter {
+    pub(crate) fn allocate(self: &std::sync::Arc<Self>, bytes: u64) -> std::sync::Arc<Allocation> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.live.fetch_add(bytes, Relaxed) + bytes;
+        self.peak.fetch_max(now, Relaxed);
+        std::sync::Arc::new(Allocation { bytes, meter: self.clone() })
+    }
+
+    pub fn live(&self) -> u64 {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts a new peak measurement from what is alive now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for Tensor {
@@ -69,7 +112,7 @@ impl Tensor {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Tensor { buffer, shape: shape.to_vec(), dtype })
+        Ok(Tensor { buffer, shape: shape.to_vec(), dtype, _alloc: gpu.memory().allocate(bytes) })
     }
 
     pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], label: &str) -> Result<Tensor> {

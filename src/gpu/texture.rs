@@ -29,6 +29,7 @@ pub struct TexMatrix {
     pub(crate) rows_per_layer: u32,
     pub(crate) layers: u32,
     pub(crate) col_align: usize,
+    _alloc: std::sync::Arc<crate::gpu::tensor::Allocation>,
 }
 
 /// Where a matrix lives.
@@ -120,7 +121,9 @@ impl TexMatrix {
             dimension: Some(wgpu::TextureViewDimension::D2Array),
             ..Default::default()
         });
-        Ok(TexMatrix { texture, view, rows, cols, dtype, width, rows_per_layer: rpl, layers, col_align })
+        let bytes = width as u64 * 16 * rpl as u64 * layers as u64;
+        let _alloc = gpu.memory().allocate(bytes);
+        Ok(TexMatrix { texture, view, rows, cols, dtype, width, rows_per_layer: rpl, layers, col_align, _alloc })
     }
 
     /// Uploads a host matrix (row-major [rows, cols]) into a new texture matrix.

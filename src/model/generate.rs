@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::gpu::Profile;
 use crate::model::chat::{ChatTemplate, Message};
-use crate::model::llama::{Batch, Llama};
+use crate::model::llama::{Batch, KvCache, Llama};
 use crate::model::sampling::{Rng, SamplingOptions, sample};
 use crate::model::tokenizer::Tokenizer;
 
@@ -100,15 +101,23 @@ struct Running {
 }
 
 /// Generates a completion for every prompt (all in one batch). `on_text(i, piece)` receives the
-/// text of prompt i as it is produced (for streaming).
+/// text of prompt i as it is produced (for streaming). With `profile`, every launch is timed
+/// into it (phases "prefill" and "decode"); that waits for the GPU after each step.
 pub fn generate(
     model: &Llama,
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
+    mut profile: Option<&mut Profile>,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<(Vec<Completion>, Stats)> {
-    let gpu = model.gpu();
+    let mut forward = |batch: &Batch, cache: &KvCache, phase: &str| -> Result<Vec<f32>> {
+        let logits = match profile.as_deref_mut() {
+            Some(p) => model.forward_profiled(batch, cache, p, phase)?,
+            None => model.forward(batch, cache)?,
+        };
+        logits.read_f32(model.gpu())
+    };
     let mut stats = Stats::default();
     if prompts.is_empty() {
         return Ok((Vec::new(), stats));
@@ -145,7 +154,7 @@ pub fn generate(
     for (i, p) in prompts.iter().enumerate() {
         batch.push_sequence(i as u32, 0, p, true);
     }
-    let mut logits = model.forward(&batch, &cache)?.read_f32(gpu)?;
+    let mut logits = forward(&batch, &cache, "prefill")?;
     stats.prefill_tokens = batch.rows();
     stats.prefill_secs = start.elapsed().as_secs_f64();
 
@@ -201,7 +210,7 @@ pub fn generate(
             b.push_sequence(seq.slot, seq.next_pos, &[last], true);
             seq.next_pos += 1;
         }
-        logits = model.forward(&b, &cache)?.read_f32(gpu)?;
+        logits = forward(&b, &cache, "decode")?;
         stats.decode_tokens += b.rows();
     }
     stats.decode_secs = decode_start.elapsed().as_secs_f64();

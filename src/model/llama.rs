@@ -9,7 +9,7 @@
 //!   logits = rmsnorm(h[wanted rows])·Wlmᵀ
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Layout, Matrix, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, Layout, Matrix, Profile, Recorder, Tensor};
 use crate::kernels::attention::attention;
 use crate::kernels::elementwise::{add_bias, swiglu};
 use crate::kernels::embedding::gather;
@@ -233,6 +233,21 @@ impl Llama {
         let mut rec = Recorder::new(&self.gpu);
         let logits = self.record_forward(&mut rec, batch, cache)?;
         rec.submit()?;
+        Ok(logits)
+    }
+
+    /// `forward`, with every launch timed into `profile` under `phase` (waits for the GPU).
+    pub fn forward_profiled(
+        &self,
+        batch: &Batch,
+        cache: &KvCache,
+        profile: &mut Profile,
+        phase: &str,
+    ) -> Result<Tensor> {
+        let mut rec = Recorder::profiled(&self.gpu);
+        let logits = self.record_forward(&mut rec, batch, cache)?;
+        let submitted = std::time::Instant::now();
+        profile.add(phase, submitted, rec.run()?);
         Ok(logits)
     }
 
