@@ -91,6 +91,12 @@ pub fn prompt_ids(
     }
 }
 
+/// A prompt's random stream: derived from its tokens, so it samples the same alone or at any
+/// place in any batch (vary the seed for different samples of one prompt).
+fn stream_of(prompt: &[u32]) -> u64 {
+    prompt.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 struct Running {
     index: usize,
     slot: u32,
@@ -145,7 +151,7 @@ pub fn generate(
             next_pos: p.len() as u32,
             ids: Vec::new(),
             printed: 0,
-            rng: Rng::new(opts.sampling.seed, i as u64),
+            rng: Rng::new(opts.sampling.seed, stream_of(p)),
         })
         .collect();
 

@@ -1,5 +1,5 @@
 //! Next-token choice: greedy, or seeded temperature / top-k / top-p sampling. Each sequence
-//! owns its random stream (seeded from the run's seed and the sequence's index), so a prompt
+//! owns its random stream (seeded from the run's seed and the prompt itself), so a prompt
 //! samples the same tokens alone or inside any batch.
 
 #[derive(Clone, Copy, Debug)]

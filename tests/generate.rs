@@ -1,0 +1,103 @@
+//! Generation on the default model: the golden greedy answer through the batched generator,
+//! batches equal single prompts (greedy and sampled), stop strings and token budgets; the CLI
+//! end to end.
+
+mod common;
+
+use common::{default_model, golden, golden_ids, gpu};
+use lorafuse::gpu::DType;
+use lorafuse::model::chat::Message;
+use lorafuse::model::generate::{Finish, GenerateOptions, generate, prompt_ids};
+use lorafuse::model::llama::{Llama, LoadOptions};
+use lorafuse::model::sampling::SamplingOptions;
+use lorafuse::model::source::ModelSource;
+use lorafuse::model::tokenizer::Tokenizer;
+
+fn load(dtype: DType) -> (Llama, Tokenizer, ModelSource) {
+    let src = ModelSource::open(&default_model()).unwrap();
+    let model = Llama::load(gpu(), &src, LoadOptions { dtype, layout: None }).unwrap();
+    let tok = src.tokenizer().unwrap();
+    (model, tok, src)
+}
+
+fn ids_for(tok: &Tokenizer, src: &ModelSource, user: &str) -> Vec<u32> {
+    let t = src.chat_template().unwrap();
+    prompt_ids(tok, t.as_ref(), &[Message::new("user", user)], false).unwrap()
+}
+
+#[test]
+fn greedy_generation_reproduces_the_golden_answer() {
+    let g = golden();
+    let (model, tok, src) = load(DType::F32);
+    let prompt = ids_for(&tok, &src, "What is the capital of France?");
+    assert_eq!(prompt, golden_ids(&g, "prompt_ids"));
+    let (out, stats) = generate(&model, &tok, &[prompt], &GenerateOptions::default(), None, |_, _| {}).unwrap();
+    assert_eq!(out[0].ids, golden_ids(&g, "greedy_ids"));
+    assert_eq!(out[0].text, "The capital of France is Paris.");
+    assert_eq!(out[0].finish, Finish::Eos);
+    assert_eq!(stats.prefill_tokens, 37);
+}
+
+#[test]
+fn batches_equal_single_prompts() {
+    let (model, tok, src) = load(DType::F16);
+    let users = ["Name three colors.", "What is 2+2?", "Write one sentence about the sea, please, in plain words."];
+    let prompts: Vec<Vec<u32>> = users.iter().map(|u| ids_for(&tok, &src, u)).collect();
+    assert!(prompts.iter().map(Vec::len).collect::<std::collections::BTreeSet<_>>().len() == 3, "lengths differ");
+    for sampling in [SamplingOptions::default(), SamplingOptions { temperature: 0.9, top_k: 50, top_p: 0.95, seed: 11 }]
+    {
+        let opts = GenerateOptions { max_new_tokens: 12, sampling, stop: vec![] };
+        let (together, _) = generate(&model, &tok, &prompts, &opts, None, |_, _| {}).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let (alone, _) = generate(&model, &tok, std::slice::from_ref(p), &opts, None, |_, _| {}).unwrap();
+            assert_eq!(together[i].ids, alone[0].ids, "prompt {i} with {sampling:?}");
+        }
+    }
+}
+
+#[test]
+fn stop_strings_and_budgets_end_generation() {
+    let (model, tok, src) = load(DType::F16);
+    let prompt = ids_for(&tok, &src, "What is the capital of France?");
+    let opts = GenerateOptions { stop: vec![" Paris".into()], ..Default::default() };
+    let mut streamed = String::new();
+    let (out, _) =
+        generate(&model, &tok, std::slice::from_ref(&prompt), &opts, None, |_, s| streamed.push_str(s)).unwrap();
+    assert_eq!(out[0].finish, Finish::Stop);
+    assert_eq!(out[0].text, "The capital of France is");
+    assert!(streamed.starts_with("The capital"), "{streamed}");
+    let opts = GenerateOptions { max_new_tokens: 3, ..Default::default() };
+    let (out, _) = generate(&model, &tok, &[prompt], &opts, None, |_, _| {}).unwrap();
+    assert_eq!((out[0].ids.len(), out[0].finish), (3, Finish::Length));
+    let long = vec![100u32; 9000];
+    let err = generate(&model, &tok, &[long], &GenerateOptions::default(), None, |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("over the model's context"), "{err}");
+}
+
+fn lorafuse(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .args(args)
+        .env("LORAFUSE_MODEL", default_model())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_generate_answers_and_rejects_bad_prompt_files() {
+    let out = lorafuse(&["generate", "--prompt", "What is the capital of France?", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["text"], "The capital of France is Paris.");
+    assert_eq!(line["finish_reason"], "eos");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("prefill:") && stderr.contains("tokens/s"), "{stderr}");
+
+    let dir = common::tiny::temp_dir("prompts");
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"ok\"}\n\n{\"prompt\": 3}\n").unwrap();
+    let out = lorafuse(&["generate", "--prompts", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3", bad.display())), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
