@@ -4,6 +4,7 @@
 // a decode step's one token per sequence): each row sees the keys of its own slot up to its own
 // position, which the rope_kv launch before this one has stored. Also writes the log-sum-exp of
 // each (row, head) (LSE), which a backward pass uses to recompute the probabilities.
+// q is read from the fused q/k/v tensor [R, (H + 2G)·d] (its first H·d columns).
 // One invocation per (row, head); d = HD (a multiple of 4) is compiled in.
 
 const TILE: u32 = 8u;
@@ -18,7 +19,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> kc: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> pos: array<u32>;
@@ -38,9 +39,10 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let h = unit % p.heads;
     let g = h / (p.heads / p.kv_heads);
     let d4 = HD / 4u;
-    let qb = (row * p.heads + h) * d4;
+    let qb = row * (p.heads + 2u * p.kv_heads) * d4 + h * d4;
+    let ob = (row * p.heads + h) * d4;
 #repeat i HD4
-    let q{i} = q[qb + {i}u] * p.scale;
+    let q{i} = qkv[qb + {i}u] * p.scale;
     var acc{i} = vec4<f32>(0.0);
 #end
     let n = pos[row] + 1u;
@@ -82,7 +84,7 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
     let inv = 1.0 / l;
 #repeat i HD4
-    out[qb + {i}u] = acc{i} * inv;
+    out[ob + {i}u] = acc{i} * inv;
 #end
 #if LSE
     lse[row * p.heads + h] = m + log(l);

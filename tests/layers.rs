@@ -70,12 +70,14 @@ fn swiglu_and_bias() {
     for (r, f) in [(1, 1536), (7, 45), (33, 130)] {
         let g: Vec<f32> = rng.vec(r * f).iter().map(|v| v * 6.0).collect();
         let u = rng.vec(r * f);
-        let gt = Tensor::from_f32(gpu, &[r, f], &g, "g").unwrap();
+        let gu: Vec<f32> =
+            (0..r).flat_map(|i| g[i * f..(i + 1) * f].iter().chain(&u[i * f..(i + 1) * f]).copied()).collect();
+        let gut = Tensor::from_f32(gpu, &[r, 2 * f], &gu, "gate_up").unwrap();
         let ut = Tensor::from_f32(gpu, &[r, f], &u, "u").unwrap();
         let out = Tensor::zeros(gpu, &[r, f], DType::F32, "out").unwrap();
         out.poison(gpu);
         let mut rec = Recorder::new(gpu);
-        swiglu(&mut rec, &gt, &ut, &out).unwrap();
+        swiglu(&mut rec, &gut, &out).unwrap();
         rec.run().unwrap();
         assert_close(&format!("swiglu [{r}, {f}]"), &out.read_f32(gpu).unwrap(), &swiglu_ref(&g, &u), 1e-6, seed);
 
@@ -87,6 +89,15 @@ fn swiglu_and_bias() {
         let want: Vec<f64> = u.iter().enumerate().map(|(i, &v)| v as f64 + b[i % f] as f64).collect();
         assert_close(&format!("bias [{r}, {f}]"), &ut.read_f32(gpu).unwrap(), &want, 1e-7, seed);
     }
+}
+
+/// Rows of [q | k | v], as the fused projection writes them.
+fn stack_qkv(q: &[f32], k: &[f32], v: &[f32], r: usize, nq: usize, nkv: usize) -> Vec<f32> {
+    (0..r)
+        .flat_map(|i| {
+            q[i * nq..(i + 1) * nq].iter().chain(&k[i * nkv..(i + 1) * nkv]).chain(&v[i * nkv..(i + 1) * nkv]).copied()
+        })
+        .collect()
 }
 
 fn inv_freq(hd: usize, theta: f64) -> Vec<f64> {
@@ -120,9 +131,9 @@ fn rope_rotates_q_and_stores_kv() {
         let v = rng.vec(r * kv_heads * hd);
         let freqs = inv_freq(hd, 10000.0);
         let table = RopeTable::new(gpu, &freqs, max_len).unwrap();
-        let qt = Tensor::from_f32(gpu, &[r, heads * hd], &q, "q").unwrap();
-        let kt = Tensor::from_f32(gpu, &[r, kv_heads * hd], &k, "k").unwrap();
-        let vt = Tensor::from_f32(gpu, &[r, kv_heads * hd], &v, "v").unwrap();
+        let (nq, nkv) = (heads * hd, kv_heads * hd);
+        let qkv = stack_qkv(&q, &k, &v, r, nq, nkv);
+        let qkvt = Tensor::from_f32(gpu, &[r, nq + 2 * nkv], &qkv, "qkv").unwrap();
         let cache_shape = [slots, kv_heads, max_len, hd];
         let kc = Tensor::zeros(gpu, &cache_shape, DType::F32, "kc").unwrap();
         let vc = Tensor::zeros(gpu, &cache_shape, DType::F32, "vc").unwrap();
@@ -131,9 +142,16 @@ fn rope_rotates_q_and_stores_kv() {
         let pt = Tensor::from_u32(gpu, &[r], &pos, "pos").unwrap();
         let st = Tensor::from_u32(gpu, &[r], &slot, "slot").unwrap();
         let mut rec = Recorder::new(gpu);
-        rope_kv(&mut rec, &qt, &kt, &vt, &Rows { pos: &pt, slot: &st }, &table, &Cache { k: &kc, v: &vc }).unwrap();
+        rope_kv(&mut rec, &qkvt, heads, &Rows { pos: &pt, slot: &st }, &table, &Cache { k: &kc, v: &vc }).unwrap();
         rec.run().unwrap();
-        assert_close("rope q", &qt.read_f32(gpu).unwrap(), &rope_ref(&q, heads, hd, &pos, &freqs), 1e-6, seed);
+        let got = qkvt.read_f32(gpu).unwrap();
+        let got_q: Vec<f32> = (0..r).flat_map(|i| got[i * (nq + 2 * nkv)..][..nq].to_vec()).collect();
+        assert_close("rope q", &got_q, &rope_ref(&q, heads, hd, &pos, &freqs), 1e-6, seed);
+        let k_v_untouched: Vec<f32> = (0..r).flat_map(|i| got[i * (nq + 2 * nkv) + nq..][..2 * nkv].to_vec()).collect();
+        let want_kv: Vec<f64> = (0..r)
+            .flat_map(|i| qkv[i * (nq + 2 * nkv) + nq..][..2 * nkv].iter().map(|&x| x as f64).collect::<Vec<_>>())
+            .collect();
+        assert_close("k and v left in place", &k_v_untouched, &want_kv, 0.0, seed);
         let k_rot = rope_ref(&k, kv_heads, hd, &pos, &freqs);
         let kc_h = kc.read_f32(gpu).unwrap();
         let vc_h = vc.read_f32(gpu).unwrap();
@@ -167,7 +185,10 @@ fn attention_over_ragged_rows() {
         let kc = rng.vec(n);
         let vc = rng.vec(n);
         let cache_shape = [slots, kv_heads, max_len, hd];
-        let qt = Tensor::from_f32(gpu, &[r, heads * hd], &q, "q").unwrap();
+        let (nq, nkv) = (heads * hd, kv_heads * hd);
+        // the k and v blocks of qkv are not read by attention: NaN proves it
+        let nan = vec![f32::NAN; r * nkv];
+        let qt = Tensor::from_f32(gpu, &[r, nq + 2 * nkv], &stack_qkv(&q, &nan, &nan, r, nq, nkv), "qkv").unwrap();
         let kt = Tensor::from_f32(gpu, &cache_shape, &kc, "kc").unwrap();
         let vt = Tensor::from_f32(gpu, &cache_shape, &vc, "vc").unwrap();
         let pt = Tensor::from_u32(gpu, &[r], &pos, "pos").unwrap();
@@ -177,7 +198,8 @@ fn attention_over_ragged_rows() {
         out.poison(gpu);
         lse.poison(gpu);
         let mut rec = Recorder::new(gpu);
-        attention(&mut rec, &qt, &Cache { k: &kt, v: &vt }, &Rows { pos: &pt, slot: &st }, &out, Some(&lse)).unwrap();
+        attention(&mut rec, &qt, heads, &Cache { k: &kt, v: &vt }, &Rows { pos: &pt, slot: &st }, &out, Some(&lse))
+            .unwrap();
         rec.run().unwrap();
         let (want, want_lse) = attention_ref(&q, &kc, &vc, &pos, &slot, heads, kv_heads, max_len, hd);
         let what = format!("attention H={heads} G={kv_heads} d={hd} rows={r} max_len={max_len}");

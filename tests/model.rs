@@ -233,3 +233,103 @@ fn sequences_over_the_limit_are_errors() {
     assert!(model.forward(&b, &cache).err().unwrap().to_string().contains("vocabulary"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A Hugging Face directory with shards (and their index), tokenizer.json, tokenizer_config.json
+/// (chat template, special tokens) and generation_config.json (end tokens).
+#[test]
+fn hf_shards_tokenizer_and_template_load() {
+    let seed = seed();
+    let spec = Tiny::default();
+    let w = random_weights(&spec, seed);
+    let dir = temp_dir("tiny-shards");
+    let one = dir.join("one");
+    write_hf(&one, &spec, &w, safetensors::Dtype::F32);
+    let sharded = dir.join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    std::fs::copy(one.join("config.json"), sharded.join("config.json")).unwrap();
+    let mut map = serde_json::Map::new();
+    let names: Vec<&String> = w.keys().collect();
+    for (part, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", part + 1);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = chunk
+            .iter()
+            .map(|n| (n.to_string(), w[*n].0.clone(), w[*n].1.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            })
+            .collect();
+        std::fs::write(sharded.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        for n in chunk {
+            map.insert(n.to_string(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let words = ["<s>", "</s>", "<unk>", "<|eot|>", "hello", "world", "user", "assistant", ":"];
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        words.iter().enumerate().map(|(i, w)| (w.to_string(), serde_json::json!(i))).collect();
+    let added: Vec<serde_json::Value> = [0, 1, 3]
+        .iter()
+        .map(|&i| serde_json::json!({"id": i, "content": words[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(sharded.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let template = "{{ bos_token }}{% for m in messages %}{{ m.role }} : {{ m.content }} <|eot|> {% endfor %}{% if add_generation_prompt %}assistant : {% endif %}";
+    let tcfg = serde_json::json!({"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": true, "chat_template": template});
+    std::fs::write(sharded.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
+    std::fs::write(sharded.join("generation_config.json"), r#"{"eos_token_id": [1, 3]}"#).unwrap();
+
+    let a = ModelSource::open(&one).unwrap();
+    let b = ModelSource::open(&sharded).unwrap();
+    let cfg = a.config().unwrap();
+    for (name, (shape, v)) in &w {
+        assert_eq!(&b.tensor(name, shape, &cfg).unwrap(), v, "{name} from the shards");
+        assert_eq!(a.tensor(name, shape, &cfg).unwrap(), b.tensor(name, shape, &cfg).unwrap());
+    }
+    let tok = b.tokenizer().unwrap();
+    assert_eq!(tok.eos, vec![1, 3]);
+    assert_eq!(tok.encode("hello world", true).unwrap(), vec![0, 4, 5]);
+    let t = b.chat_template().unwrap().expect("template from tokenizer_config.json");
+    let ids = lorafuse::model::generate::prompt_ids(
+        &tok,
+        Some(&t),
+        &[lorafuse::model::chat::Message::new("user", "hello")],
+        false,
+    )
+    .unwrap();
+    assert_eq!(tok.decode(&ids, false).unwrap(), "<s> user : hello <|eot|> assistant :");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Llama-3's RoPE scaling: high frequencies kept, low ones divided by the factor, a smooth blend
+/// between (the wavelength bands of Hugging Face's definition).
+#[test]
+fn llama3_rope_scaling_bands() {
+    use lorafuse::model::config::{Llama3Scaling, RopeScaling};
+    let spec = Tiny { head_dim: 128, heads: 1, kv_heads: 1, hidden: 128, rope_theta: 500000.0, ..Tiny::default() };
+    let dir = temp_dir("tiny-rope");
+    write_hf(&dir, &spec, &random_weights(&spec, 1), safetensors::Dtype::F32);
+    let mut cfg = ModelSource::open(&dir).unwrap().config().unwrap();
+    let plain = cfg.inv_freq();
+    let s = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_positions: 8192.0 };
+    cfg.rope_scaling = RopeScaling::Llama3(s.clone());
+    let scaled = cfg.inv_freq();
+    for (f, g) in plain.iter().zip(&scaled) {
+        let wavelen = 2.0 * std::f64::consts::PI / f;
+        if wavelen < s.original_max_positions / s.high_freq_factor {
+            assert_eq!(f, g);
+        } else if wavelen > s.original_max_positions / s.low_freq_factor {
+            assert!((g - f / 8.0).abs() < 1e-15);
+        } else {
+            assert!(*g < *f && *g > f / 8.0, "blended {g} between {} and {f}", f / 8.0);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -16,12 +16,14 @@ struct Params {
     scale: f32,
 }
 
-/// out [R, H·d] = attention of q [R, H·d] over the cache ([slots, G, max_len, d]) for the rows'
-/// slots and positions (keys 0..=pos). With `lse` ([R, H]) the log-sum-exp of each softmax is
-/// written too. Rows must have been stored in the cache (rope_kv) first.
+/// out [R, H·d] = attention of the q block of qkv ([R, (H + 2G)·d], the fused projection's
+/// output) over the cache ([slots, G, max_len, d]) for the rows' slots and positions (keys
+/// 0..=pos). With `lse` ([R, H]) the log-sum-exp of each softmax is written too. Rows must have
+/// been stored in the cache (rope_kv) first.
 pub fn attention(
     rec: &mut Recorder,
-    q: &Tensor,
+    qkv: &Tensor,
+    heads: usize,
     cache: &Cache,
     rows: &Rows,
     out: &Tensor,
@@ -33,13 +35,18 @@ pub fn attention(
         return Err(Error::shape(op, format!("cache {:?} is not [slots, kv_heads, max_len, head_dim]", kc.shape())));
     };
     let (g, max_len, hd) = (*g, *max_len, *hd);
-    let (r, qw) = q.dims2(op)?;
-    if hd % 4 != 0 || qw % hd != 0 || (qw / hd) % g != 0 || out.shape() != q.shape() || vc.shape() != kc.shape() {
+    let (r, width) = qkv.dims2(op)?;
+    if hd % 4 != 0
+        || heads % g != 0
+        || width != (heads + 2 * g) * hd
+        || out.shape() != [r, heads * hd]
+        || vc.shape() != kc.shape()
+    {
         return Err(Error::shape(
             op,
             format!(
-                "q {:?}, out {:?}, caches {:?}: head_dim {hd} must be a multiple of 4 and heads a multiple of {g}",
-                q.shape(),
+                "qkv {:?}, out {:?}, caches {:?}: {heads} heads over {g} KV heads of {hd} (a multiple of 4)",
+                qkv.shape(),
                 out.shape(),
                 kc.shape()
             ),
@@ -51,13 +58,12 @@ pub fn attention(
             format!("{r} rows but {} positions and {} slots", rows.pos.numel(), rows.slot.numel()),
         ));
     }
-    for t in [q, kc, vc, out] {
+    for t in [qkv, kc, vc, out] {
         t.expect_dtype(op, "tensors", &[DType::F32])?;
     }
-    let heads = qw / hd;
     let mut defines: Defines = [("HD", hd as u32), ("HD4", hd as u32 / 4)].into_iter().collect();
     let mut binds = vec![
-        (1, q.into()),
+        (1, qkv.into()),
         (2, kc.into()),
         (3, vc.into()),
         (4, rows.pos.into()),
@@ -84,7 +90,7 @@ pub fn attention(
         scale: 1.0 / (hd as f32).sqrt(),
     };
     // Work depends on the positions (not known here): count a full max_len window per row.
-    let work = Work { flops: 4 * (r * heads * hd * max_len) as u64, bytes: q.bytes() + out.bytes() };
+    let work = Work { flops: 4 * (r * heads * hd * max_len) as u64, bytes: 2 * out.bytes() };
     rec.dispatch(pipeline, &params, binds, grid, "attention", work)
 }
 

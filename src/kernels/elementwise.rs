@@ -11,23 +11,21 @@ struct Params {
     cols: u32,
 }
 
-/// out = silu(gate) ⊙ up, all [R, F] f32.
-pub fn swiglu(rec: &mut Recorder, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<()> {
-    let (r, f) = gate.dims2("swiglu")?;
-    if up.shape() != gate.shape() || out.shape() != gate.shape() {
-        return Err(Error::shape(
-            "swiglu",
-            format!("gate {:?}, up {:?}, out {:?}", gate.shape(), up.shape(), out.shape()),
-        ));
+/// out = silu(gate) ⊙ up, where gate_up [R, 2F] holds gate then up (the fused projection's
+/// output) and out is [R, F], all f32.
+pub fn swiglu(rec: &mut Recorder, gate_up: &Tensor, out: &Tensor) -> Result<()> {
+    let (r, f) = out.dims2("swiglu")?;
+    if gate_up.shape() != [r, 2 * f] {
+        return Err(Error::shape("swiglu", format!("gate_up {:?} for out {:?}", gate_up.shape(), out.shape())));
     }
-    for (t, name) in [(gate, "gate"), (up, "up"), (out, "out")] {
+    for (t, name) in [(gate_up, "gate_up"), (out, "out")] {
         t.expect_dtype("swiglu", name, &[DType::F32])?;
     }
     let defines: Defines = [("SWIGLU", 1)].into_iter().collect();
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("elementwise", "main", &defines))?;
     let grid = fold_grid(rec.gpu(), (f as u32).div_ceil(64), r as u32);
     let work = Work { flops: 5 * (r * f) as u64, bytes: 3 * out.bytes() };
-    let binds = vec![(1, gate.into()), (2, up.into()), (3, out.into())];
+    let binds = vec![(1, gate_up.into()), (3, out.into())];
     rec.dispatch(pipeline, &Params { rows: r as u32, cols: f as u32 }, binds, grid, "swiglu", work)
 }
 

@@ -62,14 +62,13 @@ pub struct Cache<'a> {
     pub v: &'a Tensor,
 }
 
-/// Rotates q [R, H·d] in place; rotates k [R, G·d] and stores it with v [R, G·d] into the cache
-/// at (slot[r], ·, pos[r]). Positions must be < table.positions and < max_len (checked by the
-/// caller).
+/// qkv [R, (H + 2G)·d] holds q, k and v side by side (the fused projection's output). Rotates q
+/// in place; rotates k and stores it with v into the cache at (slot[r], ·, pos[r]). Positions
+/// must be < table.positions and < max_len (checked by the caller).
 pub fn rope_kv(
     rec: &mut Recorder,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    qkv: &Tensor,
+    heads: usize,
     rows: &Rows,
     table: &RopeTable,
     cache: &Cache,
@@ -77,45 +76,39 @@ pub fn rope_kv(
     let op = "rope_kv";
     let (kc, vc) = (cache.k, cache.v);
     let hd = 2 * table.half;
-    let (r, qw) = q.dims2(op)?;
-    let (_, kw) = k.dims2(op)?;
+    let (r, width) = qkv.dims2(op)?;
     let [_, g, max_len, d] = kc.shape() else {
         return Err(Error::shape(op, format!("cache {:?} is not [slots, kv_heads, max_len, head_dim]", kc.shape())));
     };
     let (g, max_len) = (*g, *max_len);
-    if qw % hd != 0 || kw != g * hd || *d != hd || k.shape() != v.shape() || kc.shape() != vc.shape() {
+    if width != (heads + 2 * g) * hd || *d != hd || kc.shape() != vc.shape() {
         return Err(Error::shape(
             op,
             format!(
-                "q {:?}, k {:?}, v {:?}, caches {:?}/{:?}, head_dim {hd}",
-                q.shape(),
-                k.shape(),
-                v.shape(),
+                "qkv {:?} for {heads} heads and {g} KV heads of {hd}, caches {:?}/{:?}",
+                qkv.shape(),
                 kc.shape(),
                 vc.shape()
             ),
         ));
     }
-    if rows.pos.numel() != r || rows.slot.numel() != r || k.shape()[0] != r {
+    if rows.pos.numel() != r || rows.slot.numel() != r {
         return Err(Error::shape(
             op,
             format!("{r} rows but {} positions and {} slots", rows.pos.numel(), rows.slot.numel()),
         ));
     }
-    for t in [q, k, v, kc, vc] {
+    for t in [qkv, kc, vc] {
         t.expect_dtype(op, "activations and caches", &[DType::F32])?;
     }
-    let heads = qw / hd;
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("rope", "rope_kv", &Defines::new()))?;
     let units = (heads + g) as u32;
     let grid = fold_grid(rec.gpu(), units.div_ceil(64), r as u32);
     let params =
         Params { rows: r as u32, heads: heads as u32, kv_heads: g as u32, hd: hd as u32, max_len: max_len as u32 };
-    let work = Work { flops: 3 * (r * (qw + kw)) as u64, bytes: 2 * (q.bytes() + k.bytes() + v.bytes()) };
+    let work = Work { flops: 3 * (r * (heads + g) * hd) as u64, bytes: 2 * qkv.bytes() };
     let binds = vec![
-        (1, q.into()),
-        (2, k.into()),
-        (3, v.into()),
+        (1, qkv.into()),
         (4, rows.pos.into()),
         (5, rows.slot.into()),
         (6, (&table.cos).into()),

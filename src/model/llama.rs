@@ -3,10 +3,13 @@
 //! several prompts, a decode step of several sequences), each tied to a KV-cache slot.
 //!
 //!   h = embed(tokens)
-//!   per layer:  x = rmsnorm(h);  q, k, v = x·Wqᵀ, x·Wkᵀ, x·Wvᵀ (+ bias);  rope(q, k) → cache
+//!   per layer:  x = rmsnorm(h);  [q k v] = x·[Wq; Wk; Wv]ᵀ (+ bias);  rope(q, k) → cache
 //!               h += attention(q, cache)·Woᵀ
-//!               x = rmsnorm(h);  h += (silu(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ
+//!               x = rmsnorm(h);  [g u] = x·[Wg; Wu]ᵀ;  h += (silu(g) ⊙ u)·Wdᵀ
 //!   logits = rmsnorm(h[wanted rows])·Wlmᵀ
+//!
+//! q, k and v (and gate and up) are one matmul over the stacked weights: each launch costs tens
+//! of microseconds on lavapipe whatever its size, and a decode step is made of small products.
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Layout, Matrix, Profile, Recorder, Tensor};
@@ -55,13 +58,12 @@ impl Linear {
 
 pub struct Layer {
     pub attn_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    /// q_proj, k_proj and v_proj stacked: [(H + 2G)·d, hidden].
+    pub qkv: Linear,
     pub o: Linear,
     pub mlp_norm: Tensor,
-    pub gate: Linear,
-    pub up: Linear,
+    /// gate_proj and up_proj stacked: [2·intermediate, hidden].
+    pub gate_up: Linear,
     pub down: Linear,
 }
 
@@ -116,23 +118,34 @@ impl Batch {
     }
 }
 
-fn load_linear(
+/// Loads the Hugging Face linear layers `names` (each [outs[i], inp], with optional bias) stacked
+/// along the output dimension into one layer.
+fn load_stacked(
     gpu: &Gpu,
     src: &ModelSource,
     cfg: &LlamaConfig,
-    name: &str,
-    out: usize,
+    names: &[&str],
+    outs: &[usize],
     inp: usize,
     opts: (Layout, DType),
 ) -> Result<Linear> {
-    let w = src.tensor(&format!("{name}.weight"), &[out, inp], cfg)?;
-    let bias_name = format!("{name}.bias");
-    let bias = if src.has(&bias_name) {
-        Some(Tensor::from_f32(gpu, &[out], &src.tensor(&bias_name, &[out], cfg)?, &bias_name)?)
-    } else {
-        None
-    };
-    Ok(Linear { w: Matrix::from_host(gpu, opts.0, out, inp, &w, opts.1, name)?, bias })
+    let total: usize = outs.iter().sum();
+    let mut w = Vec::with_capacity(total * inp);
+    let mut bias = Vec::with_capacity(total);
+    let mut any_bias = false;
+    for (name, &out) in names.iter().zip(outs) {
+        w.extend(src.tensor(&format!("{name}.weight"), &[out, inp], cfg)?);
+        let bias_name = format!("{name}.bias");
+        if src.has(&bias_name) {
+            any_bias = true;
+            bias.extend(src.tensor(&bias_name, &[out], cfg)?);
+        } else {
+            bias.extend(std::iter::repeat_n(0.0, out));
+        }
+    }
+    let label = names.join("+");
+    let bias = if any_bias { Some(Tensor::from_f32(gpu, &[total], &bias, &label)?) } else { None };
+    Ok(Linear { w: Matrix::from_host(gpu, opts.0, total, inp, &w, opts.1, &label)?, bias })
 }
 
 impl Llama {
@@ -165,16 +178,17 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
+            let attn = |m: &str| format!("{p}.self_attn.{m}");
+            let mlp = |m: &str| format!("{p}.mlp.{m}");
+            let (q, k, v) = (attn("q_proj"), attn("k_proj"), attn("v_proj"));
+            let (gate, up) = (mlp("gate_proj"), mlp("up_proj"));
             layers.push(Layer {
                 attn_norm: norm_vec(&format!("{p}.input_layernorm.weight"))?,
-                q: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.q_proj"), nq, h, lo)?,
-                k: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.k_proj"), nkv, h, lo)?,
-                v: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.v_proj"), nkv, h, lo)?,
-                o: load_linear(gpu, src, &cfg, &format!("{p}.self_attn.o_proj"), h, nq, lo)?,
+                qkv: load_stacked(gpu, src, &cfg, &[&q, &k, &v], &[nq, nkv, nkv], h, lo)?,
+                o: load_stacked(gpu, src, &cfg, &[&attn("o_proj")], &[h], nq, lo)?,
                 mlp_norm: norm_vec(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate: load_linear(gpu, src, &cfg, &format!("{p}.mlp.gate_proj"), f, h, lo)?,
-                up: load_linear(gpu, src, &cfg, &format!("{p}.mlp.up_proj"), f, h, lo)?,
-                down: load_linear(gpu, src, &cfg, &format!("{p}.mlp.down_proj"), h, f, lo)?,
+                gate_up: load_stacked(gpu, src, &cfg, &[&gate, &up], &[f, f], h, lo)?,
+                down: load_stacked(gpu, src, &cfg, &[&mlp("down_proj")], &[h], f, lo)?,
             });
         }
         let norm = norm_vec("model.norm.weight")?;
@@ -200,7 +214,7 @@ impl Llama {
             .layers
             .iter()
             .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|x| lin(x)).sum::<u64>()
+                [&l.qkv, &l.o, &l.gate_up, &l.down].iter().map(|x| lin(x)).sum::<u64>()
                     + l.attn_norm.bytes()
                     + l.mlp_norm.bytes()
             })
@@ -266,27 +280,22 @@ impl Llama {
         let slot = Tensor::from_u32(gpu, &[r], &batch.slots, "slots")?;
         let rows = Rows { pos: &pos, slot: &slot };
         let (hs, xn) = (t(&[r, h], "h")?, t(&[r, h], "x")?);
-        let (q, k, v, att) = (t(&[r, nq], "q")?, t(&[r, nkv], "k")?, t(&[r, nkv], "v")?, t(&[r, nq], "attn")?);
-        let (gate, up, act) = (t(&[r, f], "gate")?, t(&[r, f], "up")?, t(&[r, f], "act")?);
+        let (qkv, att) = (t(&[r, nq + 2 * nkv], "qkv")?, t(&[r, nq], "attn")?);
+        let (gate_up, act) = (t(&[r, 2 * f], "gate_up")?, t(&[r, f], "act")?);
 
         gather(rec, &self.embed, &tokens, &hs)?;
         for (i, l) in self.layers.iter().enumerate() {
             let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
             rmsnorm(rec, &hs, &l.attn_norm, &xn, eps)?;
-            let x = Act::new(&xn, 0);
-            l.q.forward(rec, &x, &q, false)?;
-            l.k.forward(rec, &x, &k, false)?;
-            l.v.forward(rec, &x, &v, false)?;
-            rope_kv(rec, &q, &k, &v, &rows, &cache.rope, &cache_l)?;
-            attention(rec, &q, &cache_l, &rows, &att, None)?;
+            l.qkv.forward(rec, &Act::new(&xn, 0), &qkv, false)?;
+            rope_kv(rec, &qkv, cfg.heads, &rows, &cache.rope, &cache_l)?;
+            attention(rec, &qkv, cfg.heads, &cache_l, &rows, &att, None)?;
             let a = Act::new(&att, 0);
             l.o.forward(rec, &a, &hs, true)?;
 
             rmsnorm(rec, &hs, &l.mlp_norm, &xn, eps)?;
-            let x = Act::new(&xn, 0);
-            l.gate.forward(rec, &x, &gate, false)?;
-            l.up.forward(rec, &x, &up, false)?;
-            swiglu(rec, &gate, &up, &act)?;
+            l.gate_up.forward(rec, &Act::new(&xn, 0), &gate_up, false)?;
+            swiglu(rec, &gate_up, &act)?;
             let a = Act::new(&act, 0);
             l.down.forward(rec, &a, &hs, true)?;
         }
