@@ -36,8 +36,8 @@ pub fn attention(
     };
     let (g, max_len, hd) = (*g, *max_len, *hd);
     let (r, width) = qkv.dims2(op)?;
-    if hd % 4 != 0
-        || heads % g != 0
+    if !hd.is_multiple_of(4)
+        || !heads.is_multiple_of(g)
         || width != (heads + 2 * g) * hd
         || out.shape() != [r, heads * hd]
         || vc.shape() != kc.shape()
