@@ -115,6 +115,9 @@ struct ModelBenchArgs {
     /// CPU threads for the peer (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Runs of each measurement; the best counts.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -231,6 +234,7 @@ fn bench_model(gpu: &Gpu, args: &ModelBenchArgs) -> Result<()> {
         batches: args.batches.clone(),
         peer_python: args.peer_python.clone().or_else(|| default_py.exists().then_some(default_py)),
         threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        reps: args.reps,
     };
     let report = {
         let mut progress = BarProgress::new();

@@ -1,6 +1,6 @@
 //! `lorafuse bench model`: prefill and decode tokens/s of a model at several batch sizes, peak
 //! device memory against the weights' size, and llama.cpp on the same GGUF on the same machine
-//! (through llama-cpp-python, CPU) as the peer, in one run.
+//! (through llama-cpp-python, CPU) as the peer, in one run; each number the best of `reps` runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +22,8 @@ pub struct Options {
     /// Python with llama-cpp-python, to run scripts/bench_llama_cpp.py (None: no peer).
     pub peer_python: Option<PathBuf>,
     pub threads: usize,
+    /// Runs per batch size; the best is reported (this is a shared, noisy machine).
+    pub reps: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,14 +88,23 @@ fn run_ours(model: &Llama, prompt: &[u32], batch: usize, steps: usize) -> Result
 }
 
 /// llama.cpp through scripts/bench_llama_cpp.py, batch 1, same token ids.
-fn run_peer(python: &Path, gguf: &Path, prompt: &[u32], steps: usize, threads: usize) -> Result<Row> {
+fn run_peer(python: &Path, gguf: &Path, prompt: &[u32], steps: usize, threads: usize, reps: usize) -> Result<Row> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_llama_cpp.py");
     let ids = serde_json::to_string(prompt).map_err(|e| Error::Invalid(e.to_string()))?;
     let out = Command::new(python)
         .arg(&script)
         .arg("--model")
         .arg(gguf)
-        .args(["--gen", &steps.to_string(), "--threads", &threads.to_string(), "--ids", &ids])
+        .args([
+            "--gen",
+            &steps.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--reps",
+            &reps.to_string(),
+            "--ids",
+            &ids,
+        ])
         .output()
         .map_err(|e| Error::file(python, format!("running the llama.cpp peer: {e}")))?;
     if !out.status.success() {
@@ -122,7 +133,12 @@ pub fn run(gpu: &Gpu, model: &Llama, model_path: &Path, opts: &Options, progress
     progress.start("model throughput", opts.batches.len() + 1);
     let mut rows = Vec::new();
     for &b in &opts.batches {
-        let (prefill_tps, decode_tps) = run_ours(model, &prompt, b, opts.gen_tokens)?;
+        let (mut prefill_tps, mut decode_tps) = (0.0f64, 0.0f64);
+        for _ in 0..opts.reps.max(1) {
+            let (p, d) = run_ours(model, &prompt, b, opts.gen_tokens)?;
+            prefill_tps = prefill_tps.max(p);
+            decode_tps = decode_tps.max(d);
+        }
         let row = Row {
             engine: format!("lorafuse ({} weights, {} layout)", model.dtype(), model.layout().name()),
             batch: b,
@@ -140,7 +156,7 @@ pub fn run(gpu: &Gpu, model: &Llama, model_path: &Path, opts: &Options, progress
     let peer_note = match (&opts.peer_python, is_gguf) {
         (_, false) => Some("the llama.cpp peer needs a GGUF model".to_string()),
         (None, _) => Some("no Python with llama-cpp-python (run scripts/setup-bench.sh)".to_string()),
-        (Some(py), true) => match run_peer(py, model_path, &prompt, opts.gen_tokens, opts.threads) {
+        (Some(py), true) => match run_peer(py, model_path, &prompt, opts.gen_tokens, opts.threads, opts.reps) {
             Ok(row) => {
                 progress.row(&format!(
                     "{}: prefill {:.1} tokens/s, decode {:.1} tokens/s",
