@@ -11,6 +11,11 @@
 // The inner dimension is walked in chunks of 4*SG values: every lane fetches one texel of X per
 // row, and the subgroup shares them with subgroupBroadcast at constant lanes, so each X value is
 // fetched once per subgroup rather than once per invocation.
+//
+// Weights are f32, f16 (W_F16: 8 halves a texel) or 4-bit (W_Q4, nt and nt_dot only): a texel
+// of 32 nibbles per block of 32 values in GGUF Q4_1 order (byte b: value b in the low nibble,
+// value b+16 in the high one), and beside it a texture of (scale d, offset m) pairs, two blocks a
+// texel, value = d·q + m. A block's dot product is d·Σ q·x + m·Σ x.
 
 struct Params {
     m: u32,
@@ -38,7 +43,12 @@ struct Params {
 #if W_F16
 @group(0) @binding(2) var wt: texture_2d_array<u32>;
 #else
+#if W_Q4
+@group(0) @binding(2) var wt: texture_2d_array<u32>;
+@group(0) @binding(8) var ws: texture_2d_array<f32>;
+#else
 @group(0) @binding(2) var wt: texture_2d_array<f32>;
+#endif
 #endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #if EPILOGUE
@@ -48,6 +58,19 @@ struct Params {
 #if ROW_COEF
 @group(0) @binding(6) var<storage, read> coef: array<f32>;   // [M, n_adapters]
 @group(0) @binding(7) var<storage, read> seg: array<u32>;    // adapter of each output column
+#endif
+
+#if W_Q4
+// The four nibbles of word w at bits s, s+8, s+16, s+24.
+fn nib(w: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>(f32((w >> s) & 15u), f32((w >> (s + 8u)) & 15u), f32((w >> (s + 16u)) & 15u), f32((w >> (s + 24u)) & 15u));
+}
+
+// (d, m) of block b of weight row (y, layer).
+fn q4_scale(b: u32, y: i32, l: i32) -> vec2<f32> {
+    let s = textureLoad(ws, vec2<i32>(i32(b / 2u), y), l, 0);
+    return select(s.xy, s.zw, (b & 1u) == 1u);
+}
 #endif
 
 fn finish(row: u32, col: u32, acc: f32) {
@@ -88,6 +111,34 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #repeat r R
         let xv{r} = textureLoad(xt, vec2<i32>(kx, xy{r}), xl{r}, 0);
 #end
+#if W_Q4
+        // a chunk of 4·SG values holds QB blocks; lane t's texel is value 4t of the chunk
+#repeat j QB
+#repeat c C
+        let wq{j}_{c} = textureLoad(wt, vec2<i32>(i32(q * QB + {j}u), wy{c}), wl{c}, 0);
+        let dm{j}_{c} = q4_scale(q * QB + {j}u, wy{c}, wl{c});
+#repeat u 8
+        let nv{j}_{u}_{c} = nib(wq{j}_{c}[{u}u % 4u], 4u * ({u}u / 4u));
+#end
+#end
+#repeat r R
+        var xs{j}_{r} = 0.0;
+#repeat c C
+        var dq{j}_{r}_{c} = 0.0;
+#end
+#repeat u 8
+        let x{j}_{u}_{r} = subgroupBroadcast(xv{r}, {j}u * 8u + {u}u);
+        xs{j}_{r} += dot(x{j}_{u}_{r}, vec4<f32>(1.0));
+#repeat c C
+        dq{j}_{r}_{c} += dot(x{j}_{u}_{r}, nv{j}_{u}_{c});
+#end
+#end
+#repeat c C
+        acc{r}_{c} += dm{j}_{c}.x * dq{j}_{r}_{c} + dm{j}_{c}.y * xs{j}_{r};
+#end
+#end
+#end
+#else
 #if W_F16
         let kw = i32(q * (SG / 2u));
 #repeat h HSG
@@ -117,6 +168,7 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 #end
+#endif
 #endif
     }
 #if EPILOGUE
@@ -152,6 +204,7 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 }
 
+#if !W_Q4
 // nn: W is [K, N] as a texture of K rows; output texel column j covers outputs PER*j .. PER*j+PER-1
 // (PER = 4 for f32 W, 8 for f16 W). The inner index k of a chunk is (q*SG + t)*4 + e: lane t's X
 // texel, component e.
@@ -271,6 +324,7 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 }
+#endif
 
 #endif
 
@@ -307,6 +361,35 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #end
     for (var q = 0u; q < p.chunks; q++) {
         let tx = q * SG + lane;
+#if W_Q4
+        // lane takes block tx whole: one quant texel per weight row, eight activation texels
+        let inside = tx < p.w_width;
+        let bx = min(tx, p.w_width - 1u);
+#repeat c C
+        let wq{c} = textureLoad(wt, vec2<i32>(i32(bx), wy{c}), wl{c}, 0);
+        let dm{c} = q4_scale(bx, wy{c}, wl{c});
+#end
+#repeat r R
+        var xs{r} = 0.0;
+#repeat c C
+        var dq{r}_{c} = 0.0;
+#end
+#repeat u 8
+#if X_BUF
+        let x{u}_{r} = x_at(xr{r}, 8u * bx + {u}u);
+#else
+        let x{u}_{r} = textureLoad(xt, vec2<i32>(i32(8u * bx + {u}u), xy{r}), xl{r}, 0);
+#endif
+        xs{r} += dot(x{u}_{r}, vec4<f32>(1.0));
+#repeat c C
+        dq{r}_{c} += dot(x{u}_{r}, nib(wq{c}[{u}u % 4u], 4u * ({u}u / 4u)));
+#end
+#end
+#repeat c C
+        acc{r}_{c} += select(0.0, dm{c}.x * dq{r}_{c} + dm{c}.y * xs{r}, inside);
+#end
+#end
+#else
 #if W_F16
         let inside = tx < p.w_width;
         let wx = i32(min(tx, p.w_width - 1u));
@@ -341,6 +424,7 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         acc{r}_{c} += dot(x{r}, w{c});
 #end
 #end
+#endif
 #endif
     }
 #if EPILOGUE

@@ -61,6 +61,38 @@ fn tiny_models_match_the_cpu_reference() {
     }
 }
 
+/// A GGUF with Q4_1 weights runs with them kept 4-bit (dequantized inside the kernels) and
+/// matches the f64 reference on the file's dequantized values, as tightly as f32 weights do.
+#[test]
+fn four_bit_gguf_runs_quantized() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let spec = Tiny { hidden: 64, inter: 96, heads: 4, kv_heads: 2, head_dim: 16, tie: false, ..Tiny::default() };
+    let w = random_weights(&spec, seed);
+    let dir = temp_dir("tiny-q4");
+    let path = dir.join("q4.gguf");
+    write_gguf_model_as(&path, &spec, &w, 3);
+    let src = ModelSource::open(&path).unwrap();
+    let host = HostLlama::load(&src).unwrap();
+    let tokens = random_tokens(&mut rng, 9, spec.vocab);
+    let want: Vec<f64> = host.logits(&tokens).concat();
+    if Variant::candidates(gpu, Form::Nt, Layout::Texture).is_empty() {
+        // no texture kernels: 4-bit weights are expanded, which must still match
+        let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: None }).unwrap();
+        assert_close("q4 fallback", &gpu_logits(&model, &tokens), &want, 5e-3, seed);
+    } else {
+        let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: Some(Layout::Texture) }).unwrap();
+        assert!(model.layers[0].qkv.w.dtype() == DType::Q4 && model.layers[1].down.w.dtype() == DType::Q4);
+        // the f16 LM head is the only rounding left
+        assert_close("4-bit weights in the kernels", &gpu_logits(&model, &tokens), &want, 2e-3, seed);
+        let f32_model =
+            Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(Layout::Texture) }).unwrap();
+        assert_close("the same file, f32 weights", &gpu_logits(&f32_model, &tokens), &want, 1e-4, seed);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The same weights through a GGUF file (q/k rows permuted as llama.cpp stores them, f32 and
 /// f16) and a Hugging Face directory (f32, f16, bf16) load to the same tensors.
 #[test]

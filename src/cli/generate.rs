@@ -22,9 +22,9 @@ pub struct ModelArgs {
     /// A GGUF file or a Hugging Face model directory.
     #[arg(long, env = "LORAFUSE_MODEL", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
-    /// Weight precision on the GPU: f16 (half the memory, faster on lavapipe) or f32 (exact
-    /// dequantized weights).
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    /// Weight precision on the GPU: q4 (a GGUF's 4-bit weights stay 4-bit, dequantized inside
+    /// the kernels; the rest f16), f16, or f32 (exact dequantized weights).
+    #[arg(long, default_value = "q4", value_parser = ["q4", "f16", "f32"])]
     pub dtype: String,
 }
 
@@ -39,7 +39,11 @@ impl ModelArgs {
     pub fn load(&self, gpu: &Gpu) -> Result<Loaded> {
         let started = std::time::Instant::now();
         let src = ModelSource::open(&self.model)?;
-        let dtype = if self.dtype == "f32" { DType::F32 } else { DType::F16 };
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "f16" => DType::F16,
+            _ => DType::Q4,
+        };
         let model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
         let tok = src.tokenizer()?;
         let template = src.chat_template()?;

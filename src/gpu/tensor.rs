@@ -14,6 +14,8 @@ pub enum DType {
     F32,
     F16,
     U32,
+    /// 4-bit blocks of 32 with an f32 scale and offset (src/gpu/q4.rs): texture matrices only.
+    Q4,
 }
 
 impl DType {
@@ -21,6 +23,7 @@ impl DType {
         match self {
             DType::F32 | DType::U32 => 4 * numel as u64,
             DType::F16 => 2 * numel as u64,
+            DType::Q4 => numel.div_ceil(32) as u64 * 24,
         }
     }
 
@@ -29,6 +32,7 @@ impl DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::U32 => "u32",
+            DType::Q4 => "q4",
         }
     }
 }
@@ -168,6 +172,9 @@ impl Tensor {
             DType::F32 => bytemuck::cast_slice::<u8, f32>(&bytes)[..n].to_vec(),
             DType::F16 => bytemuck::cast_slice::<u8, half::f16>(&bytes)[..n].iter().map(|h| h.to_f32()).collect(),
             DType::U32 => bytemuck::cast_slice::<u8, u32>(&bytes)[..n].iter().map(|&u| u as f32).collect(),
+            DType::Q4 => {
+                return Err(Error::DType { op: "Tensor::read_f32".into(), detail: "no 4-bit buffers exist".into() });
+            }
         })
     }
 

@@ -12,6 +12,7 @@
 //!   embedding fits a 16384-texel limit: a chunk of `ROW_ALIGN` rows never straddles two layers.
 
 use crate::error::{Error, Result};
+use crate::gpu::q4::{self, Q4Block};
 use crate::gpu::{DType, Gpu, Tensor};
 
 /// Rows of a texture matrix are padded to this multiple.
@@ -21,6 +22,8 @@ pub const ROW_ALIGN: usize = 64;
 pub struct TexMatrix {
     pub(crate) texture: wgpu::Texture,
     pub(crate) view: wgpu::TextureView,
+    /// 4-bit matrices: the (d, m) texture beside the nibbles.
+    pub(crate) scales: Option<(wgpu::Texture, wgpu::TextureView)>,
     rows: usize,
     cols: usize,
     dtype: DType,
@@ -30,6 +33,59 @@ pub struct TexMatrix {
     pub(crate) layers: u32,
     pub(crate) col_align: usize,
     _alloc: std::sync::Arc<crate::gpu::tensor::Allocation>,
+}
+
+fn new_texture(
+    gpu: &Gpu,
+    label: &str,
+    width: u32,
+    rows: u32,
+    layers: u32,
+    format: wgpu::TextureFormat,
+) -> (wgpu::Texture, wgpu::TextureView) {
+    let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d { width, height: rows, depth_or_array_layers: layers },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING
+            | wgpu::TextureUsages::STORAGE_BINDING
+            | wgpu::TextureUsages::COPY_DST
+            | wgpu::TextureUsages::COPY_SRC,
+        view_formats: &[],
+    });
+    let view = texture.create_view(&wgpu::TextureViewDescriptor {
+        label: Some(label),
+        dimension: Some(wgpu::TextureViewDimension::D2Array),
+        ..Default::default()
+    });
+    (texture, view)
+}
+
+/// Writes `texels` (rows_per_layer × layers rows of `width` texels) into `texture`, layer by layer.
+fn write_layers(gpu: &Gpu, texture: &wgpu::Texture, texels: &[u8], width: u32, rows_per_layer: u32, layers: u32) {
+    let bytes_per_row = width * 16;
+    let layer_bytes = bytes_per_row as usize * rows_per_layer as usize;
+    for layer in 0..layers {
+        let start = layer as usize * layer_bytes;
+        gpu.queue().write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d { x: 0, y: 0, z: layer },
+                aspect: wgpu::TextureAspect::All,
+            },
+            &texels[start..start + layer_bytes],
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(bytes_per_row),
+                rows_per_image: Some(rows_per_layer),
+            },
+            wgpu::Extent3d { width, height: rows_per_layer, depth_or_array_layers: 1 },
+        );
+    }
 }
 
 /// Where a matrix lives.
@@ -55,6 +111,7 @@ impl TexMatrix {
         let per_texel = match dtype {
             DType::F32 => 4,
             DType::F16 => 8,
+            DType::Q4 => 32,
             DType::U32 => {
                 return Err(Error::DType {
                     op: "TexMatrix".into(),
@@ -99,31 +156,35 @@ impl TexMatrix {
         label: &str,
     ) -> Result<TexMatrix> {
         let (width, rpl, layers) = Self::geometry(gpu, rows, cols, dtype, col_align)?;
+        if dtype == DType::Q4 && !col_align.is_multiple_of(32) {
+            return Err(Error::DType {
+                op: "TexMatrix".into(),
+                detail: "4-bit texture rows need 32-column padding".into(),
+            });
+        }
         let format = match dtype {
-            DType::F16 => wgpu::TextureFormat::Rgba32Uint,
+            DType::F16 | DType::Q4 => wgpu::TextureFormat::Rgba32Uint,
             _ => wgpu::TextureFormat::Rgba32Float,
         };
-        let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
-            label: Some(label),
-            size: wgpu::Extent3d { width, height: rpl, depth_or_array_layers: layers },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING
-                | wgpu::TextureUsages::STORAGE_BINDING
-                | wgpu::TextureUsages::COPY_DST
-                | wgpu::TextureUsages::COPY_SRC,
-            view_formats: &[],
-        });
-        let view = texture.create_view(&wgpu::TextureViewDescriptor {
-            label: Some(label),
-            dimension: Some(wgpu::TextureViewDimension::D2Array),
-            ..Default::default()
-        });
-        let bytes = width as u64 * 16 * rpl as u64 * layers as u64;
+        let (texture, view) = new_texture(gpu, label, width, rpl, layers, format);
+        let scales = (dtype == DType::Q4)
+            .then(|| new_texture(gpu, label, width.div_ceil(2), rpl, layers, wgpu::TextureFormat::Rgba32Float));
+        let texel_rows = rpl as u64 * layers as u64;
+        let bytes = 16 * texel_rows * (width as u64 + scales.as_ref().map_or(0, |_| width.div_ceil(2) as u64));
         let _alloc = gpu.memory().allocate(bytes);
-        Ok(TexMatrix { texture, view, rows, cols, dtype, width, rows_per_layer: rpl, layers, col_align, _alloc })
+        Ok(TexMatrix {
+            texture,
+            view,
+            scales,
+            rows,
+            cols,
+            dtype,
+            width,
+            rows_per_layer: rpl,
+            layers,
+            col_align,
+            _alloc,
+        })
     }
 
     /// Uploads a host matrix (row-major [rows, cols]) into a new texture matrix.
@@ -143,31 +204,37 @@ impl TexMatrix {
             ));
         }
         let t = Self::zeros(gpu, rows, cols, dtype, col_align, label)?;
+        if dtype == DType::Q4 {
+            return Err(Error::DType {
+                op: format!("texture matrix '{label}'"),
+                detail: "4-bit matrices come from quantized blocks (TexMatrix::from_q4)".into(),
+            });
+        }
         let texels = crate::kernels::pack::pack_ref(data, rows, cols, dtype, t.width as usize, t.padded_rows());
-        let bytes_per_row = t.width * 16;
-        let layer_bytes = bytes_per_row as usize * t.rows_per_layer as usize;
-        for layer in 0..t.layers {
-            let start = layer as usize * layer_bytes;
-            let end = (start + layer_bytes).min(texels.len());
-            gpu.queue().write_texture(
-                wgpu::TexelCopyTextureInfo {
-                    texture: &t.texture,
-                    mip_level: 0,
-                    origin: wgpu::Origin3d { x: 0, y: 0, z: layer },
-                    aspect: wgpu::TextureAspect::All,
-                },
-                &texels[start..end],
-                wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(bytes_per_row),
-                    rows_per_image: Some(t.rows_per_layer),
-                },
-                wgpu::Extent3d {
-                    width: t.width,
-                    height: ((end - start) / bytes_per_row as usize) as u32,
-                    depth_or_array_layers: 1,
-                },
-            );
+        write_layers(gpu, &t.texture, &texels, t.width, t.rows_per_layer, t.layers);
+        Ok(t)
+    }
+
+    /// Uploads 4-bit blocks ([rows, cols/32] blocks, cols a multiple of 32).
+    pub fn from_q4(
+        gpu: &Gpu,
+        rows: usize,
+        cols: usize,
+        blocks: &[Q4Block],
+        col_align: usize,
+        label: &str,
+    ) -> Result<TexMatrix> {
+        if !cols.is_multiple_of(32) || blocks.len() * 32 != rows * cols {
+            return Err(Error::shape(
+                format!("texture matrix '{label}'"),
+                format!("{} 4-bit blocks for [{rows}, {cols}] (columns must be a multiple of 32)", blocks.len()),
+            ));
+        }
+        let t = Self::zeros(gpu, rows, cols, DType::Q4, col_align, label)?;
+        let (q, s) = q4::texels(blocks, rows, cols / 32, t.width as usize, t.padded_rows());
+        write_layers(gpu, &t.texture, &q, t.width, t.rows_per_layer, t.layers);
+        if let Some((scales, _)) = &t.scales {
+            write_layers(gpu, scales, &s, t.width.div_ceil(2), t.rows_per_layer, t.layers);
         }
         Ok(t)
     }
@@ -196,7 +263,8 @@ impl TexMatrix {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.width as u64 * 16 * self.padded_rows() as u64
+        let scale_width = if self.scales.is_some() { self.width.div_ceil(2) as u64 } else { 0 };
+        (self.width as u64 + scale_width) * 16 * self.padded_rows() as u64
     }
 
     /// Reads the matrix back to the host (unpadded, f32), for tests.
@@ -253,6 +321,8 @@ impl TexMatrix {
 
 /// A kernel operand and where it lives: a storage buffer (any kernel) or a texture matrix (the
 /// texture kernels). Weights are placed once, in the layout the autotuner chose for the device.
+// A model holds a few hundred of these: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Matrix {
     Buffer(Tensor),
@@ -295,6 +365,27 @@ impl Matrix {
         }
     }
 
+    /// Uploads 4-bit blocks; only the texture layout holds them.
+    pub fn from_q4(
+        gpu: &Gpu,
+        layout: Layout,
+        rows: usize,
+        cols: usize,
+        blocks: &[Q4Block],
+        label: &str,
+    ) -> Result<Matrix> {
+        match layout {
+            Layout::Texture => {
+                let align = crate::kernels::matmul_texture::col_align(gpu)?;
+                Ok(Matrix::Texture(TexMatrix::from_q4(gpu, rows, cols, blocks, align, label)?))
+            }
+            Layout::Buffer => Err(Error::DType {
+                op: format!("matrix '{label}'"),
+                detail: "4-bit weights are read by the texture kernels only; load them as f16".into(),
+            }),
+        }
+    }
+
     /// Uploads host data ([rows, cols], row-major) as `dtype` in `layout`.
     pub fn from_host(
         gpu: &Gpu,
@@ -305,11 +396,21 @@ impl Matrix {
         dtype: DType,
         label: &str,
     ) -> Result<Matrix> {
+        if dtype == DType::Q4 {
+            // quantized here: models bring their own 4-bit blocks; this serves tests and tuning
+            if !cols.is_multiple_of(32) {
+                return Err(Error::shape(
+                    format!("matrix '{label}'"),
+                    format!("4-bit rows of {cols} values (not 32s)"),
+                ));
+            }
+            return Matrix::from_q4(gpu, layout, rows, cols, &q4::quantize(data), label);
+        }
         match layout {
             Layout::Buffer => Ok(Matrix::Buffer(match dtype {
                 DType::F32 => Tensor::from_f32(gpu, &[rows, cols], data, label)?,
                 DType::F16 => Tensor::from_f32_as_f16(gpu, &[rows, cols], data, label)?,
-                DType::U32 => {
+                DType::Q4 | DType::U32 => {
                     return Err(Error::DType {
                         op: "Matrix::from_host".into(),
                         detail: "u32 is not a matrix dtype".into(),

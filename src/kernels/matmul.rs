@@ -109,6 +109,14 @@ impl Variant {
         }
     }
 
+    /// Rows of the output one invocation (or subgroup) computes.
+    pub fn rows(self) -> u32 {
+        match self {
+            Variant::Texture { rows, .. } | Variant::TextureDot { rows, .. } | Variant::Blocked { rows, .. } => rows,
+            Variant::Tiled => 64,
+        }
+    }
+
     /// The variants the autotuner may pick for `form` with B in `layout`, on this device.
     pub fn candidates(gpu: &crate::gpu::Gpu, form: Form, layout: Layout) -> Vec<Variant> {
         match layout {

@@ -93,12 +93,20 @@ pub(crate) fn launch(
         return Err(unsupported("operands not in this kernel's layout (padding, dtype or a buffer activation)".into()));
     }
     let f16 = w.dtype() == DType::F16;
+    let q4 = w.dtype() == DType::Q4;
+    if q4 && (form != Form::Nt || !sg.is_multiple_of(8)) {
+        return Err(unsupported("4-bit weights take the nt form, with subgroups of 8 or 16".into()));
+    }
     let mut params = Params {
         m: prob.m as u32,
         n: prob.n as u32,
         ldy: prob.n as u32,
-        // nt_dot with f16 weights walks 8 values a lane per step
-        chunks: (prob.k as u32).div_ceil(if dot && f16 { 8 * sg } else { 4 * sg }),
+        // nt_dot with f16 weights walks 8 values a lane per step, with 4-bit weights a block of 32
+        chunks: (prob.k as u32).div_ceil(match (dot, f16, q4) {
+            (true, _, true) => 32 * sg,
+            (true, true, _) => 8 * sg,
+            _ => 4 * sg,
+        }),
         x_rpl: match x {
             XOperand::Texture(t) => t.rows_per_layer,
             // the buffer path reads rows of K/4 vec4s
@@ -119,6 +127,8 @@ pub(crate) fn launch(
         ("R", rows),
         ("C", cols),
         ("W_F16", f16 as u32),
+        ("W_Q4", q4 as u32),
+        ("QB", if q4 { sg / 8 } else { 0 }),
         ("EPILOGUE", opts.epilogue.is_some() as u32),
         ("ROW_COEF", opts.row_coef.is_some() as u32),
         ("ACCUMULATE", opts.accumulate as u32),
@@ -128,6 +138,9 @@ pub(crate) fn launch(
     .collect();
     defines.retain(|_, v| *v != 0);
     let mut binds = vec![(1, x_resource(&x)), (2, Resource::View(w.view.clone())), (3, Resource::from(y))];
+    if let Some((_, scales)) = &w.scales {
+        binds.push((8, Resource::View(scales.clone())));
+    }
     if let Some(ep) = &opts.epilogue {
         let Matrix::Texture(b) = ep.b else {
             return Err(unsupported("the epilogue B is not in a texture".into()));

@@ -25,8 +25,10 @@ use crate::model::source::ModelSource;
 /// How weights are held on the GPU.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
-    /// f16 (default: half the memory and, on lavapipe, faster than f32) or f32 (exact
-    /// dequantized values, for parity checks).
+    /// Q4: a GGUF's 4-bit linear weights (Q4_0, Q4_1, Q4_K) stay 4-bit and are dequantized
+    /// inside the matmul kernels (the texture kernels; others expand to f16); f16: everything
+    /// expanded to half precision; f32: exact dequantized values, for parity checks. The
+    /// embeddings and LM head are f16 under Q4.
     pub dtype: DType,
     /// Weight layout; None lets the autotuner decide for the device.
     pub layout: Option<Layout>,
@@ -130,22 +132,53 @@ fn load_stacked(
     opts: (Layout, DType),
 ) -> Result<Linear> {
     let total: usize = outs.iter().sum();
+    let label = names.join("+");
+    let bias = stacked_bias(gpu, src, cfg, names, outs, &label)?;
+    if opts.1 == DType::Q4 && opts.0 == Layout::Texture && inp % 32 == 0 {
+        let mut blocks = Vec::with_capacity(total * inp / 32);
+        for (name, &out) in names.iter().zip(outs) {
+            match src.tensor_q4(&format!("{name}.weight"), &[out, inp], cfg)? {
+                Some(b) => blocks.extend(b),
+                None => {
+                    blocks.clear();
+                    break;
+                }
+            }
+        }
+        if !blocks.is_empty() {
+            return Ok(Linear { w: Matrix::from_q4(gpu, opts.0, total, inp, &blocks, &label)?, bias });
+        }
+    }
+    // not 4-bit in the file, or no kernel for 4-bit here: half precision
+    let dtype = if opts.1 == DType::Q4 { DType::F16 } else { opts.1 };
     let mut w = Vec::with_capacity(total * inp);
-    let mut bias = Vec::with_capacity(total);
-    let mut any_bias = false;
     for (name, &out) in names.iter().zip(outs) {
         w.extend(src.tensor(&format!("{name}.weight"), &[out, inp], cfg)?);
+    }
+    Ok(Linear { w: Matrix::from_host(gpu, opts.0, total, inp, &w, dtype, &label)?, bias })
+}
+
+/// The stacked biases of `names`, zeros for layers without one; None when none has one.
+fn stacked_bias(
+    gpu: &Gpu,
+    src: &ModelSource,
+    cfg: &LlamaConfig,
+    names: &[&str],
+    outs: &[usize],
+    label: &str,
+) -> Result<Option<Tensor>> {
+    let mut bias = Vec::new();
+    let mut any = false;
+    for (name, &out) in names.iter().zip(outs) {
         let bias_name = format!("{name}.bias");
         if src.has(&bias_name) {
-            any_bias = true;
+            any = true;
             bias.extend(src.tensor(&bias_name, &[out], cfg)?);
         } else {
             bias.extend(std::iter::repeat_n(0.0, out));
         }
     }
-    let label = names.join("+");
-    let bias = if any_bias { Some(Tensor::from_f32(gpu, &[total], &bias, &label)?) } else { None };
-    Ok(Linear { w: Matrix::from_host(gpu, opts.0, total, inp, &w, opts.1, &label)?, bias })
+    if any { Ok(Some(Tensor::from_f32(gpu, &[bias.len()], &bias, label)?)) } else { Ok(None) }
 }
 
 impl Llama {
@@ -155,22 +188,24 @@ impl Llama {
             Some(l) => l,
             None => crate::tune::preferred_layout(gpu)?,
         };
-        if !matches!(opts.dtype, DType::F32 | DType::F16) {
-            return Err(Error::Invalid(format!("weights can be f32 or f16, not {}", opts.dtype)));
+        if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::Q4) {
+            return Err(Error::Invalid(format!("weights can be q4, f16 or f32, not {}", opts.dtype)));
         }
         let lo = (layout, opts.dtype);
+        // embeddings and the LM head: f16 under q4 (the row gather reads f16 or f32)
+        let table_dtype = if opts.dtype == DType::Q4 { DType::F16 } else { opts.dtype };
         let (h, f, hd) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
         let (nq, nkv) = (cfg.heads * hd, cfg.kv_heads * hd);
         let embed_host = src.tensor("model.embed_tokens.weight", &[cfg.vocab, h], &cfg)?;
-        let embed = match opts.dtype {
+        let embed = match table_dtype {
             DType::F16 => Tensor::from_f32_as_f16(gpu, &[cfg.vocab, h], &embed_host, "embed_tokens")?,
             _ => Tensor::from_f32(gpu, &[cfg.vocab, h], &embed_host, "embed_tokens")?,
         };
         let lm_head = if cfg.tie_embeddings || !src.has("lm_head.weight") {
-            Matrix::from_host(gpu, layout, cfg.vocab, h, &embed_host, opts.dtype, "lm_head (tied)")?
+            Matrix::from_host(gpu, layout, cfg.vocab, h, &embed_host, table_dtype, "lm_head (tied)")?
         } else {
             let w = src.tensor("lm_head.weight", &[cfg.vocab, h], &cfg)?;
-            Matrix::from_host(gpu, layout, cfg.vocab, h, &w, opts.dtype, "lm_head")?
+            Matrix::from_host(gpu, layout, cfg.vocab, h, &w, table_dtype, "lm_head")?
         };
         drop(embed_host);
         let norm_vec =

@@ -13,6 +13,7 @@
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
+use crate::gpu::q4::Q4Block;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
@@ -204,6 +205,57 @@ fn dequantize_q6k_block(b: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// The 4-bit GPU blocks (src/gpu/q4.rs) of a Q4_0, Q4_1 or Q4_K tensor of `n` values; None for
+/// other types. Exact: every value dequantizes to what `dequantize` gives.
+pub fn to_q4_blocks(ty: GgmlType, bytes: &[u8], n: usize) -> Option<Result<Vec<Q4Block>>> {
+    if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K) {
+        return None;
+    }
+    let check = || -> Result<()> {
+        let want = ty.bytes_for(n as u64)? as usize;
+        if bytes.len() != want {
+            return Err(Error::Invalid(format!("{} bytes for {n} {} values, expected {want}", bytes.len(), ty.name())));
+        }
+        Ok(())
+    };
+    if let Err(e) = check() {
+        return Some(Err(e));
+    }
+    let nib16 = |q: &[u8]| -> [u8; 16] { q.try_into().expect("16 bytes of nibbles") };
+    Some(Ok(match ty {
+        GgmlType::Q4_0 => bytes
+            .chunks_exact(18)
+            .map(|b| {
+                let d = half_at(b, 0);
+                Q4Block { nibbles: nib16(&b[2..18]), d, m: -8.0 * d }
+            })
+            .collect(),
+        GgmlType::Q4_1 => bytes
+            .chunks_exact(20)
+            .map(|b| Q4Block { nibbles: nib16(&b[4..20]), d: half_at(b, 0), m: half_at(b, 2) })
+            .collect(),
+        _ => bytes
+            .chunks_exact(144)
+            .flat_map(|b| {
+                let (d, dmin) = (half_at(b, 0), half_at(b, 2));
+                let (scales, qs) = (&b[4..16], &b[16..144]);
+                (0..8).map(move |j| {
+                    // sub-block j: low (even j) or high (odd j) nibbles of 32 bytes, re-packed in
+                    // Q4_1 order (byte i: value i low, value i+16 high)
+                    let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                    let v = |i: usize| if j % 2 == 0 { bytes[i] & 0xF } else { bytes[i] >> 4 };
+                    let mut nibbles = [0u8; 16];
+                    for (i, x) in nibbles.iter_mut().enumerate() {
+                        *x = v(i) | (v(i + 16) << 4);
+                    }
+                    let (sc, mn) = q4k_scale_min(scales, j);
+                    Q4Block { nibbles, d: d * sc as f32, m: -(dmin * mn as f32) }
+                })
+            })
+            .collect(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +342,35 @@ mod tests {
             let want = 0.5 * (i / 16 + 1) as f32 * ((i % 64) as f32 - 32.0);
             assert_eq!(*x, want, "value {i}");
         }
+    }
+
+    /// Random blocks of every 4-bit type convert to GPU blocks that dequantize to the same values.
+    #[test]
+    fn four_bit_types_convert_exactly() {
+        let mut s = 7u64;
+        let mut byte = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        };
+        for (ty, per, size) in [(GgmlType::Q4_0, 32, 18), (GgmlType::Q4_1, 32, 20), (GgmlType::Q4K, 256, 144)] {
+            let blocks = 3;
+            let mut b: Vec<u8> = (0..blocks * size).map(|_| byte()).collect();
+            // finite f16 scales: clear the exponent's top bit of every f16 field
+            for blk in b.chunks_mut(size) {
+                for off in [0usize, 2] {
+                    if off < 4 && (ty != GgmlType::Q4_0 || off == 0) {
+                        blk[off + 1] &= 0x3B;
+                    }
+                }
+            }
+            let n = blocks * per;
+            let want = dequantize(ty, &b, n).unwrap();
+            let got = crate::gpu::q4::dequantize(&to_q4_blocks(ty, &b, n).unwrap().unwrap());
+            assert_eq!(got, want, "{}", ty.name());
+        }
+        assert!(to_q4_blocks(GgmlType::Q8_0, &[0; 34], 32).is_none());
     }
 
     #[test]

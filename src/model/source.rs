@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
+use crate::gpu::q4::Q4Block;
 use crate::model::chat::ChatTemplate;
 use crate::model::config::{Arch, LlamaConfig};
 use crate::model::gguf::Gguf;
+use crate::model::quant::to_q4_blocks;
 use crate::model::tokenizer::Tokenizer;
 
 pub enum ModelSource {
@@ -62,23 +64,29 @@ fn gguf_name(hf: &str) -> Option<String> {
 
 /// Undoes llama.cpp's q/k row permutation: its converter viewed each head's rows as
 /// [2, d/2] and swapped the axes, so GGUF row h·d + 2j + t is Hugging Face row h·d + t·d/2 + j.
-pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>> {
+/// `cols` is the row length in elements of `data` (values, or quantized blocks).
+pub fn unpermute_rows<T: Copy>(data: &[T], rows: usize, cols: usize, heads: usize) -> Result<Vec<T>> {
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) || data.len() != rows * cols {
         return Err(Error::Invalid(format!("cannot unpermute {rows} rows of {cols} over {heads} heads")));
     }
     let hd = rows / heads;
     let half = hd / 2;
-    let mut out = vec![0.0f32; data.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for t in 0..2 {
-                let src = h * hd + 2 * j + t;
-                let dst = h * hd + t * half + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
+    let mut out = Vec::with_capacity(data.len());
+    for dst in 0..rows {
+        let (h, t, j) = (dst / hd, (dst % hd) / half, dst % half);
+        let src = h * hd + 2 * j + t;
+        out.extend_from_slice(&data[src * cols..(src + 1) * cols]);
     }
     Ok(out)
+}
+
+/// Heads to unpermute a Hugging Face tensor's rows over, for a GGUF of this architecture.
+fn permuted_heads(cfg: &LlamaConfig, hf_name: &str) -> Option<usize> {
+    match (cfg.arch, hf_name.rsplit('.').nth(1)) {
+        (Arch::Llama, Some("q_proj")) => Some(cfg.heads),
+        (Arch::Llama, Some("k_proj")) => Some(cfg.kv_heads),
+        _ => None,
+    }
 }
 
 impl ModelSource {
@@ -143,6 +151,29 @@ impl ModelSource {
         }
     }
 
+    /// A 2-D weight as 4-bit GPU blocks, when the file stores it in a 4-bit type (Q4_0, Q4_1,
+    /// Q4_K); None otherwise (other types, Hugging Face files).
+    pub fn tensor_q4(&self, hf_name: &str, shape: &[usize], cfg: &LlamaConfig) -> Result<Option<Vec<Q4Block>>> {
+        let ModelSource::Gguf(g) = self else { return Ok(None) };
+        let Some(name) = gguf_name(hf_name) else { return Ok(None) };
+        let t = g.tensor(&name)?;
+        if t.shape() != shape || shape.len() != 2 {
+            return Err(Error::file(
+                g.path(),
+                format!("tensor '{hf_name}' has shape {:?}, the config implies {shape:?}", t.shape()),
+            ));
+        }
+        let bytes = g.tensor_bytes(t)?;
+        let Some(blocks) = to_q4_blocks(t.ty, &bytes, t.numel() as usize) else { return Ok(None) };
+        let blocks = blocks.map_err(|e| Error::file(g.path(), format!("tensor '{name}': {e}")))?;
+        let per_row = shape[1] / 32;
+        Ok(Some(match permuted_heads(cfg, hf_name) {
+            Some(h) => unpermute_rows(&blocks, shape[0], per_row, h)
+                .map_err(|e| Error::file(g.path(), format!("tensor '{name}': {e}")))?,
+            None => blocks,
+        }))
+    }
+
     /// A tensor by Hugging Face name, f32, row-major, with its shape checked against `shape`.
     pub fn tensor(&self, hf_name: &str, shape: &[usize], cfg: &LlamaConfig) -> Result<Vec<f32>> {
         let (got_shape, data) = match self {
@@ -150,12 +181,7 @@ impl ModelSource {
                 let name = gguf_name(hf_name)
                     .ok_or_else(|| Error::file(g.path(), format!("no GGUF name for tensor '{hf_name}'")))?;
                 let (s, d) = g.tensor_f32(&name)?;
-                let heads = match (cfg.arch, hf_name.rsplit('.').nth(1)) {
-                    (Arch::Llama, Some("q_proj")) => Some(cfg.heads),
-                    (Arch::Llama, Some("k_proj")) => Some(cfg.kv_heads),
-                    _ => None,
-                };
-                let d = match heads {
+                let d = match permuted_heads(cfg, hf_name) {
                     Some(h) => {
                         let cols = if s.len() == 2 { s[1] } else { 1 };
                         unpermute_rows(&d, s[0], cols, h)

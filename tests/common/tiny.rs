@@ -227,9 +227,31 @@ pub fn write_gguf(path: &Path, meta: &[(String, Meta)], tensors: &[(String, Vec<
     std::fs::write(path, f).unwrap();
 }
 
+/// GGUF Q4_1 bytes of `v` (a multiple of 32 values): min/max blocks with f16 scale and offset.
+pub fn q4_1_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in v.chunks(32) {
+        let lo = c.iter().cloned().fold(f32::INFINITY, f32::min);
+        let hi = c.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let d = half::f16::from_f32((hi - lo) / 15.0);
+        let m = half::f16::from_f32(lo);
+        let (df, mf) = (d.to_f32(), m.to_f32());
+        let q = |x: f32| if df > 0.0 { ((x - mf) / df).round().clamp(0.0, 15.0) as u8 } else { 0 };
+        out.extend(d.to_le_bytes());
+        out.extend(m.to_le_bytes());
+        out.extend((0..16).map(|b| q(c[b]) | (q(c[b + 16]) << 4)));
+    }
+    out
+}
+
 /// The tiny model as a GGUF with F32 tensors (or F16 where `f16` is set), q/k permuted as
 /// llama.cpp's converter does.
 pub fn write_gguf_model(path: &Path, t: &Tiny, w: &Weights, f16: bool) {
+    write_gguf_model_as(path, t, w, if f16 { 1 } else { 0 });
+}
+
+/// Likewise with the 2-D weights in GGML type `ty` (0 F32, 1 F16, 3 Q4_1).
+pub fn write_gguf_model_as(path: &Path, t: &Tiny, w: &Weights, ty: u32) {
     let arch = if t.qwen2 { "qwen2" } else { "llama" };
     let key = |k: &str| format!("{arch}.{k}");
     let meta = vec![
@@ -253,10 +275,10 @@ pub fn write_gguf_model(path: &Path, t: &Tiny, w: &Weights, f16: bool) {
             data = permute_rows(&data, shape[0], shape[1], heads);
         }
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-        let (ty, bytes): (u32, Vec<u8>) = if f16 && shape.len() == 2 {
-            (1, data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())
-        } else {
-            (0, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        let (ty, bytes): (u32, Vec<u8>) = match (ty, shape.len()) {
+            (1, 2) => (1, data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()),
+            (3, 2) => (3, q4_1_bytes(&data)),
+            _ => (0, data.iter().flat_map(|x| x.to_le_bytes()).collect()),
         };
         tensors.push((gname, dims, ty, bytes));
     }
