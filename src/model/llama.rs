@@ -134,7 +134,7 @@ fn load_stacked(
     let total: usize = outs.iter().sum();
     let label = names.join("+");
     let bias = stacked_bias(gpu, src, cfg, names, outs, &label)?;
-    if opts.1 == DType::Q4 && opts.0 == Layout::Texture && inp % 32 == 0 {
+    if opts.1 == DType::Q4 && opts.0 == Layout::Texture && inp.is_multiple_of(32) {
         let mut blocks = Vec::with_capacity(total * inp / 32);
         for (name, &out) in names.iter().zip(outs) {
             match src.tensor_q4(&format!("{name}.weight"), &[out, inp], cfg)? {
