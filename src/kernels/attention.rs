@@ -31,34 +31,24 @@ pub fn attention(
 ) -> Result<()> {
     let op = "attention";
     let (kc, vc) = (cache.k, cache.v);
-    let [_, g, max_len, hd] = kc.shape() else {
-        return Err(Error::shape(op, format!("cache {:?} is not [slots, kv_heads, max_len, head_dim]", kc.shape())));
-    };
-    let (g, max_len, hd) = (*g, *max_len, *hd);
+    let (g, max_len, hd) = cache.dims(op)?;
     let (r, width) = qkv.dims2(op)?;
     if !hd.is_multiple_of(4)
         || !heads.is_multiple_of(g)
         || width != (heads + 2 * g) * hd
         || out.shape() != [r, heads * hd]
-        || vc.shape() != kc.shape()
     {
         return Err(Error::shape(
             op,
             format!(
-                "qkv {:?}, out {:?}, caches {:?}: {heads} heads over {g} KV heads of {hd} (a multiple of 4)",
+                "qkv {:?}, out {:?}: {heads} heads over {g} KV heads of {hd} (a multiple of 4)",
                 qkv.shape(),
-                out.shape(),
-                kc.shape()
+                out.shape()
             ),
         ));
     }
-    if rows.pos.numel() != r || rows.slot.numel() != r {
-        return Err(Error::shape(
-            op,
-            format!("{r} rows but {} positions and {} slots", rows.pos.numel(), rows.slot.numel()),
-        ));
-    }
-    for t in [qkv, kc, vc, out] {
+    rows.check(op, r)?;
+    for t in [qkv, out] {
         t.expect_dtype(op, "tensors", &[DType::F32])?;
     }
     let mut defines: Defines = [("HD", hd as u32), ("HD4", hd as u32 / 4)].into_iter().collect();

@@ -62,6 +62,41 @@ pub struct Cache<'a> {
     pub v: &'a Tensor,
 }
 
+impl Cache<'_> {
+    /// (kv_heads, max_len, head_dim), checked.
+    pub(crate) fn dims(&self, op: &str) -> Result<(usize, usize, usize)> {
+        match *self.k.shape() {
+            [_, g, max_len, hd] if self.v.shape() == self.k.shape() => {
+                for t in [self.k, self.v] {
+                    t.expect_dtype(op, "cache", &[DType::F32])?;
+                }
+                Ok((g, max_len, hd))
+            }
+            _ => Err(Error::shape(
+                op,
+                format!(
+                    "caches {:?}/{:?} are not [slots, kv_heads, max_len, head_dim]",
+                    self.k.shape(),
+                    self.v.shape()
+                ),
+            )),
+        }
+    }
+}
+
+impl Rows<'_> {
+    /// Checks that there is a position and a slot for each of `r` rows.
+    pub(crate) fn check(&self, op: &str, r: usize) -> Result<()> {
+        if self.pos.numel() != r || self.slot.numel() != r {
+            return Err(Error::shape(
+                op,
+                format!("{r} rows but {} positions and {} slots", self.pos.numel(), self.slot.numel()),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// qkv [R, (H + 2G)·d] holds q, k and v side by side (the fused projection's output). Rotates q
 /// in place; rotates k and stores it with v into the cache at (slot[r], ·, pos[r]). Positions
 /// must be < table.positions and < max_len (checked by the caller).
@@ -77,30 +112,12 @@ pub fn rope_kv(
     let (kc, vc) = (cache.k, cache.v);
     let hd = 2 * table.half;
     let (r, width) = qkv.dims2(op)?;
-    let [_, g, max_len, d] = kc.shape() else {
-        return Err(Error::shape(op, format!("cache {:?} is not [slots, kv_heads, max_len, head_dim]", kc.shape())));
-    };
-    let (g, max_len) = (*g, *max_len);
-    if width != (heads + 2 * g) * hd || *d != hd || kc.shape() != vc.shape() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "qkv {:?} for {heads} heads and {g} KV heads of {hd}, caches {:?}/{:?}",
-                qkv.shape(),
-                kc.shape(),
-                vc.shape()
-            ),
-        ));
+    let (g, max_len, d) = cache.dims(op)?;
+    if width != (heads + 2 * g) * hd || d != hd {
+        return Err(Error::shape(op, format!("qkv {:?} for {heads} heads and {g} KV heads of {hd}", qkv.shape())));
     }
-    if rows.pos.numel() != r || rows.slot.numel() != r {
-        return Err(Error::shape(
-            op,
-            format!("{r} rows but {} positions and {} slots", rows.pos.numel(), rows.slot.numel()),
-        ));
-    }
-    for t in [qkv, kc, vc] {
-        t.expect_dtype(op, "activations and caches", &[DType::F32])?;
-    }
+    rows.check(op, r)?;
+    qkv.expect_dtype(op, "qkv", &[DType::F32])?;
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("rope", "rope_kv", &Defines::new()))?;
     let units = (heads + g) as u32;
     let grid = fold_grid(rec.gpu(), units.div_ceil(64), r as u32);
