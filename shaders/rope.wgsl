@@ -6,6 +6,9 @@
 // q, k and v are the column blocks of one [R, (H + 2G)·d] tensor (the fused q/k/v projection's
 // output); caches [slots, G, max_len, d]. One invocation per (row, head unit): units 0..H rotate
 // q heads, units H..H+G rotate and store one KV head.
+//
+// rope_backward: the gradients of q and k before rotation from those after it, in place in a
+// [R, (H + 2G)·d] gradient tensor: the transpose of a rotation is the rotation by −p·θ.
 
 struct Params {
     rows: u32,
@@ -18,9 +21,30 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(4) var<storage, read> pos: array<u32>;
-@group(0) @binding(5) var<storage, read> slot: array<u32>;
 @group(0) @binding(6) var<storage, read> cos_t: array<f32>;
 @group(0) @binding(7) var<storage, read> sin_t: array<f32>;
+#if BACKWARD
+@compute @workgroup_size(64)
+fn rope_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let unit = gid.x;
+    let row = gid.y + gid.z * nwg.y;
+    if (unit >= p.heads + p.kv_heads || row >= p.rows) {
+        return;
+    }
+    let half = p.hd / 2u;
+    let t = pos[row] * half;
+    let base = row * (p.heads + 2u * p.kv_heads) * p.hd + unit * p.hd;
+    for (var i = 0u; i < half; i++) {
+        let x1 = qkv[base + i];
+        let x2 = qkv[base + i + half];
+        let c = cos_t[t + i];
+        let s = sin_t[t + i];
+        qkv[base + i] = x1 * c + x2 * s;
+        qkv[base + i + half] = x2 * c - x1 * s;
+    }
+}
+#else
+@group(0) @binding(5) var<storage, read> slot: array<u32>;
 @group(0) @binding(8) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(9) var<storage, read_write> vc: array<f32>;
 
@@ -63,3 +87,4 @@ fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         }
     }
 }
+#endif

@@ -27,12 +27,14 @@ pub fn source(name: &str) -> Option<&'static str> {
         "elementwise" => include_str!("../../shaders/elementwise.wgsl"),
         "rope" => include_str!("../../shaders/rope.wgsl"),
         "attention" => include_str!("../../shaders/attention.wgsl"),
+        "cross_entropy" => include_str!("../../shaders/cross_entropy.wgsl"),
+        "optimizer" => include_str!("../../shaders/optimizer.wgsl"),
         _ => return None,
     })
 }
 
 /// Every shader file, for `sources_hash`.
-const ALL: [&str; 11] = [
+const ALL: [&str; 13] = [
     "matmul_texture",
     "matmul_blocked",
     "matmul_tiled",
@@ -44,6 +46,8 @@ const ALL: [&str; 11] = [
     "elementwise",
     "rope",
     "attention",
+    "cross_entropy",
+    "optimizer",
 ];
 
 /// A fingerprint of the shader sources (FNV-1a), so choices timed for other kernels (a cache

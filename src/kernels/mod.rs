@@ -13,3 +13,5 @@ pub mod matmul_tiled;
 pub mod pack;
 pub mod rmsnorm;
 pub mod rope;
+pub mod cross_entropy;
+pub mod optimizer;

@@ -136,6 +136,26 @@ pub fn rope_kv(
     rec.dispatch(pipeline, &params, binds, grid, "rope_kv", work)
 }
 
+/// In place in dqkv [R, (H + 2G)·d]: the gradients of q and k after rotation become those before
+/// it (v's block is left alone).
+pub fn rope_backward(rec: &mut Recorder, dqkv: &Tensor, heads: usize, kv_heads: usize, pos: &Tensor, table: &RopeTable) -> Result<()> {
+    let op = "rope backward";
+    let hd = 2 * table.half;
+    let (r, width) = dqkv.dims2(op)?;
+    if width != (heads + 2 * kv_heads) * hd || pos.numel() != r {
+        return Err(Error::shape(op, format!("dqkv {:?} for {heads}+2·{kv_heads} heads of {hd}, {} positions", dqkv.shape(), pos.numel())));
+    }
+    dqkv.expect_dtype(op, "dqkv", &[DType::F32])?;
+    let defines: Defines = [("BACKWARD", 1)].into_iter().collect();
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("rope", "rope_backward", &defines))?;
+    let units = (heads + kv_heads) as u32;
+    let grid = fold_grid(rec.gpu(), units.div_ceil(64), r as u32);
+    let params = Params { rows: r as u32, heads: heads as u32, kv_heads: kv_heads as u32, hd: hd as u32, max_len: 0 };
+    let work = Work { flops: 3 * (r * (heads + kv_heads) * hd) as u64, bytes: 2 * dqkv.bytes() };
+    let binds = vec![(1, dqkv.into()), (4, pos.into()), (6, (&table.cos).into()), (7, (&table.sin).into())];
+    rec.dispatch(pipeline, &params, binds, grid, "rope_backward", work)
+}
+
 /// CPU reference: x [R, heads·d] rotated at positions `pos` (f64).
 pub fn rope_ref(x: &[f32], heads: usize, hd: usize, pos: &[u32], inv_freq: &[f64]) -> Vec<f64> {
     let half = hd / 2;

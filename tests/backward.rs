@@ -1,0 +1,204 @@
+//! Backward kernels for training (RMSNorm, SwiGLU, RoPE, masked cross-entropy) and the optimizer
+//! (gradient norm, AdamW) against their CPU references on fresh random inputs, outputs poisoned;
+//! each analytic reference is itself checked against central finite differences of its forward.
+
+mod common;
+
+use common::*;
+use lorafuse::gpu::{DType, Recorder, Tensor};
+use lorafuse::kernels::cross_entropy::{MASKED, cross_entropy, cross_entropy_ref};
+use lorafuse::kernels::elementwise::{swiglu_backward, swiglu_backward_ref, swiglu_ref};
+use lorafuse::kernels::optimizer::{AdamW, adamw, adamw_ref, sumsq, sumsq_partials};
+use lorafuse::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_backward_ref, rmsnorm_ref};
+use lorafuse::kernels::rope::{RopeTable, rope_backward, rope_ref};
+
+/// Central difference of f at x[i] (perturbing a copy; the exact step taken is used).
+fn fd(f: &dyn Fn(&[f32]) -> f64, x: &[f32], i: usize, h: f32) -> f64 {
+    let (mut a, mut b) = (x.to_vec(), x.to_vec());
+    a[i] += h;
+    b[i] -= h;
+    (f(&a) - f(&b)) / (a[i] as f64 - b[i] as f64)
+}
+
+fn dot(a: &[f64], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * *y as f64).sum()
+}
+
+#[test]
+fn rmsnorm_backward_matches_reference_and_finite_differences() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    // the reference against finite differences of L = Σ dy ⊙ rmsnorm(x)
+    let (h, eps) = (7, 1e-5);
+    let x = rng.vec(2 * h);
+    let w = rng.vec(h);
+    let dy = rng.vec(2 * h);
+    let analytic = rmsnorm_backward_ref(&x, &w, &dy, eps);
+    for i in 0..x.len() {
+        let g = fd(&|x: &[f32]| dot(&rmsnorm_ref(x, &w, eps), &dy), &x, i, 1e-3);
+        assert!((g - analytic[i]).abs() < 1e-3, "dx[{i}]: fd {g} vs {}", analytic[i]);
+    }
+    for (r, h) in [(1, 576), (7, 45), (33, 130)] {
+        for accumulate in [false, true] {
+            let x: Vec<f32> = rng.vec(r * h).iter().map(|v| v * 3.0).collect();
+            let w = rng.vec(h);
+            let dy = rng.vec(r * h);
+            let prior = rng.vec(r * h);
+            let dx = Tensor::from_f32(gpu, &[r, h], &prior, "dx").unwrap();
+            if !accumulate {
+                dx.poison(gpu);
+            }
+            let t = |v: &[f32], n: &str| Tensor::from_f32(gpu, &[r, h], v, n).unwrap();
+            let mut rec = Recorder::new(gpu);
+            rmsnorm_backward(&mut rec, &t(&x, "x"), &Tensor::from_f32(gpu, &[h], &w, "w").unwrap(), &t(&dy, "dy"), &dx, 1e-5, accumulate)
+                .unwrap();
+            rec.run().unwrap();
+            let mut want = rmsnorm_backward_ref(&x, &w, &dy, 1e-5);
+            if accumulate {
+                want.iter_mut().zip(&prior).for_each(|(a, b)| *a += *b as f64);
+            }
+            assert_close(&format!("rmsnorm backward [{r}, {h}] accumulate={accumulate}"), &dx.read_f32(gpu).unwrap(), &want, 1e-5, seed);
+        }
+    }
+}
+
+#[test]
+fn swiglu_backward_matches_reference_and_finite_differences() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let f = 5;
+    let gu: Vec<f32> = rng.vec(2 * 2 * f).iter().map(|v| v * 3.0).collect();
+    let dout = rng.vec(2 * f);
+    let analytic = swiglu_backward_ref(&gu, &dout, f);
+    let forward = |gu: &[f32]| -> f64 {
+        let (mut g, mut u) = (Vec::new(), Vec::new());
+        for row in gu.chunks(2 * f) {
+            g.extend_from_slice(&row[..f]);
+            u.extend_from_slice(&row[f..]);
+        }
+        dot(&swiglu_ref(&g, &u), &dout)
+    };
+    for i in 0..gu.len() {
+        let g = fd(&forward, &gu, i, 1e-3);
+        assert!((g - analytic[i]).abs() < 1e-3, "dgu[{i}]: fd {g} vs {}", analytic[i]);
+    }
+    for (r, f) in [(1, 1536), (7, 45), (33, 130)] {
+        let gu: Vec<f32> = rng.vec(r * 2 * f).iter().map(|v| v * 6.0).collect();
+        let dout = rng.vec(r * f);
+        let out = Tensor::zeros(gpu, &[r, 2 * f], DType::F32, "dgu").unwrap();
+        out.poison(gpu);
+        let mut rec = Recorder::new(gpu);
+        swiglu_backward(
+            &mut rec,
+            &Tensor::from_f32(gpu, &[r, 2 * f], &gu, "gu").unwrap(),
+            &Tensor::from_f32(gpu, &[r, f], &dout, "dout").unwrap(),
+            &out,
+        )
+        .unwrap();
+        rec.run().unwrap();
+        assert_close(&format!("swiglu backward [{r}, {f}]"), &out.read_f32(gpu).unwrap(), &swiglu_backward_ref(&gu, &dout, f), 1e-5, seed);
+    }
+}
+
+/// The backward of a rotation is its transpose: rotating a rotated gradient back recovers it, in
+/// the q and k blocks, and the v block is left alone.
+#[test]
+fn rope_backward_is_the_inverse_rotation() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 2, 12, 33)] {
+        let freqs: Vec<f64> = (0..hd / 2).map(|i| 10000f64.powf(-(2.0 * i as f64) / hd as f64)).collect();
+        let table = RopeTable::new(gpu, &freqs, 64).unwrap();
+        let pos: Vec<u32> = (0..r).map(|_| rng.below(64) as u32).collect();
+        let width = (heads + 2 * kv) * hd;
+        let orig = rng.vec(r * width);
+        // rotate q and k blocks forward on the host
+        let qk_cols = (heads + kv) * hd;
+        let block: Vec<f32> = (0..r).flat_map(|i| orig[i * width..i * width + qk_cols].to_vec()).collect();
+        let rotated = rope_ref(&block, heads + kv, hd, &pos, &freqs);
+        let mut input = orig.clone();
+        for i in 0..r {
+            for c in 0..qk_cols {
+                input[i * width + c] = rotated[i * qk_cols + c] as f32;
+            }
+        }
+        let t = Tensor::from_f32(gpu, &[r, width], &input, "dqkv").unwrap();
+        let pt = Tensor::from_u32(gpu, &[r], &pos, "pos").unwrap();
+        let mut rec = Recorder::new(gpu);
+        rope_backward(&mut rec, &t, heads, kv, &pt, &table).unwrap();
+        rec.run().unwrap();
+        let want: Vec<f64> = orig.iter().map(|&x| x as f64).collect();
+        assert_close(&format!("rope backward H={heads} G={kv} d={hd}"), &t.read_f32(gpu).unwrap(), &want, 1e-6, seed);
+    }
+}
+
+#[test]
+fn cross_entropy_matches_reference_and_finite_differences() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let v = 11;
+    let logits: Vec<f32> = rng.vec(3 * v).iter().map(|x| x * 5.0).collect();
+    let target = [4u32, MASKED, 0];
+    let (_, analytic) = cross_entropy_ref(&logits, &target, v, 0.5);
+    for i in 0..logits.len() {
+        let g = fd(&|l: &[f32]| 0.5 * cross_entropy_ref(l, &target, v, 1.0).0.iter().sum::<f64>(), &logits, i, 1e-3);
+        assert!((g - analytic[i]).abs() < 1e-4, "dlogit[{i}]: fd {g} vs {}", analytic[i]);
+    }
+    for (r, v) in [(1, 49152), (7, 1000), (33, 97)] {
+        let logits: Vec<f32> = rng.vec(r * v).iter().map(|x| x * 8.0).collect();
+        let target: Vec<u32> = (0..r).map(|i| if i % 3 == 1 { MASKED } else { rng.below(v) as u32 }).collect();
+        let counted = target.iter().filter(|&&t| t != MASKED).count().max(1);
+        let scale = 1.0 / counted as f32;
+        let lt = Tensor::from_f32(gpu, &[r, v], &logits, "logits").unwrap();
+        let tt = Tensor::from_u32(gpu, &[r], &target, "targets").unwrap();
+        let loss = Tensor::zeros(gpu, &[r], DType::F32, "loss").unwrap();
+        loss.poison(gpu);
+        let mut rec = Recorder::new(gpu);
+        cross_entropy(&mut rec, &lt, &tt, &loss, scale).unwrap();
+        rec.run().unwrap();
+        let (want_loss, want_grad) = cross_entropy_ref(&logits, &target, v, scale as f64);
+        assert_close(&format!("cross-entropy loss [{r}, {v}]"), &loss.read_f32(gpu).unwrap(), &want_loss, 1e-5, seed);
+        assert_close(&format!("cross-entropy grad [{r}, {v}]"), &lt.read_f32(gpu).unwrap(), &want_grad, 1e-5, seed);
+    }
+}
+
+#[test]
+fn adamw_and_gradient_norm_match_reference() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    for n in [1, 257, 5000] {
+        let p0 = rng.vec(n);
+        let mask: Vec<f32> = (0..n).map(|i| if i % 5 == 3 { 0.0 } else { 1.0 }).collect();
+        let hp = AdamW { lr: 3e-3, weight_decay: 0.1, ..AdamW::default() };
+        let p = Tensor::from_f32(gpu, &[n], &p0, "p").unwrap();
+        let m = Tensor::zeros(gpu, &[n], DType::F32, "m").unwrap();
+        let v = Tensor::zeros(gpu, &[n], DType::F32, "v").unwrap();
+        let mt = Tensor::from_f32(gpu, &[n], &mask, "mask").unwrap();
+        let (mut rp, mut rm, mut rv): (Vec<f64>, Vec<f64>, Vec<f64>) = (p0.iter().map(|&x| x as f64).collect(), vec![0.0; n], vec![0.0; n]);
+        for step in 1..=3 {
+            let g = rng.vec(n);
+            let gt = Tensor::from_f32(gpu, &[n], &g, "g").unwrap();
+            // the clipping factor from the masked gradient norm
+            let partials = Tensor::zeros(gpu, &[sumsq_partials(n)], DType::F32, "partials").unwrap();
+            partials.poison(gpu);
+            let mut rec = Recorder::new(gpu);
+            sumsq(&mut rec, &gt, Some(&mt), &partials).unwrap();
+            rec.run().unwrap();
+            let norm = partials.read_f32(gpu).unwrap().iter().map(|&x| x as f64).sum::<f64>().sqrt();
+            let want_norm = g.iter().zip(&mask).map(|(&a, &b)| (a * b) as f64 * (a * b) as f64).sum::<f64>().sqrt();
+            assert!((norm - want_norm).abs() <= 1e-5 * want_norm.max(1.0), "norm {norm} vs {want_norm}");
+            let scale = (1.0 / norm).min(1.0) as f32;
+            let mut rec = Recorder::new(gpu);
+            adamw(&mut rec, &hp, step, scale, &p, &gt, Some(&mt), &m, &v).unwrap();
+            rec.run().unwrap();
+            adamw_ref(&hp, step, scale as f64, &mut rp, &g, Some(&mask), &mut rm, &mut rv);
+            assert_close(&format!("AdamW n={n} step {step}"), &p.read_f32(gpu).unwrap(), &rp, 1e-6, seed);
+            assert_close(&format!("AdamW moment 1, n={n}"), &m.read_f32(gpu).unwrap(), &rm, 1e-5, seed);
+        }
+    }
+}
