@@ -16,6 +16,7 @@ struct Params {
     kv_heads: u32,
     max_len: u32,
     scale: f32,
+    slots: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,11 +25,20 @@ struct Params {
 @group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> pos: array<u32>;
 @group(0) @binding(5) var<storage, read> slot: array<u32>;
+#if BACKWARD_DQ
+// the forward's output, read to form D = dO·O
+@group(0) @binding(6) var<storage, read> out: array<vec4<f32>>;
+#else
+#if !BACKWARD_DKV
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+#endif
+#endif
 #if LSE
 @group(0) @binding(7) var<storage, read_write> lse: array<f32>;
 #endif
 
+#if !BACKWARD_DQ
+#if !BACKWARD_DKV
 @compute @workgroup_size(64)
 fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let unit = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * 64u;
@@ -90,3 +100,124 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     lse[row * p.heads + h] = m + log(l);
 #endif
 }
+#endif
+#endif
+
+#if BACKWARD_DQ
+// Backward, queries: per (row, head), with P recomputed from the saved log-sum-exp,
+//   D = dO·O,  dq = scale · Σ_t P_t (dO·v_t − D) k_t
+// written into the q block of dqkv [R, (H + 2G)·d]; D goes to dsum [R, H] for the key pass.
+@group(0) @binding(7) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(8) var<storage, read> dout: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> dqkv: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> dsum: array<f32>;
+
+@compute @workgroup_size(64)
+fn attention_dq(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let unit = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * 64u;
+    if (unit >= p.rows * p.heads) {
+        return;
+    }
+    let row = unit / p.heads;
+    let h = unit % p.heads;
+    let g = h / (p.heads / p.kv_heads);
+    let d4 = HD / 4u;
+    let qb = row * (p.heads + 2u * p.kv_heads) * d4 + h * d4;
+    let ob = (row * p.heads + h) * d4;
+    var dsum_v = 0.0;
+#repeat i HD4
+    let q{i} = qkv[qb + {i}u] * p.scale;
+    let do{i} = dout[ob + {i}u];
+    dsum_v += dot(do{i}, out[ob + {i}u]);
+    var dq{i} = vec4<f32>(0.0);
+#end
+    let l = lse_in[row * p.heads + h];
+    let n = pos[row] + 1u;
+    let kb = (slot[row] * p.kv_heads + g) * p.max_len * d4;
+    for (var t = 0u; t < n; t++) {
+        let kr = kb + t * d4;
+        var s = 0.0;
+        var dp = 0.0;
+#repeat i HD4
+        s += dot(q{i}, kc[kr + {i}u]);
+        dp += dot(do{i}, vc[kr + {i}u]);
+#end
+        let ds = exp(s - l) * (dp - dsum_v);
+#repeat i HD4
+        dq{i} += ds * kc[kr + {i}u];
+#end
+    }
+#repeat i HD4
+    dqkv[qb + {i}u] = dq{i} * p.scale;
+#end
+    dsum[row * p.heads + h] = dsum_v;
+}
+#endif
+
+#if BACKWARD_DKV
+// Backward, keys and values: per (slot, KV head g, position t) over the rows of that sequence
+// that see t (a training batch keeps each sequence's rows together, positions 0..len−1, from
+// seq_start[slot]) and the heads of group g:
+//   dk_t = scale · Σ P (dO·v_t − D) q,   dv_t = Σ P dO
+// written into the k and v blocks of dqkv at the row of position t. No atomics: each key's
+// gradient is summed by one invocation in a fixed order.
+@group(0) @binding(7) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(8) var<storage, read> dout: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> dqkv: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read> dsum: array<f32>;
+@group(0) @binding(11) var<storage, read> seq_start: array<u32>;
+@group(0) @binding(12) var<storage, read> seq_len: array<u32>;
+
+@compute @workgroup_size(64)
+fn attention_dkv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let unit = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * 64u;
+    let per_slot = p.kv_heads * p.max_len;
+    let s_idx = unit / per_slot;
+    if (s_idx >= p.slots) {
+        return;
+    }
+    let g = (unit % per_slot) / p.max_len;
+    let t = unit % p.max_len;
+    let len = seq_len[s_idx];
+    if (t >= len) {
+        return;
+    }
+    let d4 = HD / 4u;
+    let kr = ((s_idx * p.kv_heads + g) * p.max_len + t) * d4;
+#repeat i HD4
+    let k{i} = kc[kr + {i}u] * p.scale;
+    let v{i} = vc[kr + {i}u];
+    var dk{i} = vec4<f32>(0.0);
+    var dv{i} = vec4<f32>(0.0);
+#end
+    let group = p.heads / p.kv_heads;
+    let start = seq_start[s_idx];
+    for (var u = t; u < len; u++) {
+        let row = start + u;
+        for (var hh = 0u; hh < group; hh++) {
+            let h = g * group + hh;
+            let qb = row * (p.heads + 2u * p.kv_heads) * d4 + h * d4;
+            let ob = (row * p.heads + h) * d4;
+            var s = 0.0;
+            var dp = 0.0;
+#repeat i HD4
+            s += dot(qkv[qb + {i}u], k{i});
+            dp += dot(dout[ob + {i}u], v{i});
+#end
+            let pr = exp(s - lse_in[row * p.heads + h]);
+            let ds = pr * (dp - dsum[row * p.heads + h]);
+#repeat i HD4
+            dk{i} += ds * qkv[qb + {i}u];
+            dv{i} += pr * dout[ob + {i}u];
+#end
+        }
+    }
+    let row_t = start + t;
+    let kb = row_t * (p.heads + 2u * p.kv_heads) * d4 + p.heads * d4 + g * d4;
+    let vb = kb + p.kv_heads * d4;
+#repeat i HD4
+    dqkv[kb + {i}u] = dk{i} * p.scale;
+    dqkv[vb + {i}u] = dv{i};
+#end
+}
+#endif

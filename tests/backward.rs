@@ -51,14 +51,28 @@ fn rmsnorm_backward_matches_reference_and_finite_differences() {
             }
             let t = |v: &[f32], n: &str| Tensor::from_f32(gpu, &[r, h], v, n).unwrap();
             let mut rec = Recorder::new(gpu);
-            rmsnorm_backward(&mut rec, &t(&x, "x"), &Tensor::from_f32(gpu, &[h], &w, "w").unwrap(), &t(&dy, "dy"), &dx, 1e-5, accumulate)
-                .unwrap();
+            rmsnorm_backward(
+                &mut rec,
+                &t(&x, "x"),
+                &Tensor::from_f32(gpu, &[h], &w, "w").unwrap(),
+                &t(&dy, "dy"),
+                &dx,
+                1e-5,
+                accumulate,
+            )
+            .unwrap();
             rec.run().unwrap();
             let mut want = rmsnorm_backward_ref(&x, &w, &dy, 1e-5);
             if accumulate {
                 want.iter_mut().zip(&prior).for_each(|(a, b)| *a += *b as f64);
             }
-            assert_close(&format!("rmsnorm backward [{r}, {h}] accumulate={accumulate}"), &dx.read_f32(gpu).unwrap(), &want, 1e-5, seed);
+            assert_close(
+                &format!("rmsnorm backward [{r}, {h}] accumulate={accumulate}"),
+                &dx.read_f32(gpu).unwrap(),
+                &want,
+                1e-5,
+                seed,
+            );
         }
     }
 }
@@ -98,7 +112,13 @@ fn swiglu_backward_matches_reference_and_finite_differences() {
         )
         .unwrap();
         rec.run().unwrap();
-        assert_close(&format!("swiglu backward [{r}, {f}]"), &out.read_f32(gpu).unwrap(), &swiglu_backward_ref(&gu, &dout, f), 1e-5, seed);
+        assert_close(
+            &format!("swiglu backward [{r}, {f}]"),
+            &out.read_f32(gpu).unwrap(),
+            &swiglu_backward_ref(&gu, &dout, f),
+            1e-5,
+            seed,
+        );
     }
 }
 
@@ -179,7 +199,8 @@ fn adamw_and_gradient_norm_match_reference() {
         let m = Tensor::zeros(gpu, &[n], DType::F32, "m").unwrap();
         let v = Tensor::zeros(gpu, &[n], DType::F32, "v").unwrap();
         let mt = Tensor::from_f32(gpu, &[n], &mask, "mask").unwrap();
-        let (mut rp, mut rm, mut rv): (Vec<f64>, Vec<f64>, Vec<f64>) = (p0.iter().map(|&x| x as f64).collect(), vec![0.0; n], vec![0.0; n]);
+        let (mut rp, mut rm, mut rv): (Vec<f64>, Vec<f64>, Vec<f64>) =
+            (p0.iter().map(|&x| x as f64).collect(), vec![0.0; n], vec![0.0; n]);
         for step in 1..=3 {
             let g = rng.vec(n);
             let gt = Tensor::from_f32(gpu, &[n], &g, "g").unwrap();
@@ -200,5 +221,146 @@ fn adamw_and_gradient_norm_match_reference() {
             assert_close(&format!("AdamW n={n} step {step}"), &p.read_f32(gpu).unwrap(), &rp, 1e-6, seed);
             assert_close(&format!("AdamW moment 1, n={n}"), &m.read_f32(gpu).unwrap(), &rm, 1e-5, seed);
         }
+    }
+}
+
+/// Attention's backward over a training batch (sequences of different lengths, each one's rows
+/// together), against the f64 reference, itself checked by finite differences of the forward.
+#[test]
+fn attention_backward_matches_reference_and_finite_differences() {
+    use lorafuse::kernels::attention::{
+        Saved, Spans, attention, attention_backward, attention_backward_ref, attention_ref,
+    };
+    use lorafuse::kernels::rope::{Cache, Rows};
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    // host forward O for per-row q, k, v in the span layout (a cache built from the rows)
+    let forward =
+        |q: &[f32], k: &[f32], v: &[f32], spans: &[(usize, usize)], heads: usize, kv: usize, hd: usize| -> Vec<f64> {
+            let max_len = spans.iter().map(|s| s.1).max().unwrap();
+            let mut kc = vec![0.0f32; spans.len() * kv * max_len * hd];
+            let mut vc = kc.clone();
+            let (mut pos, mut slot) = (Vec::new(), Vec::new());
+            for (s, &(start, len)) in spans.iter().enumerate() {
+                for t in 0..len {
+                    for g in 0..kv {
+                        let dst = ((s * kv + g) * max_len + t) * hd;
+                        let src = ((start + t) * kv + g) * hd;
+                        kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                        vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                    }
+                    pos.push(t as u32);
+                    slot.push(s as u32);
+                }
+            }
+            attention_ref(q, &kc, &vc, &pos, &slot, heads, kv, max_len, hd).0
+        };
+    {
+        let (heads, kv, hd) = (2, 1, 4);
+        let spans = [(0usize, 3usize), (3, 2)];
+        let r = 5;
+        let q = rng.vec(r * heads * hd);
+        let k = rng.vec(r * kv * hd);
+        let v = rng.vec(r * kv * hd);
+        let dout = rng.vec(r * heads * hd);
+        let (dq, dk, dv) = attention_backward_ref(&q, &k, &v, &dout, &spans, heads, kv, hd);
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+            forward(q, k, v, &spans, heads, kv, hd).iter().zip(&dout).map(|(a, b)| a * *b as f64).sum()
+        };
+        for i in 0..q.len() {
+            let g = fd(&|x: &[f32]| loss(x, &k, &v), &q, i, 1e-3);
+            assert!((g - dq[i]).abs() < 1e-3, "dq[{i}]: fd {g} vs {}", dq[i]);
+        }
+        for i in 0..k.len() {
+            let gk = fd(&|x: &[f32]| loss(&q, x, &v), &k, i, 1e-3);
+            let gv = fd(&|x: &[f32]| loss(&q, &k, x), &v, i, 1e-3);
+            assert!((gk - dk[i]).abs() < 1e-3, "dk[{i}]: fd {gk} vs {}", dk[i]);
+            assert!((gv - dv[i]).abs() < 1e-3, "dv[{i}]: fd {gv} vs {}", dv[i]);
+        }
+    }
+    for (heads, kv, hd, lens) in
+        [(9usize, 3usize, 64usize, vec![7usize, 1, 12]), (4, 2, 12, vec![33]), (6, 6, 8, vec![3, 5])]
+    {
+        let r: usize = lens.iter().sum();
+        let slots = lens.len();
+        let max_len = *lens.iter().max().unwrap() + 2;
+        let mut spans = Vec::new();
+        let (mut pos, mut slot, mut start) = (Vec::new(), Vec::new(), 0);
+        for (s, &l) in lens.iter().enumerate() {
+            spans.push((start, l));
+            for t in 0..l {
+                pos.push(t as u32);
+                slot.push(s as u32);
+            }
+            start += l;
+        }
+        let (nq, nkv) = (heads * hd, kv * hd);
+        let q: Vec<f32> = rng.vec(r * nq).iter().map(|x| x * 2.0).collect();
+        let k = rng.vec(r * nkv);
+        let v = rng.vec(r * nkv);
+        let dout = rng.vec(r * nq);
+        let width = nq + 2 * nkv;
+        let mut qkv = vec![0.0f32; r * width];
+        let mut kc = vec![0.0f32; slots * kv * max_len * hd];
+        let mut vc = kc.clone();
+        for row in 0..r {
+            qkv[row * width..row * width + nq].copy_from_slice(&q[row * nq..(row + 1) * nq]);
+            qkv[row * width + nq..row * width + nq + nkv].copy_from_slice(&k[row * nkv..(row + 1) * nkv]);
+            qkv[row * width + nq + nkv..(row + 1) * width].copy_from_slice(&v[row * nkv..(row + 1) * nkv]);
+            for g in 0..kv {
+                let dst = ((slot[row] as usize * kv + g) * max_len + pos[row] as usize) * hd;
+                kc[dst..dst + hd].copy_from_slice(&k[(row * kv + g) * hd..][..hd]);
+                vc[dst..dst + hd].copy_from_slice(&v[(row * kv + g) * hd..][..hd]);
+            }
+        }
+        let t = |shape: &[usize], x: &[f32], n: &str| Tensor::from_f32(gpu, shape, x, n).unwrap();
+        let qkvt = t(&[r, width], &qkv, "qkv");
+        let cache_shape = [slots, kv, max_len, hd];
+        let (kct, vct) = (t(&cache_shape, &kc, "kc"), t(&cache_shape, &vc, "vc"));
+        let cache = Cache { k: &kct, v: &vct };
+        let pt = Tensor::from_u32(gpu, &[r], &pos, "pos").unwrap();
+        let st = Tensor::from_u32(gpu, &[r], &slot, "slot").unwrap();
+        let rows = Rows { pos: &pt, slot: &st };
+        let out = Tensor::zeros(gpu, &[r, nq], DType::F32, "out").unwrap();
+        let lse = Tensor::zeros(gpu, &[r, heads], DType::F32, "lse").unwrap();
+        let dqkv = Tensor::zeros(gpu, &[r, width], DType::F32, "dqkv").unwrap();
+        let dsum = Tensor::zeros(gpu, &[r, heads], DType::F32, "dsum").unwrap();
+        dqkv.poison(gpu);
+        let starts: Vec<u32> = spans.iter().map(|s| s.0 as u32).collect();
+        let lens_u: Vec<u32> = spans.iter().map(|s| s.1 as u32).collect();
+        let (sst, slt) = (
+            Tensor::from_u32(gpu, &[slots], &starts, "start").unwrap(),
+            Tensor::from_u32(gpu, &[slots], &lens_u, "len").unwrap(),
+        );
+        let mut rec = Recorder::new(gpu);
+        attention(&mut rec, &qkvt, heads, &cache, &rows, &out, Some(&lse)).unwrap();
+        attention_backward(
+            &mut rec,
+            &qkvt,
+            heads,
+            &cache,
+            &rows,
+            &Spans { start: &sst, len: &slt },
+            &Saved { out: &out, lse: &lse },
+            &t(&[r, nq], &dout, "dout"),
+            &dqkv,
+            &dsum,
+        )
+        .unwrap();
+        rec.run().unwrap();
+        let got = dqkv.read_f32(gpu).unwrap();
+        let (dq, dk, dv) = attention_backward_ref(&q, &k, &v, &dout, &spans, heads, kv, hd);
+        let want: Vec<f64> = (0..r)
+            .flat_map(|row| {
+                dq[row * nq..(row + 1) * nq]
+                    .iter()
+                    .chain(&dk[row * nkv..(row + 1) * nkv])
+                    .chain(&dv[row * nkv..(row + 1) * nkv])
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_close(&format!("attention backward H={heads} G={kv} d={hd} lens={lens:?}"), &got, &want, 1e-4, seed);
     }
 }

@@ -14,6 +14,7 @@ struct Params {
     kv_heads: u32,
     max_len: u32,
     scale: f32,
+    slots: u32,
 }
 
 /// out [R, H·d] = attention of the q block of qkv ([R, (H + 2G)·d], the fused projection's
@@ -78,10 +79,174 @@ pub fn attention(
         kv_heads: g as u32,
         max_len: max_len as u32,
         scale: 1.0 / (hd as f32).sqrt(),
+        slots: 0,
     };
     // Work depends on the positions (not known here): count a full max_len window per row.
     let work = Work { flops: 4 * (r * heads * hd * max_len) as u64, bytes: 2 * out.bytes() };
     rec.dispatch(pipeline, &params, binds, grid, "attention", work)
+}
+
+/// Where each sequence of a training batch sits: its rows are seq_start[s] .. seq_start[s] +
+/// seq_len[s], at positions 0 .. seq_len[s] (both [slots] u32).
+pub struct Spans<'a> {
+    pub start: &'a Tensor,
+    pub len: &'a Tensor,
+}
+
+/// The forward pass's saved results the backward reads.
+pub struct Saved<'a> {
+    /// The forward's output O [R, H·d].
+    pub out: &'a Tensor,
+    /// Its log-sum-exp [R, H].
+    pub lse: &'a Tensor,
+}
+
+/// Gradients of attention: from dout [R, H·d], writes dq into the q block and dk, dv into the k
+/// and v blocks of dqkv [R, (H + 2G)·d] (q, k gradients after RoPE; rope_backward follows).
+/// qkv holds the forward's rotated q; the cache its k and v. `dsum` is [R, H] scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    rec: &mut Recorder,
+    qkv: &Tensor,
+    heads: usize,
+    cache: &Cache,
+    rows: &Rows,
+    spans: &Spans,
+    saved: &Saved,
+    dout: &Tensor,
+    dqkv: &Tensor,
+    dsum: &Tensor,
+) -> Result<()> {
+    let op = "attention backward";
+    let (g, max_len, hd) = cache.dims(op)?;
+    let (r, width) = qkv.dims2(op)?;
+    let slots = cache.k.shape()[0];
+    if !hd.is_multiple_of(4)
+        || !heads.is_multiple_of(g)
+        || width != (heads + 2 * g) * hd
+        || dqkv.shape() != qkv.shape()
+        || saved.out.shape() != [r, heads * hd]
+        || dout.shape() != saved.out.shape()
+        || saved.lse.shape() != [r, heads]
+        || dsum.shape() != [r, heads]
+        || spans.start.numel() != slots
+        || spans.len.numel() != slots
+    {
+        return Err(Error::shape(
+            op,
+            format!(
+                "qkv {:?}, dqkv {:?}, out {:?}, dout {:?}, lse {:?}, dsum {:?}, spans of {} slots, for {heads} heads",
+                qkv.shape(),
+                dqkv.shape(),
+                saved.out.shape(),
+                dout.shape(),
+                saved.lse.shape(),
+                dsum.shape(),
+                slots
+            ),
+        ));
+    }
+    rows.check(op, r)?;
+    let base: Defines = [("HD", hd as u32), ("HD4", hd as u32 / 4)].into_iter().collect();
+    let params = Params {
+        rows: r as u32,
+        heads: heads as u32,
+        kv_heads: g as u32,
+        max_len: max_len as u32,
+        scale: 1.0 / (hd as f32).sqrt(),
+        slots: slots as u32,
+    };
+    let gpu = rec.gpu().clone();
+    let grid = |units: usize| {
+        let groups = (units as u32).div_ceil(64);
+        let x = groups.min(1024);
+        fold_grid(&gpu, x, groups.div_ceil(x))
+    };
+    let mut defines = base.clone();
+    defines.insert("BACKWARD_DQ", 1);
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention_dq", &defines))?;
+    let binds = vec![
+        (1, qkv.into()),
+        (2, cache.k.into()),
+        (3, cache.v.into()),
+        (4, rows.pos.into()),
+        (5, rows.slot.into()),
+        (6, saved.out.into()),
+        (7, saved.lse.into()),
+        (8, dout.into()),
+        (9, dqkv.into()),
+        (10, dsum.into()),
+    ];
+    let work = Work { flops: 6 * (r * heads * hd * max_len) as u64, bytes: 2 * dout.bytes() };
+    let g_dq = grid(r * heads);
+    rec.dispatch(pipeline, &params, binds, g_dq, "attention_dq", work)?;
+    let mut defines = base;
+    defines.insert("BACKWARD_DKV", 1);
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention_dkv", &defines))?;
+    let binds = vec![
+        (1, qkv.into()),
+        (2, cache.k.into()),
+        (3, cache.v.into()),
+        (7, saved.lse.into()),
+        (8, dout.into()),
+        (9, dqkv.into()),
+        (10, dsum.into()),
+        (11, spans.start.into()),
+        (12, spans.len.into()),
+    ];
+    let g_dkv = grid(slots * g * max_len);
+    rec.dispatch(pipeline, &params, binds, g_dkv, "attention_dkv", work)
+}
+
+/// CPU reference of the backward for sequences laid out as in `Spans` (positions 0..len), with
+/// q [R, H·d] (rotated), per-row keys and values k, v [R, G·d] (rotated k), dout [R, H·d]:
+/// returns (dq [R, H·d], dk [R, G·d], dv [R, G·d]) in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_ref(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    spans: &[(usize, usize)],
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let group = heads / kv_heads;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let at = |x: &[f32], row: usize, head: usize, width: usize| -> Vec<f64> {
+        x[(row * width + head) * hd..][..hd].iter().map(|&a| a as f64).collect()
+    };
+    for &(start, len) in spans {
+        for i in 0..len {
+            let row = start + i;
+            for h in 0..heads {
+                let g = h / group;
+                let qv = at(q, row, h, heads);
+                let dov = at(dout, row, h, heads);
+                let s: Vec<f64> = (0..=i)
+                    .map(|t| qv.iter().zip(at(k, start + t, g, kv_heads)).map(|(a, b)| a * b).sum::<f64>() * scale)
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
+                let dp: Vec<f64> =
+                    (0..=i).map(|t| dov.iter().zip(at(v, start + t, g, kv_heads)).map(|(a, b)| a * b).sum()).collect();
+                let dsum: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for t in 0..=i {
+                    let ds = p[t] * (dp[t] - dsum);
+                    let kt = at(k, start + t, g, kv_heads);
+                    for e in 0..hd {
+                        dq[(row * heads + h) * hd + e] += ds * kt[e] * scale;
+                        dk[((start + t) * kv_heads + g) * hd + e] += ds * qv[e] * scale;
+                        dv[((start + t) * kv_heads + g) * hd + e] += p[t] * dov[e];
+                    }
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
 }
 
 /// CPU reference for rows (slot, pos) against host caches [slots, G, max_len, d] (f64).

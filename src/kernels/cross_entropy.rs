@@ -22,7 +22,10 @@ pub fn cross_entropy(rec: &mut Recorder, logits: &Tensor, target: &Tensor, loss:
     let op = "cross entropy";
     let (r, v) = logits.dims2(op)?;
     if target.numel() != r || loss.numel() != r {
-        return Err(Error::shape(op, format!("logits {:?}, targets {:?}, loss {:?}", logits.shape(), target.shape(), loss.shape())));
+        return Err(Error::shape(
+            op,
+            format!("logits {:?}, targets {:?}, loss {:?}", logits.shape(), target.shape(), loss.shape()),
+        ));
     }
     logits.expect_dtype(op, "logits", &[DType::F32])?;
     target.expect_dtype(op, "targets", &[DType::U32])?;
@@ -33,7 +36,14 @@ pub fn cross_entropy(rec: &mut Recorder, logits: &Tensor, target: &Tensor, loss:
     let grid = fold_grid(rec.gpu(), x, groups.div_ceil(x));
     let params = Params { rows: r as u32, vocab: v as u32, scale };
     let work = Work { flops: 6 * (r * v) as u64, bytes: 4 * logits.bytes() };
-    rec.dispatch(pipeline, &params, vec![(1, logits.into()), (2, target.into()), (3, loss.into())], grid, "cross_entropy", work)
+    rec.dispatch(
+        pipeline,
+        &params,
+        vec![(1, logits.into()), (2, target.into()), (3, loss.into())],
+        grid,
+        "cross_entropy",
+        work,
+    )
 }
 
 /// CPU reference (f64): (loss per row, gradient) for logits [R, V].

@@ -34,7 +34,10 @@ pub fn swiglu_backward(rec: &mut Recorder, gate_up: &Tensor, dout: &Tensor, dgat
     let op = "swiglu backward";
     let (r, f) = dout.dims2(op)?;
     if gate_up.shape() != [r, 2 * f] || dgate_up.shape() != gate_up.shape() {
-        return Err(Error::shape(op, format!("gate_up {:?}, dout {:?}, dgate_up {:?}", gate_up.shape(), dout.shape(), dgate_up.shape())));
+        return Err(Error::shape(
+            op,
+            format!("gate_up {:?}, dout {:?}, dgate_up {:?}", gate_up.shape(), dout.shape(), dgate_up.shape()),
+        ));
     }
     for (t, name) in [(gate_up, "gate_up"), (dout, "dout"), (dgate_up, "dgate_up")] {
         t.expect_dtype(op, name, &[DType::F32])?;

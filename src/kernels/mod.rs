@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod ceiling;
+pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod lora;
@@ -10,8 +11,7 @@ pub mod matmul;
 pub mod matmul_blocked;
 pub mod matmul_texture;
 pub mod matmul_tiled;
+pub mod optimizer;
 pub mod pack;
 pub mod rmsnorm;
 pub mod rope;
-pub mod cross_entropy;
-pub mod optimizer;

@@ -93,7 +93,10 @@ pub fn adamw(
     let op = "AdamW";
     check(op, g, mask)?;
     if param.shape() != g.shape() || m.shape() != g.shape() || v.shape() != g.shape() {
-        return Err(Error::shape(op, format!("param {:?}, grad {:?}, moments {:?}/{:?}", param.shape(), g.shape(), m.shape(), v.shape())));
+        return Err(Error::shape(
+            op,
+            format!("param {:?}, grad {:?}, moments {:?}/{:?}", param.shape(), g.shape(), m.shape(), v.shape()),
+        ));
     }
     let mut defines: Defines = [("ADAMW", 1)].into_iter().collect();
     if mask.is_some() {
@@ -121,7 +124,16 @@ pub fn adamw(
 
 /// CPU reference of one AdamW step (f64), updating p, m, v in place.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_ref(hp: &AdamW, t: u32, grad_scale: f64, p: &mut [f64], g: &[f32], mask: Option<&[f32]>, m: &mut [f64], v: &mut [f64]) {
+pub fn adamw_ref(
+    hp: &AdamW,
+    t: u32,
+    grad_scale: f64,
+    p: &mut [f64],
+    g: &[f32],
+    mask: Option<&[f32]>,
+    m: &mut [f64],
+    v: &mut [f64],
+) {
     let (b1, b2) = (hp.beta1 as f64, hp.beta2 as f64);
     let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
     for i in 0..p.len() {

@@ -47,12 +47,16 @@ pub fn rmsnorm_backward(
     let op = "rmsnorm backward";
     let (r, h) = x.dims2(op)?;
     if w.numel() != h || dy.shape() != x.shape() || dx.shape() != x.shape() {
-        return Err(Error::shape(op, format!("x {:?}, weight {:?}, dy {:?}, dx {:?}", x.shape(), w.shape(), dy.shape(), dx.shape())));
+        return Err(Error::shape(
+            op,
+            format!("x {:?}, weight {:?}, dy {:?}, dx {:?}", x.shape(), w.shape(), dy.shape(), dx.shape()),
+        ));
     }
     for (t, name) in [(x, "x"), (w, "weight"), (dy, "dy"), (dx, "dx")] {
         t.expect_dtype(op, name, &[DType::F32])?;
     }
-    let defines: Defines = [("BACKWARD", 1), ("ACCUMULATE", accumulate as u32)].into_iter().filter(|(_, v)| *v != 0).collect();
+    let defines: Defines =
+        [("BACKWARD", 1), ("ACCUMULATE", accumulate as u32)].into_iter().filter(|(_, v)| *v != 0).collect();
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("rmsnorm", "rmsnorm_backward", &defines))?;
     let groups = (r as u32).div_ceil(64);
     let x_groups = groups.min(1024);

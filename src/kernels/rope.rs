@@ -138,12 +138,22 @@ pub fn rope_kv(
 
 /// In place in dqkv [R, (H + 2G)·d]: the gradients of q and k after rotation become those before
 /// it (v's block is left alone).
-pub fn rope_backward(rec: &mut Recorder, dqkv: &Tensor, heads: usize, kv_heads: usize, pos: &Tensor, table: &RopeTable) -> Result<()> {
+pub fn rope_backward(
+    rec: &mut Recorder,
+    dqkv: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    pos: &Tensor,
+    table: &RopeTable,
+) -> Result<()> {
     let op = "rope backward";
     let hd = 2 * table.half;
     let (r, width) = dqkv.dims2(op)?;
     if width != (heads + 2 * kv_heads) * hd || pos.numel() != r {
-        return Err(Error::shape(op, format!("dqkv {:?} for {heads}+2·{kv_heads} heads of {hd}, {} positions", dqkv.shape(), pos.numel())));
+        return Err(Error::shape(
+            op,
+            format!("dqkv {:?} for {heads}+2·{kv_heads} heads of {hd}, {} positions", dqkv.shape(), pos.numel()),
+        ));
     }
     dqkv.expect_dtype(op, "dqkv", &[DType::F32])?;
     let defines: Defines = [("BACKWARD", 1)].into_iter().collect();
