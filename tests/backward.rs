@@ -35,9 +35,9 @@ fn rmsnorm_backward_matches_reference_and_finite_differences() {
     let w = rng.vec(h);
     let dy = rng.vec(2 * h);
     let analytic = rmsnorm_backward_ref(&x, &w, &dy, eps);
-    for i in 0..x.len() {
+    for (i, want) in analytic.iter().enumerate() {
         let g = fd(&|x: &[f32]| dot(&rmsnorm_ref(x, &w, eps), &dy), &x, i, 1e-3);
-        assert!((g - analytic[i]).abs() < 1e-3, "dx[{i}]: fd {g} vs {}", analytic[i]);
+        assert!((g - want).abs() < 1e-3, "dx[{i}]: fd {g} vs {want}");
     }
     for (r, h) in [(1, 576), (7, 45), (33, 130)] {
         for accumulate in [false, true] {
@@ -94,9 +94,9 @@ fn swiglu_backward_matches_reference_and_finite_differences() {
         }
         dot(&swiglu_ref(&g, &u), &dout)
     };
-    for i in 0..gu.len() {
+    for (i, want) in analytic.iter().enumerate() {
         let g = fd(&forward, &gu, i, 1e-3);
-        assert!((g - analytic[i]).abs() < 1e-3, "dgu[{i}]: fd {g} vs {}", analytic[i]);
+        assert!((g - want).abs() < 1e-3, "dgu[{i}]: fd {g} vs {want}");
     }
     for (r, f) in [(1, 1536), (7, 45), (33, 130)] {
         let gu: Vec<f32> = rng.vec(r * 2 * f).iter().map(|v| v * 6.0).collect();
@@ -164,9 +164,9 @@ fn cross_entropy_matches_reference_and_finite_differences() {
     let logits: Vec<f32> = rng.vec(3 * v).iter().map(|x| x * 5.0).collect();
     let target = [4u32, MASKED, 0];
     let (_, analytic) = cross_entropy_ref(&logits, &target, v, 0.5);
-    for i in 0..logits.len() {
+    for (i, want) in analytic.iter().enumerate() {
         let g = fd(&|l: &[f32]| 0.5 * cross_entropy_ref(l, &target, v, 1.0).0.iter().sum::<f64>(), &logits, i, 1e-3);
-        assert!((g - analytic[i]).abs() < 1e-4, "dlogit[{i}]: fd {g} vs {}", analytic[i]);
+        assert!((g - want).abs() < 1e-4, "dlogit[{i}]: fd {g} vs {want}");
     }
     for (r, v) in [(1, 49152), (7, 1000), (33, 97)] {
         let logits: Vec<f32> = rng.vec(r * v).iter().map(|x| x * 8.0).collect();
@@ -268,9 +268,9 @@ fn attention_backward_matches_reference_and_finite_differences() {
         let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
             forward(q, k, v, &spans, heads, kv, hd).iter().zip(&dout).map(|(a, b)| a * *b as f64).sum()
         };
-        for i in 0..q.len() {
+        for (i, want) in dq.iter().enumerate() {
             let g = fd(&|x: &[f32]| loss(x, &k, &v), &q, i, 1e-3);
-            assert!((g - dq[i]).abs() < 1e-3, "dq[{i}]: fd {g} vs {}", dq[i]);
+            assert!((g - want).abs() < 1e-3, "dq[{i}]: fd {g} vs {want}");
         }
         for i in 0..k.len() {
             let gk = fd(&|x: &[f32]| loss(&q, x, &v), &k, i, 1e-3);
