@@ -101,3 +101,29 @@ fn cli_generate_answers_and_rejects_bad_prompt_files() {
     assert!(err.contains(&format!("{}:3", bad.display())), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--adapter DIR:WEIGHT` end to end: a fresh adapter (B = 0, as training starts) on q_proj and
+/// v_proj of every layer leaves the answer as it was.
+#[test]
+fn cli_generate_with_a_fresh_adapter() {
+    use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
+    let mut factors = std::collections::BTreeMap::new();
+    let mut rng = common::Rng::new(common::seed());
+    for layer in 0..30 {
+        for (t, out) in [("q_proj", 576), ("v_proj", 192)] {
+            factors
+                .insert((layer, t.to_string()), Factors { a: rng.vec(8 * 576), b: vec![0.0; out * 8], inp: 576, out });
+        }
+    }
+    let targets = vec!["q_proj".to_string(), "v_proj".to_string()];
+    let adapter = Adapter { config: LoraConfig::new(8, 32.0, 0.05, &targets, false, None), factors, source: None };
+    let dir = common::tiny::temp_dir("fresh-adapter");
+    adapter.save(&dir).unwrap();
+    let spec = format!("{}:0.5", dir.display());
+    let out = lorafuse(&["generate", "--prompt", "What is the capital of France?", "--json", "--adapter", &spec]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["text"], "The capital of France is Paris.");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at weight 0.5"));
+    std::fs::remove_dir_all(&dir).ok();
+}

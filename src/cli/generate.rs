@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use lorafuse::gpu::{DType, Gpu, Profile};
+use lorafuse::lora::peft::Adapter;
 use lorafuse::model::chat::{ChatTemplate, Message};
 use lorafuse::model::generate::{Completion, GenerateOptions, Stats, generate, prompt_ids};
 use lorafuse::model::llama::{Llama, LoadOptions};
@@ -26,6 +27,20 @@ pub struct ModelArgs {
     /// the kernels; the rest f16), f16, or f32 (exact dequantized weights).
     #[arg(long, default_value = "q4", value_parser = ["q4", "f16", "f32"])]
     pub dtype: String,
+    /// A PEFT LoRA adapter directory, optionally with its weight (DIR:0.6; default 1), applied
+    /// unmerged through the fused kernel. Repeatable: the adapters are fused at their weights.
+    #[arg(long = "adapter", value_name = "DIR[:WEIGHT]")]
+    pub adapters: Vec<String>,
+}
+
+/// "DIR" or "DIR:WEIGHT" (a path may itself hold colons: only a parseable suffix is a weight).
+pub fn parse_adapter(spec: &str) -> (PathBuf, f32) {
+    if let Some((dir, w)) = spec.rsplit_once(':')
+        && let Ok(w) = w.parse::<f32>()
+    {
+        return (PathBuf::from(dir), w);
+    }
+    (PathBuf::from(spec), 1.0)
 }
 
 /// A model loaded with its tokenizer and chat template.
@@ -44,7 +59,15 @@ impl ModelArgs {
             "f16" => DType::F16,
             _ => DType::Q4,
         };
-        let model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
+        let mut model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
+        if !self.adapters.is_empty() {
+            let (dirs, weights): (Vec<PathBuf>, Vec<f32>) = self.adapters.iter().map(|a| parse_adapter(a)).unzip();
+            let adapters = dirs.iter().map(|d| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?;
+            model.attach(&adapters, &weights)?;
+            for (d, w) in dirs.iter().zip(&weights) {
+                eprintln!("adapter: {} at weight {w}", d.display());
+            }
+        }
         let tok = src.tokenizer()?;
         let template = src.chat_template()?;
         eprintln!(

@@ -34,11 +34,32 @@ pub struct HostAdapter {
     pub scale: f32,
 }
 
+/// One adapter's factors for a run of the layer's output rows: the whole layer, or one
+/// projection of a stacked one (q_proj's rows of a stacked q/k/v layer). A is [rank, K] and B
+/// [rows.len(), rank].
+#[derive(Clone, Debug)]
+pub struct LoraBlock {
+    pub adapter: usize,
+    pub rank: usize,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub rows: std::ops::Range<usize>,
+}
+
+/// Where a block sits in the stack: rank columns col..col+rank, output rows `rows`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockInfo {
+    pub adapter: usize,
+    pub col: usize,
+    pub rank: usize,
+    pub rows: std::ops::Range<usize>,
+}
+
 /// The adapters of one linear layer, stacked, on the GPU.
 pub struct LoraStack {
     k: usize,
     n: usize,
-    ranks: Vec<usize>,
+    blocks: Vec<BlockInfo>,
     scales: Vec<f32>,
     rp: usize,
     /// The f32 master copies (what training updates): A [Rp, K], B [N, Rp].
@@ -46,39 +67,61 @@ pub struct LoraStack {
     pub b_buf: Tensor,
     /// Adapter index of each rank column, [Rp] u32.
     pub seg: Tensor,
+    /// [N, Rp]: 1 where an entry of B is a parameter (inside its block's rows), 0 elsewhere: B's
+    /// gradient outside the blocks is not a gradient of anything.
+    pub b_mask: Tensor,
     /// A and B where the kernels read them (the buffers themselves in the buffer layout).
     pub a: Matrix,
     pub b: Matrix,
 }
 
 impl LoraStack {
-    pub fn new(gpu: &Gpu, layout: Layout, k: usize, n: usize, adapters: &[HostAdapter]) -> Result<LoraStack> {
-        let total: usize = adapters.iter().map(|a| a.rank).sum();
+    /// Stacks `blocks` for a layer y = x·Wᵀ with W [n, k]; `scales[i]` is adapter i's
+    /// lora_alpha / r (every adapter has one, whether or not it has a block here).
+    pub fn from_blocks(
+        gpu: &Gpu,
+        layout: Layout,
+        k: usize,
+        n: usize,
+        blocks: &[LoraBlock],
+        scales: &[f32],
+    ) -> Result<LoraStack> {
+        let total: usize = blocks.iter().map(|b| b.rank).sum();
         let rp = total.max(1).div_ceil(4) * 4;
         let mut a = vec![0.0f32; rp * k];
         let mut b = vec![0.0f32; n * rp];
+        let mut mask = vec![0.0f32; n * rp];
         let mut seg = vec![0u32; rp];
-        let mut off = 0;
-        for (i, ad) in adapters.iter().enumerate() {
-            if ad.a.len() != ad.rank * k || ad.b.len() != n * ad.rank {
+        let mut infos = Vec::with_capacity(blocks.len());
+        let mut col = 0;
+        for (i, blk) in blocks.iter().enumerate() {
+            let h = blk.rows.len();
+            if blk.a.len() != blk.rank * k
+                || blk.b.len() != h * blk.rank
+                || blk.rows.end > n
+                || blk.adapter >= scales.len()
+            {
                 return Err(Error::shape(
                     "LoRA adapter",
                     format!(
-                        "adapter {i}: A has {} values and B {} for rank {}, expected A [{}, {k}] and B [{n}, {}]",
-                        ad.a.len(),
-                        ad.b.len(),
-                        ad.rank,
-                        ad.rank,
-                        ad.rank
+                        "block {i} (adapter {}): A has {} values and B {} for rank {}, expected A [{}, {k}] and B [{h}, {}] within {n} rows",
+                        blk.adapter,
+                        blk.a.len(),
+                        blk.b.len(),
+                        blk.rank,
+                        blk.rank,
+                        blk.rank
                     ),
                 ));
             }
-            a[off * k..(off + ad.rank) * k].copy_from_slice(&ad.a);
-            for row in 0..n {
-                b[row * rp + off..row * rp + off + ad.rank].copy_from_slice(&ad.b[row * ad.rank..(row + 1) * ad.rank]);
+            a[col * k..(col + blk.rank) * k].copy_from_slice(&blk.a);
+            for (r, row) in blk.rows.clone().enumerate() {
+                b[row * rp + col..row * rp + col + blk.rank].copy_from_slice(&blk.b[r * blk.rank..(r + 1) * blk.rank]);
+                mask[row * rp + col..row * rp + col + blk.rank].fill(1.0);
             }
-            seg[off..off + ad.rank].fill(i as u32);
-            off += ad.rank;
+            seg[col..col + blk.rank].fill(blk.adapter as u32);
+            infos.push(BlockInfo { adapter: blk.adapter, col, rank: blk.rank, rows: blk.rows.clone() });
+            col += blk.rank;
         }
         let a_buf = Tensor::from_f32(gpu, &[rp, k], &a, "lora A")?;
         let b_buf = Tensor::from_f32(gpu, &[n, rp], &b, "lora B")?;
@@ -92,15 +135,27 @@ impl LoraStack {
         Ok(LoraStack {
             k,
             n,
-            ranks: adapters.iter().map(|a| a.rank).collect(),
-            scales: adapters.iter().map(|a| a.scale).collect(),
+            blocks: infos,
+            scales: scales.to_vec(),
             rp,
             a_buf,
             b_buf,
             seg: Tensor::from_u32(gpu, &[rp], &seg, "lora seg")?,
+            b_mask: Tensor::from_f32(gpu, &[n, rp], &mask, "lora B mask")?,
             a: am,
             b: bm,
         })
+    }
+
+    /// One block per adapter covering every output row.
+    pub fn new(gpu: &Gpu, layout: Layout, k: usize, n: usize, adapters: &[HostAdapter]) -> Result<LoraStack> {
+        let blocks: Vec<LoraBlock> = adapters
+            .iter()
+            .enumerate()
+            .map(|(i, ad)| LoraBlock { adapter: i, rank: ad.rank, a: ad.a.clone(), b: ad.b.clone(), rows: 0..n })
+            .collect();
+        let scales: Vec<f32> = adapters.iter().map(|a| a.scale).collect();
+        LoraStack::from_blocks(gpu, layout, k, n, &blocks, &scales)
     }
 
     /// Re-packs the texture copies after the master buffers changed (an optimizer step).
@@ -113,11 +168,11 @@ impl LoraStack {
     }
 
     pub fn n_adapters(&self) -> usize {
-        self.ranks.len()
+        self.scales.len()
     }
 
-    pub fn ranks(&self) -> &[usize] {
-        &self.ranks
+    pub fn blocks(&self) -> &[BlockInfo] {
+        &self.blocks
     }
 
     pub fn scales(&self) -> &[f32] {
@@ -129,6 +184,11 @@ impl LoraStack {
         self.rp
     }
 
+    /// Rank columns that belong to a block (the rest is padding).
+    pub fn used_rank(&self) -> usize {
+        self.blocks.iter().map(|b| b.rank).sum()
+    }
+
     pub fn layout(&self) -> Layout {
         self.a.layout()
     }
@@ -136,12 +196,29 @@ impl LoraStack {
     /// Adapter index of each rank column (host copy of `seg`).
     pub fn seg_host(&self) -> Vec<u32> {
         let mut seg = vec![0u32; self.rp];
-        let mut off = 0;
-        for (i, &r) in self.ranks.iter().enumerate() {
-            seg[off..off + r].fill(i as u32);
-            off += r;
+        for b in &self.blocks {
+            seg[b.col..b.col + b.rank].fill(b.adapter as u32);
         }
         seg
+    }
+
+    /// Each block's current factors (A [rank, K], B [rows, rank]), read back from the GPU.
+    pub fn read_blocks(&self, gpu: &Gpu) -> Result<Vec<(BlockInfo, Vec<f32>, Vec<f32>)>> {
+        let a = self.a_buf.read_f32(gpu)?;
+        let b = self.b_buf.read_f32(gpu)?;
+        Ok(self
+            .blocks
+            .iter()
+            .map(|blk| {
+                let fa = a[blk.col * self.k..(blk.col + blk.rank) * self.k].to_vec();
+                let fb = blk
+                    .rows
+                    .clone()
+                    .flat_map(|row| b[row * self.rp + blk.col..row * self.rp + blk.col + blk.rank].to_vec())
+                    .collect();
+                (blk.clone(), fa, fb)
+            })
+            .collect())
     }
 }
 
@@ -235,12 +312,34 @@ pub fn lora_forward(
     y: &Tensor,
     variant: Option<Variant>,
 ) -> Result<()> {
-    check_stack("fused LoRA forward", w, lora)?;
-    let act = Act::new(x, 0);
-    let shrink = MatmulOpts { row_coef: Some(RowCoef { coef, seg: &lora.seg }), variant, ..Default::default() };
-    matmul_act(rec, Form::Nt, &act, &lora.a, t, &shrink)?;
-    let base = MatmulOpts { epilogue: Some(Epilogue { t, b: &lora.b }), variant, ..Default::default() };
-    matmul_act(rec, Form::Nt, &act, w, y, &base)
+    fused_forward(rec, &FusedLinear { w, lora, coef, t }, &Act::new(x, 0), y, false, variant)
+}
+
+/// The operands of a fused base + LoRA product besides its input and output: the weight, the
+/// adapters, the per-row coefficients [M, n_adapters], and the T [M, Rp] it writes.
+pub struct FusedLinear<'a> {
+    pub w: &'a Matrix,
+    pub lora: &'a LoraStack,
+    pub coef: &'a Tensor,
+    pub t: &'a Tensor,
+}
+
+/// y (+)= x·Wᵀ + coef ⊙ (x·Aᵀ)·Bᵀ (accumulating into y when asked), T written.
+pub(crate) fn fused_forward(
+    rec: &mut Recorder,
+    f: &FusedLinear,
+    x: &Act,
+    y: &Tensor,
+    accumulate: bool,
+    variant: Option<Variant>,
+) -> Result<()> {
+    check_stack("fused LoRA forward", f.w, f.lora)?;
+    let shrink =
+        MatmulOpts { row_coef: Some(RowCoef { coef: f.coef, seg: &f.lora.seg }), variant, ..Default::default() };
+    matmul_act(rec, Form::Nt, x, &f.lora.a, f.t, &shrink)?;
+    let base =
+        MatmulOpts { epilogue: Some(Epilogue { t: f.t, b: &f.lora.b }), accumulate, variant, ..Default::default() };
+    matmul_act(rec, Form::Nt, x, f.w, y, &base)
 }
 
 /// One adapter for the sequential baseline: its own A [r, K] and B [N, r], applied with
@@ -290,7 +389,7 @@ pub fn lora_merge(rec: &mut Recorder, w: &Tensor, lora: &LoraStack, weights: &[f
         ));
     }
     let seg = lora.seg_host();
-    let total: usize = lora.ranks.iter().sum();
+    let total = lora.used_rank();
     let c: Vec<f32> = (0..lora.rp)
         .map(|j| if j < total { weights[seg[j] as usize] * lora.scales[seg[j] as usize] } else { 0.0 })
         .collect();

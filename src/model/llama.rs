@@ -16,9 +16,12 @@ use crate::gpu::{DType, Gpu, Layout, Matrix, Profile, Recorder, Tensor};
 use crate::kernels::attention::attention;
 use crate::kernels::elementwise::{add_bias, swiglu};
 use crate::kernels::embedding::gather;
+use crate::kernels::lora::{FusedLinear, LoraStack, Mix, fused_forward};
 use crate::kernels::matmul::{Act, Form, MatmulOpts, matmul_act};
 use crate::kernels::rmsnorm::rmsnorm;
 use crate::kernels::rope::{Cache, RopeTable, Rows, rope_kv};
+use crate::lora::attach::{Attached, Site, attach};
+use crate::lora::peft::Adapter;
 use crate::model::config::LlamaConfig;
 use crate::model::source::ModelSource;
 
@@ -47,10 +50,26 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// y (+)= x·Wᵀ + b.
-    fn forward(&self, rec: &mut Recorder, x: &Act, y: &Tensor, accumulate: bool) -> Result<()> {
-        let opts = MatmulOpts { accumulate, ..Default::default() };
-        matmul_act(rec, Form::Nt, x, &self.w, y, &opts)?;
+    /// y (+)= x·Wᵀ + b, plus the adapters' coef ⊙ (x·Aᵀ)·Bᵀ when `lora` is given (the fused
+    /// kernel: with no adapters it is the plain product).
+    fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &Act,
+        y: &Tensor,
+        accumulate: bool,
+        lora: Option<(&LoraStack, &Tensor)>,
+    ) -> Result<()> {
+        match lora {
+            Some((stack, coef)) => {
+                let t = Tensor::zeros(rec.gpu(), &[y.shape()[0], stack.rp()], DType::F32, "lora t")?;
+                fused_forward(rec, &FusedLinear { w: &self.w, lora: stack, coef, t: &t }, x, y, accumulate, None)?;
+            }
+            None => {
+                let opts = MatmulOpts { accumulate, ..Default::default() };
+                matmul_act(rec, Form::Nt, x, &self.w, y, &opts)?;
+            }
+        }
         if let Some(b) = &self.bias {
             add_bias(rec, y, b)?;
         }
@@ -79,6 +98,9 @@ pub struct Llama {
     lm_head: Matrix,
     layout: Layout,
     dtype: DType,
+    lora: Option<Attached>,
+    /// Each attached adapter's weight for rows that do not give their own.
+    lora_weights: Vec<f32>,
 }
 
 /// The KV cache: per layer, K and V of `slots` sequences up to `max_len` positions, and the RoPE
@@ -99,6 +121,9 @@ pub struct Batch {
     pub slots: Vec<u32>,
     pub positions: Vec<u32>,
     pub logits_rows: Vec<u32>,
+    /// Per-row adapter weights, [rows × attached adapters] row-major; empty: the weights given
+    /// when the adapters were attached, for every row.
+    pub adapter_weights: Vec<f32>,
 }
 
 impl Batch {
@@ -227,7 +252,52 @@ impl Llama {
             });
         }
         let norm = norm_vec("model.norm.weight")?;
-        Ok(Llama { cfg, gpu: gpu.clone(), embed, layers, norm, lm_head, layout, dtype: opts.dtype })
+        Ok(Llama {
+            cfg,
+            gpu: gpu.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            layout,
+            dtype: opts.dtype,
+            lora: None,
+            lora_weights: Vec::new(),
+        })
+    }
+
+    /// Applies `adapters` to every forward pass from now on (unmerged, through the fused
+    /// kernel), adapter i at `weights[i]` unless a batch gives its rows their own weights.
+    pub fn attach(&mut self, adapters: &[Adapter], weights: &[f32]) -> Result<()> {
+        if weights.len() != adapters.len() {
+            return Err(Error::Invalid(format!("{} weights for {} adapters", weights.len(), adapters.len())));
+        }
+        self.lora = Some(attach(&self.gpu, self.layout, &self.cfg, adapters)?);
+        self.lora_weights = weights.to_vec();
+        Ok(())
+    }
+
+    pub fn detach(&mut self) {
+        self.lora = None;
+        self.lora_weights.clear();
+    }
+
+    pub fn adapters(&self) -> Option<&Attached> {
+        self.lora.as_ref()
+    }
+
+    /// The coefficients [R, n] (weight × scale) of a batch for the attached adapters.
+    fn coef(&self, batch: &Batch) -> Result<Option<Tensor>> {
+        let Some(lora) = &self.lora else { return Ok(None) };
+        let r = batch.rows();
+        let mix = if batch.adapter_weights.is_empty() {
+            Mix::All(self.lora_weights.clone())
+        } else {
+            Mix::Rows(batch.adapter_weights.clone())
+        };
+        let n = lora.n_adapters();
+        let c = mix.coef(r, &lora.scales)?;
+        Ok(Some(Tensor::from_f32(&self.gpu, &[r, n.max(1)], &if n == 0 { vec![0.0; r] } else { c }, "adapter coef")?))
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -318,21 +388,26 @@ impl Llama {
         let (qkv, att) = (t(&[r, nq + 2 * nkv], "qkv")?, t(&[r, nq], "attn")?);
         let (gate_up, act) = (t(&[r, 2 * f], "gate_up")?, t(&[r, f], "act")?);
 
+        let coef = self.coef(batch)?;
+        let lora = |i: usize, site: Site| -> Option<(&LoraStack, &Tensor)> {
+            let stack = self.lora.as_ref()?.layers[i].get(site)?;
+            Some((stack, coef.as_ref()?))
+        };
         gather(rec, &self.embed, &tokens, &hs)?;
         for (i, l) in self.layers.iter().enumerate() {
             let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
             rmsnorm(rec, &hs, &l.attn_norm, &xn, eps)?;
-            l.qkv.forward(rec, &Act::new(&xn, 0), &qkv, false)?;
+            l.qkv.forward(rec, &Act::new(&xn, 0), &qkv, false, lora(i, Site::Qkv))?;
             rope_kv(rec, &qkv, cfg.heads, &rows, &cache.rope, &cache_l)?;
             attention(rec, &qkv, cfg.heads, &cache_l, &rows, &att, None)?;
             let a = Act::new(&att, 0);
-            l.o.forward(rec, &a, &hs, true)?;
+            l.o.forward(rec, &a, &hs, true, lora(i, Site::O))?;
 
             rmsnorm(rec, &hs, &l.mlp_norm, &xn, eps)?;
-            l.gate_up.forward(rec, &Act::new(&xn, 0), &gate_up, false)?;
+            l.gate_up.forward(rec, &Act::new(&xn, 0), &gate_up, false, lora(i, Site::GateUp))?;
             swiglu(rec, &gate_up, &act)?;
             let a = Act::new(&act, 0);
-            l.down.forward(rec, &a, &hs, true)?;
+            l.down.forward(rec, &a, &hs, true, lora(i, Site::Down))?;
         }
         let b = batch.logits_rows.len();
         let wanted = Tensor::from_u32(gpu, &[b], &batch.logits_rows, "logits rows")?;
@@ -365,6 +440,13 @@ impl Llama {
             return Err(Error::Invalid(format!(
                 "position {p} is past the cache's {} positions (the sequence is over the limit)",
                 cache.max_len
+            )));
+        }
+        let n = self.lora.as_ref().map_or(0, Attached::n_adapters);
+        if !batch.adapter_weights.is_empty() && batch.adapter_weights.len() != r * n {
+            return Err(Error::Invalid(format!(
+                "{} adapter weights for {r} rows and {n} attached adapters",
+                batch.adapter_weights.len()
             )));
         }
         if batch.logits_rows.is_empty() || batch.logits_rows.iter().any(|&i| i as usize >= r) {

@@ -2,6 +2,7 @@
 //! tested against (slow: for tiny models and short prompts).
 
 use crate::error::Result;
+use crate::lora::peft::Adapter;
 use crate::model::config::LlamaConfig;
 use crate::model::source::ModelSource;
 
@@ -86,6 +87,31 @@ impl HostLlama {
         };
         let norm = src.tensor("model.norm.weight", &[h], &cfg)?;
         Ok(HostLlama { cfg, embed, layers, norm, lm_head })
+    }
+
+    /// Merges `weight` × the adapter into the weights (W += weight · scale · B·A), the reference
+    /// for runtime fusion.
+    pub fn merge(&mut self, adapter: &Adapter, weight: f32) {
+        let s = (weight * adapter.scale()) as f64;
+        for ((layer, target), f) in &adapter.factors {
+            let l = &mut self.layers[*layer];
+            let lin = match target.as_str() {
+                "q_proj" => &mut l.q,
+                "k_proj" => &mut l.k,
+                "v_proj" => &mut l.v,
+                "o_proj" => &mut l.o,
+                "gate_proj" => &mut l.gate,
+                "up_proj" => &mut l.up,
+                _ => &mut l.down,
+            };
+            let r = adapter.config.r;
+            for o in 0..lin.out {
+                for i in 0..lin.inp {
+                    let d: f64 = (0..r).map(|j| f.b[o * r + j] as f64 * f.a[j * lin.inp + i] as f64).sum();
+                    lin.w[o * lin.inp + i] = (lin.w[o * lin.inp + i] as f64 + s * d) as f32;
+                }
+            }
+        }
     }
 
     /// Logits at every position of `tokens` (one sequence from position 0), f64.

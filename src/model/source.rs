@@ -244,22 +244,17 @@ impl HfDir {
         let (_, bytes) = cache.as_ref().expect("shard loaded above");
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::file(file, e))?;
         let view = st.tensor(name).map_err(|e| Error::file(file, format!("tensor '{name}': {e}")))?;
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => {
-                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-            }
-            safetensors::Dtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            safetensors::Dtype::BF16 => {
-                raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-            }
-            other => {
-                return Err(Error::file(
-                    file,
-                    format!("tensor '{name}': dtype {other:?} (f32, f16 and bf16 are read)"),
-                ));
-            }
-        };
+        let data = to_f32(view.dtype(), view.data()).map_err(|e| Error::file(file, format!("tensor '{name}': {e}")))?;
         Ok((view.shape().to_vec(), data))
     }
+}
+
+/// Safetensors data of a floating-point dtype as f32.
+pub fn to_f32(dtype: safetensors::Dtype, raw: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        safetensors::Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        safetensors::Dtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        safetensors::Dtype::BF16 => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => return Err(Error::Invalid(format!("dtype {other:?} (f32, f16 and bf16 are read)"))),
+    })
 }
