@@ -55,6 +55,14 @@ pub struct BlockInfo {
     pub rows: std::ops::Range<usize>,
 }
 
+/// A block's factors as read back: A [rank, K], B [rows, rank].
+#[derive(Clone, Debug)]
+pub struct BlockFactors {
+    pub info: BlockInfo,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
 /// The adapters of one linear layer, stacked, on the GPU.
 pub struct LoraStack {
     k: usize,
@@ -202,8 +210,8 @@ impl LoraStack {
         seg
     }
 
-    /// Each block's current factors (A [rank, K], B [rows, rank]), read back from the GPU.
-    pub fn read_blocks(&self, gpu: &Gpu) -> Result<Vec<(BlockInfo, Vec<f32>, Vec<f32>)>> {
+    /// Each block's current factors, read back from the GPU.
+    pub fn read_blocks(&self, gpu: &Gpu) -> Result<Vec<BlockFactors>> {
         let a = self.a_buf.read_f32(gpu)?;
         let b = self.b_buf.read_f32(gpu)?;
         Ok(self
@@ -216,7 +224,7 @@ impl LoraStack {
                     .clone()
                     .flat_map(|row| b[row * self.rp + blk.col..row * self.rp + blk.col + blk.rank].to_vec())
                     .collect();
-                (blk.clone(), fa, fb)
+                BlockFactors { info: blk.clone(), a: fa, b: fb }
             })
             .collect())
     }

@@ -138,8 +138,9 @@ impl Adapter {
         let st_path = dir.join("adapter_model.safetensors");
         let bytes = std::fs::read(&st_path).map_err(|e| Error::file(&st_path, e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::file(&st_path, e))?;
-        let mut factors: BTreeMap<(usize, String), (Option<(Vec<usize>, Vec<f32>)>, Option<(Vec<usize>, Vec<f32>)>)> =
-            BTreeMap::new();
+        // (layer, target) → (A, B), each (shape, values) once read
+        type Shaped = Option<(Vec<usize>, Vec<f32>)>;
+        let mut factors: BTreeMap<(usize, String), (Shaped, Shaped)> = BTreeMap::new();
         for name in st.names() {
             let Some((layer, target, which)) = parse_name(name) else {
                 return Err(Error::file(&st_path, format!("tensor '{name}' is not a LoRA factor of a known module")));
