@@ -3,6 +3,7 @@
 //                    fused gate/up projection's output [R, 2F], out [R, F])
 //   swiglu_backward: d gu from d out:  dg = dout · u · σ(g)(1 + g(1 − σ(g))),  du = dout · silu(g)
 //   add_bias:        y[r, j] += bias[j]                          (Qwen2's q, k, v projections)
+//   copy:            out[r, j] = a[r, j]                         (saving activations for backward)
 
 struct Params {
     rows: u32,
@@ -39,5 +40,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 #endif
 #if BIAS
     out[i] += a[col];
+#endif
+#if COPY
+    out[i] = a[i];
 #endif
 }

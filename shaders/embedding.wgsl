@@ -1,6 +1,7 @@
 // Row gather: out[i, :] = table[index[i], :], table [V, H] f32 or (F16) packed halves.
 // Used for the token embedding and to pick the rows whose logits are wanted.
-// One invocation per (row, element).
+// Row scatter (SCATTER): out[index[i], :] = table[i, :] (f32; indices distinct): puts a chunk of
+// rows back in place. One invocation per (row, element).
 
 struct Params {
     rows: u32,
@@ -17,6 +18,17 @@ struct Params {
 @group(0) @binding(2) var<storage, read> index: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
+#if SCATTER
+@compute @workgroup_size(64)
+fn scatter(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let col = gid.x;
+    let row = gid.y + gid.z * nwg.y;
+    if (col >= p.width || row >= p.rows) {
+        return;
+    }
+    out[min(index[row], p.table_rows - 1u) * p.width + col] = table[row * p.width + col];
+}
+#else
 @compute @workgroup_size(64)
 fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let col = gid.x;
@@ -33,3 +45,4 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     out[row * p.width + col] = table[src];
 #endif
 }
+#endif

@@ -38,6 +38,36 @@ fn gather_rows() {
 }
 
 #[test]
+fn scatter_and_copy_rows() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let (t, h, r) = (40, 45, 13);
+    let mut idx: Vec<u32> = (0..t as u32).collect();
+    for i in (1..idx.len()).rev() {
+        idx.swap(i, rng.below(i + 1));
+    }
+    idx.truncate(r);
+    let src = rng.vec(r * h);
+    let base = rng.vec(t * h);
+    let out = Tensor::from_f32(gpu, &[t, h], &base, "out").unwrap();
+    let copied = Tensor::zeros(gpu, &[r, h], DType::F32, "copy").unwrap();
+    copied.poison(gpu);
+    let st = Tensor::from_f32(gpu, &[r, h], &src, "src").unwrap();
+    let mut rec = Recorder::new(gpu);
+    lorafuse::kernels::embedding::scatter(&mut rec, &st, &Tensor::from_u32(gpu, &[r], &idx, "idx").unwrap(), &out)
+        .unwrap();
+    lorafuse::kernels::elementwise::copy(&mut rec, &st, &copied).unwrap();
+    rec.run().unwrap();
+    let mut want = base.clone();
+    for (i, &row) in idx.iter().enumerate() {
+        want[row as usize * h..(row as usize + 1) * h].copy_from_slice(&src[i * h..(i + 1) * h]);
+    }
+    assert_eq!(out.read_f32(gpu).unwrap(), want, "scatter");
+    assert_eq!(copied.read_f32(gpu).unwrap(), src, "copy");
+}
+
+#[test]
 fn rmsnorm_rows() {
     let gpu = gpu();
     let seed = seed();

@@ -144,17 +144,29 @@ fn fused_backward_matches_reference() {
                 let tt = Tensor::from_f32(gpu, &[c.m, stack.rp()], &t_f32, "t").unwrap();
                 let g = Tensor::zeros(gpu, &[c.m, stack.rp()], DType::F32, "g").unwrap();
                 let dx = Tensor::zeros(gpu, &[c.m, c.k], DType::F32, "dx").unwrap();
-                let da = Tensor::zeros(gpu, &[stack.rp(), c.k], DType::F32, "da").unwrap();
-                let db = Tensor::zeros(gpu, &[c.n, stack.rp()], DType::F32, "db").unwrap();
-                for t in [&g, &dx, &da, &db] {
+                // every other case accumulates onto gradients already there (micro-batches)
+                let accumulate = ci % 2 == 1;
+                let prior_a = rng.vec(stack.rp() * c.k);
+                let prior_b = rng.vec(c.n * stack.rp());
+                let da = Tensor::from_f32(gpu, &[stack.rp(), c.k], &prior_a, "da").unwrap();
+                let db = Tensor::from_f32(gpu, &[c.n, stack.rp()], &prior_b, "db").unwrap();
+                for t in [&g, &dx] {
                     t.poison(gpu);
+                }
+                if !accumulate {
+                    da.poison(gpu);
+                    db.poison(gpu);
                 }
                 let tv = tn[(vi + ci) % tn.len()];
                 let mut rec = Recorder::new(gpu);
-                let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db };
+                let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db, accumulate };
                 lora_backward(&mut rec, &dyt, &xt, &wm, &stack, &ct, &tt, &g, &grads, Some(v), Some(tv)).unwrap();
                 rec.run().unwrap();
-                let (want_dx, want_da, want_db) = lora_backward_ref(c.m, &dy, &x, &w, &rs);
+                let (want_dx, mut want_da, mut want_db) = lora_backward_ref(c.m, &dy, &x, &w, &rs);
+                if accumulate {
+                    want_da.iter_mut().zip(&prior_a).for_each(|(a, p)| *a += *p as f64);
+                    want_db.iter_mut().zip(&prior_b).for_each(|(b, p)| *b += *p as f64);
+                }
                 let what = format!(
                     "fused backward {v}/{tv} {dtype} m={} k={} n={} ranks={:?} {mix:?}",
                     c.m, c.k, c.n, c.ranks
@@ -192,7 +204,7 @@ fn backward_is_deterministic() {
             let da = Tensor::zeros(gpu, &[stack.rp(), c.k], DType::F32, "da").unwrap();
             let db = Tensor::zeros(gpu, &[c.n, stack.rp()], DType::F32, "db").unwrap();
             let mut rec = Recorder::new(gpu);
-            let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db };
+            let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db, accumulate: false };
             lora_backward(&mut rec, &dyt, &xt, &wm, &stack, &ct, &tt, &g, &grads, None, None).unwrap();
             rec.run().unwrap();
             [dx, da, db].map(|t| t.read_f32(gpu).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>())

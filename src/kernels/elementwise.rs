@@ -85,6 +85,26 @@ pub fn add_bias(rec: &mut Recorder, y: &Tensor, bias: &Tensor) -> Result<()> {
     )
 }
 
+/// out = a, both [R, N] f32 (a copy of an activation kept for the backward pass).
+pub fn copy(rec: &mut Recorder, a: &Tensor, out: &Tensor) -> Result<()> {
+    let (r, n) = a.dims2("copy")?;
+    if out.shape() != a.shape() || a.dtype() != DType::F32 || out.dtype() != DType::F32 {
+        return Err(Error::shape("copy", format!("{a:?} into {out:?}")));
+    }
+    let defines: Defines = [("COPY", 1)].into_iter().collect();
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("elementwise", "main", &defines))?;
+    let grid = fold_grid(rec.gpu(), (n as u32).div_ceil(64), r as u32);
+    let work = Work { flops: 0, bytes: 2 * a.bytes() };
+    rec.dispatch(
+        pipeline,
+        &Params { rows: r as u32, cols: n as u32 },
+        vec![(1, a.into()), (3, out.into())],
+        grid,
+        "copy",
+        work,
+    )
+}
+
 /// CPU reference of silu(g)·u.
 pub fn swiglu_ref(gate: &[f32], up: &[f32]) -> Vec<f64> {
     gate.iter().zip(up).map(|(&g, &u)| (g as f64) / (1.0 + (-(g as f64)).exp()) * u as f64).collect()

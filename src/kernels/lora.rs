@@ -406,12 +406,14 @@ pub fn lora_merge(rec: &mut Recorder, w: &Tensor, lora: &LoraStack, weights: &[f
 }
 
 /// Gradients of the LoRA layer. `dx` is skipped when None (the first layer's input needs none).
+/// With `accumulate`, dA and dB are added to (gradient accumulation over micro-batches).
 pub struct LoraGrads<'a> {
     pub dx: Option<&'a Tensor>,
     /// [Rp, K]
     pub da: &'a Tensor,
     /// [N, Rp]
     pub db: &'a Tensor,
+    pub accumulate: bool,
 }
 
 /// Backward of `lora_forward` with the base frozen. `t` is the forward's T, `g` an [M, Rp]
@@ -438,7 +440,7 @@ pub fn lora_backward(
         let base = MatmulOpts { epilogue: Some(Epilogue { t: g, b: &lora.a }), variant, ..Default::default() };
         matmul_act(rec, Form::Nn, &act, w, dx, &base)?;
     }
-    let tn = MatmulOpts { variant: tn_variant, ..Default::default() };
+    let tn = MatmulOpts { variant: tn_variant, accumulate: grads.accumulate, ..Default::default() };
     matmul(rec, Form::Tn, g, &Matrix::Buffer(x.clone()), grads.da, &tn)?;
     matmul(rec, Form::Tn, dy, &Matrix::Buffer(t.clone()), grads.db, &tn)
 }
