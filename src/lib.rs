@@ -7,6 +7,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod lora;
 pub mod model;
+pub mod train;
 pub mod tune;
 
 pub use error::{Error, Result};

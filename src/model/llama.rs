@@ -52,7 +52,7 @@ pub struct Linear {
 impl Linear {
     /// y (+)= x·Wᵀ + b, plus the adapters' coef ⊙ (x·Aᵀ)·Bᵀ when `lora` is given (the fused
     /// kernel: with no adapters it is the plain product).
-    fn forward(
+    pub(crate) fn forward(
         &self,
         rec: &mut Recorder,
         x: &Act,
@@ -92,13 +92,13 @@ pub struct Llama {
     pub cfg: LlamaConfig,
     gpu: Gpu,
     /// Token embeddings [V, H] for the row gather (f32 or f16).
-    embed: Tensor,
+    pub(crate) embed: Tensor,
     pub layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Matrix,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Matrix,
     layout: Layout,
     dtype: DType,
-    lora: Option<Attached>,
+    pub(crate) lora: Option<Attached>,
     /// Each attached adapter's weight for rows that do not give their own.
     lora_weights: Vec<f32>,
 }
@@ -111,6 +111,12 @@ pub struct KvCache {
     pub slots: usize,
     pub max_len: usize,
     rope: RopeTable,
+}
+
+impl KvCache {
+    pub fn rope(&self) -> &RopeTable {
+        &self.rope
+    }
 }
 
 /// The rows of one forward pass, on the host: token, cache slot and position of each row, and
@@ -287,7 +293,7 @@ impl Llama {
     }
 
     /// The coefficients [R, n] (weight × scale) of a batch for the attached adapters.
-    fn coef(&self, batch: &Batch) -> Result<Option<Tensor>> {
+    pub(crate) fn coef(&self, batch: &Batch) -> Result<Option<Tensor>> {
         let Some(lora) = &self.lora else { return Ok(None) };
         let r = batch.rows();
         let mix = if batch.adapter_weights.is_empty() {

@@ -1,0 +1,3 @@
+//! LoRA training: the forward and backward of a step with the base frozen.
+
+pub mod step;

@@ -1,0 +1,159 @@
+//! The training step's loss and LoRA gradients on a tiny random model, against the f64 CPU
+//! reference: the loss directly, the gradients by central finite differences of the reference
+//! loss, for adapters on every target (q/k/v inside the stacked layer, o, gate/up, down).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::tiny::*;
+use common::*;
+use lorafuse::gpu::{DType, Layout};
+use lorafuse::kernels::cross_entropy::MASKED;
+use lorafuse::kernels::matmul::{Form, Variant};
+use lorafuse::lora::attach::place;
+use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
+use lorafuse::model::llama::{Llama, LoadOptions};
+use lorafuse::model::reference::HostLlama;
+use lorafuse::model::source::ModelSource;
+use lorafuse::train::step::{LoraGradients, TrainBatch, forward_backward};
+
+fn adapter(rng: &mut Rng, spec: &Tiny, targets: &[&str], r: usize) -> Adapter {
+    let src_cfg = |t: &str| {
+        let (h, f) = (spec.hidden, spec.inter);
+        let (nq, nkv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
+        match t {
+            "q_proj" => (h, nq),
+            "k_proj" | "v_proj" => (h, nkv),
+            "o_proj" => (nq, h),
+            "gate_proj" | "up_proj" => (h, f),
+            _ => (f, h),
+        }
+    };
+    let mut factors = BTreeMap::new();
+    for layer in 0..spec.layers {
+        for &t in targets {
+            let (inp, out) = src_cfg(t);
+            factors.insert(
+                (layer, t.to_string()),
+                Factors {
+                    a: rng.vec(r * inp).iter().map(|x| x * 0.3).collect(),
+                    b: rng.vec(out * r).iter().map(|x| x * 0.3).collect(),
+                    inp,
+                    out,
+                },
+            );
+        }
+    }
+    let targets: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+    Adapter { config: LoraConfig::new(r, 2.0 * r as f64, 0.0, &targets, false, None), factors, source: None }
+}
+
+/// Σ −log p(target) over the labelled positions of each sequence, f64 on the host.
+fn host_loss(host: &HostLlama, batch: &TrainBatch) -> f64 {
+    let mut total = 0.0;
+    for &(start, len) in &batch.spans {
+        let logits = host.logits(&batch.tokens[start..start + len]);
+        for (i, l) in logits.iter().enumerate() {
+            let t = batch.targets[start + i];
+            if t == MASKED {
+                continue;
+            }
+            let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = l.iter().map(|x| (x - m).exp()).sum();
+            total += m + z.ln() - l[t as usize];
+        }
+    }
+    total
+}
+
+#[test]
+fn loss_and_gradients_match_the_reference() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let spec =
+        Tiny { heads: 4, kv_heads: 2, head_dim: 8, hidden: 32, inter: 40, layers: 2, vocab: 53, ..Tiny::default() };
+    let dir = temp_dir("tiny-train");
+    write_hf(&dir, &spec, &random_weights(&spec, seed), safetensors::Dtype::F32);
+    let src = ModelSource::open(&dir).unwrap();
+    let cfg = src.config().unwrap();
+    let ad =
+        adapter(&mut rng, &spec, &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 3);
+    let mut batch = TrainBatch::default();
+    for len in [6usize, 1, 9] {
+        let tokens: Vec<u32> = (0..len).map(|_| rng.below(spec.vocab) as u32).collect();
+        // labels on the later positions only, as on an assistant turn
+        let targets: Vec<u32> =
+            (0..len).map(|i| if i >= len / 3 { rng.below(spec.vocab) as u32 } else { MASKED }).collect();
+        batch.push(&tokens, &targets);
+    }
+    let scale = 1.0 / batch.counted() as f32;
+    let mut host = HostLlama::load(&src).unwrap();
+    host.merge(&ad, 1.0);
+    let want_loss = host_loss(&host, &batch);
+
+    let mut layouts = vec![Layout::Buffer];
+    if !Variant::candidates(gpu, Form::Nn, Layout::Texture).is_empty() {
+        layouts.push(Layout::Texture);
+    }
+    for layout in layouts {
+        let mut model = Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(layout) }).unwrap();
+        model.attach(std::slice::from_ref(&ad), &[1.0]).unwrap();
+        let grads = LoraGradients::new(gpu, model.adapters().unwrap()).unwrap();
+        let loss = forward_backward(&model, &batch, &grads, scale, false).unwrap();
+        assert!(
+            (loss - want_loss).abs() <= 1e-4 * want_loss.abs(),
+            "{}: loss {loss} vs reference {want_loss}",
+            layout.name()
+        );
+
+        // gradient of one factor entry, from the GPU's stacked gradients
+        let attached = model.adapters().unwrap();
+        let gpu_grad = |layer: usize, target: &str, which: char, idx: usize| -> f64 {
+            let (site, rows, inp, _) = place(&cfg, target).unwrap();
+            let stack = attached.layers[layer].get(site).unwrap();
+            let blk = stack.blocks().iter().find(|b| b.rows == rows).unwrap();
+            let (da, db) = grads.get(layer, site).unwrap();
+            if which == 'A' {
+                let (j, k) = (idx / inp, idx % inp);
+                da.read_f32(gpu).unwrap()[(blk.col + j) * inp + k] as f64
+            } else {
+                let (o, j) = (idx / blk.rank, idx % blk.rank);
+                db.read_f32(gpu).unwrap()[(rows.start + o) * stack.rp() + blk.col + j] as f64
+            }
+        };
+        let mut checked = 0;
+        for (layer, target) in ad.factors.keys() {
+            for which in ['A', 'B'] {
+                let f = &ad.factors[&(*layer, target.clone())];
+                let n = if which == 'A' { f.a.len() } else { f.b.len() };
+                let idx = rng.below(n);
+                let loss_at = |delta: f32| -> f64 {
+                    let mut a2 = ad.clone();
+                    let fac = a2.factors.get_mut(&(*layer, target.clone())).unwrap();
+                    if which == 'A' {
+                        fac.a[idx] += delta;
+                    } else {
+                        fac.b[idx] += delta;
+                    }
+                    let mut h = HostLlama::load(&src).unwrap();
+                    h.merge(&a2, 1.0);
+                    host_loss(&h, &batch) * scale as f64
+                };
+                // small enough that the truncation error of a two-layer model stays under 1e-4
+                let hstep = 1e-3f32;
+                let fd = (loss_at(hstep) - loss_at(-hstep)) / (2.0 * hstep as f64);
+                let got = gpu_grad(*layer, target, which, idx);
+                assert!(
+                    (got - fd).abs() <= 2e-3 * fd.abs().max(0.05),
+                    "{}: d{which}[{idx}] of layer {layer} {target}: GPU {got} vs finite difference {fd} (seed {seed})",
+                    layout.name()
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2 * 7 * spec.layers);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
