@@ -162,6 +162,12 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Token ids of `text` (no BOS added) with the byte offset where each token starts.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Vec<(u32, usize)>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Invalid(format!("tokenizing: {e}")))?;
+        Ok(enc.get_ids().iter().zip(enc.get_offsets()).map(|(&id, &(start, _))| (id, start)).collect())
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| Error::Invalid(format!("decoding tokens: {e}")))
     }
