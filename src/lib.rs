@@ -1,6 +1,7 @@
 //! lorafuse: LoRA training, fusion and evaluation on any GPU wgpu reaches, with hand-written WGSL
 //! kernels. See README.md for the pipeline and DESIGN notes in the repository.
 
+pub mod atomic;
 pub mod bench;
 pub mod error;
 pub mod gpu;

@@ -64,6 +64,9 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
     Chat(cli::generate::ChatArgs),
+    /// The logits at every position of a token sequence, as safetensors (for comparing with
+    /// other frameworks).
+    Logits(cli::logits::LogitsArgs),
     /// Run a workload with every kernel timed: per-kernel tables and a Chrome trace.
     Profile {
         #[command(subcommand)]
@@ -215,11 +218,11 @@ fn bench_kernels(
 
 fn write_outputs(json: Option<&PathBuf>, json_text: &str, markdown: Option<&PathBuf>, md: &str) -> Result<()> {
     if let Some(path) = json {
-        tune::write_atomic(path, json_text).with_context(|| format!("writing {}", path.display()))?;
+        lorafuse::atomic::write_atomic(path, json_text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = markdown {
-        tune::write_atomic(path, md).with_context(|| format!("writing {}", path.display()))?;
+        lorafuse::atomic::write_atomic(path, md).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -250,6 +253,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Devices { json } => devices(&cli.device.backend, json),
         Command::Tune { clear } => tune_cmd(&cli.device.open()?, clear),
         Command::Generate(args) => cli::generate::run_generate(&cli.device.open()?, &args, None),
+        Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),
         Command::Bench { what: BenchCommand::Kernels { json, markdown, quick, lora_dtype } } => {

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::atomic::write_atomic;
 use crate::bench::fill;
 use crate::error::{Error, Result};
 use crate::gpu::{Caps, DType, Gpu, Layout, Matrix, Recorder, Tensor, group_ms};
@@ -60,16 +61,6 @@ fn read_cache(path: &Path) -> Result<CacheFile> {
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a lorafuse tune cache: {e}")))
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a crash never leaves a
-/// half-written file behind.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
-}
 
 fn bucket_m(m: usize) -> usize {
     match m {

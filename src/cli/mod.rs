@@ -1,4 +1,5 @@
 //! Subcommands of the `lorafuse` binary that need more than a few lines.
 
 pub mod generate;
+pub mod logits;
 pub mod profile;

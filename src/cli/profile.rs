@@ -32,7 +32,7 @@ pub fn run(gpu: &Gpu, cmd: &ProfileCommand) -> Result<()> {
         eprint!("{}", profiler::table(&profile.summary(Some(&phase))));
     }
     let text = serde_json::to_string(&profile.chrome_trace())?;
-    lorafuse::tune::write_atomic(trace, &text).with_context(|| format!("writing {}", trace.display()))?;
+    lorafuse::atomic::write_atomic(trace, &text).with_context(|| format!("writing {}", trace.display()))?;
     eprintln!("\nChrome trace: {}", trace.display());
     Ok(())
 }

@@ -191,12 +191,9 @@ impl Adapter {
         let meta: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Invalid(format!("serializing the adapter: {e}")))?;
-        let st_path = dir.join("adapter_model.safetensors");
-        let tmp = st_path.with_extension("safetensors.tmp");
-        std::fs::write(&tmp, data).map_err(|e| Error::file(&tmp, e))?;
-        std::fs::rename(&tmp, &st_path).map_err(|e| Error::file(&st_path, e))?;
+        crate::atomic::write_atomic(&dir.join("adapter_model.safetensors"), data)?;
         let cfg = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Invalid(e.to_string()))?;
-        crate::tune::write_atomic(&dir.join("adapter_config.json"), &cfg)
+        crate::atomic::write_atomic(&dir.join("adapter_config.json"), &cfg)
     }
 }
 
