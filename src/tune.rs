@@ -61,7 +61,6 @@ fn read_cache(path: &Path) -> Result<CacheFile> {
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a lorafuse tune cache: {e}")))
 }
 
-
 fn bucket_m(m: usize) -> usize {
     match m {
         0..=1 => 1,
