@@ -1,5 +1,5 @@
 //! Backward kernels for training (RMSNorm, SwiGLU, RoPE, masked cross-entropy) and the optimizer
-//! (gradient norm, AdamW) against their CPU references on fresh random inputs, outputs poisoned;
+//! (gradient norm, AdamW) and LoRA dropout against their CPU references on fresh random inputs, outputs poisoned;
 //! each analytic reference is itself checked against central finite differences of its forward.
 
 mod common;
@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use lorafuse::gpu::{DType, Recorder, Tensor};
 use lorafuse::kernels::cross_entropy::{MASKED, cross_entropy, cross_entropy_ref};
+use lorafuse::kernels::dropout::{Dropout, dropout, dropout_ref, keep_ref};
 use lorafuse::kernels::elementwise::{swiglu_backward, swiglu_backward_ref, swiglu_ref};
 use lorafuse::kernels::optimizer::{AdamW, adamw, adamw_ref, sumsq, sumsq_partials};
 use lorafuse::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_backward_ref, rmsnorm_ref};
@@ -222,6 +223,49 @@ fn adamw_and_gradient_norm_match_reference() {
             assert_close(&format!("AdamW moment 1, n={n}"), &m.read_f32(gpu).unwrap(), &rm, 1e-5, seed);
         }
     }
+}
+
+/// Dropout: the mask is the CPU reference's bit for bit (so the backward can regenerate it), keeps
+/// 1 − p of the elements, differs between seeds, and the accumulating form adds to what is there.
+#[test]
+fn dropout_matches_reference_and_keeps_its_share() {
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let (r, c) = (37, 1001);
+    let x = rng.vec(r * c);
+    let a = Tensor::from_f32(gpu, &[r, c], &x, "a").unwrap();
+    let out = Tensor::zeros(gpu, &[r, c], DType::F32, "out").unwrap();
+    for p in [0.0f32, 0.05, 0.5] {
+        let d = Dropout { p, seed: rng.next_u64() };
+        out.poison(gpu);
+        let mut rec = Recorder::new(gpu);
+        dropout(&mut rec, &d, &a, &out, false).unwrap();
+        rec.run().unwrap();
+        let got = out.read_f32(gpu).unwrap();
+        let want = dropout_ref(&d, &x);
+        assert!(got.iter().zip(&want).all(|(g, w)| g == w), "p={p}: GPU mask or scale differs (seed {seed})");
+        let n = x.len() as f64;
+        let kept = (0..x.len() as u32).filter(|&i| keep_ref(&d, i)).count() as f64 / n;
+        let sd = (p as f64 * (1.0 - p as f64) / n).sqrt();
+        assert!((kept - (1.0 - p as f64)).abs() <= 5.0 * sd + 1e-12, "p={p}: kept {kept} (seed {seed})");
+        if p > 0.0 {
+            let other = Dropout { p, seed: d.seed ^ 1 };
+            let same = (0..x.len() as u32).filter(|&i| keep_ref(&d, i) == keep_ref(&other, i)).count() as f64 / n;
+            let expect = (1.0 - p as f64).powi(2) + (p as f64).powi(2);
+            assert!((same - expect).abs() < 0.02, "p={p}: neighbouring seeds agree on {same} of the mask");
+        }
+        // accumulate onto a random tensor
+        let base = rng.vec(r * c);
+        let acc = Tensor::from_f32(gpu, &[r, c], &base, "acc").unwrap();
+        let mut rec = Recorder::new(gpu);
+        dropout(&mut rec, &d, &a, &acc, true).unwrap();
+        rec.run().unwrap();
+        let want: Vec<f64> = base.iter().zip(&want).map(|(&b, &w)| b as f64 + w as f64).collect();
+        assert_close(&format!("dropout accumulate p={p}"), &acc.read_f32(gpu).unwrap(), &want, 1e-7, seed);
+    }
+    let mut rec = Recorder::new(gpu);
+    assert!(dropout(&mut rec, &Dropout { p: 1.0, seed: 0 }, &a, &out, false).is_err());
 }
 
 /// Attention's backward over a training batch (sequences of different lengths, each one's rows

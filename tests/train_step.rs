@@ -1,6 +1,7 @@
 //! The training step's loss and LoRA gradients on a tiny random model, against the f64 CPU
 //! reference: the loss directly, the gradients by central finite differences of the reference
-//! loss, for adapters on every target (q/k/v inside the stacked layer, o, gate/up, down).
+//! loss, for adapters on every target (q/k/v inside the stacked layer, o, gate/up, down), with
+//! and without LoRA dropout (the reference applies the adapter unmerged with the GPU's masks).
 
 mod common;
 
@@ -10,13 +11,14 @@ use common::tiny::*;
 use common::*;
 use lorafuse::gpu::{DType, Layout};
 use lorafuse::kernels::cross_entropy::MASKED;
+use lorafuse::kernels::dropout::Dropout;
 use lorafuse::kernels::matmul::{Form, Variant};
 use lorafuse::lora::attach::place;
 use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
 use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
-use lorafuse::train::step::{LoraGradients, TrainBatch, forward_backward};
+use lorafuse::train::step::{LoraGradients, StepOptions, TrainBatch, forward_backward};
 
 fn adapter(rng: &mut Rng, spec: &Tiny, targets: &[&str], r: usize) -> Adapter {
     let src_cfg = |t: &str| {
@@ -53,7 +55,7 @@ fn adapter(rng: &mut Rng, spec: &Tiny, targets: &[&str], r: usize) -> Adapter {
 fn host_loss(host: &HostLlama, batch: &TrainBatch) -> f64 {
     let mut total = 0.0;
     for &(start, len) in &batch.spans {
-        let logits = host.logits(&batch.tokens[start..start + len]);
+        let logits = host.logits_at(&batch.tokens[start..start + len], start);
         for (i, l) in logits.iter().enumerate() {
             let t = batch.targets[start + i];
             if t == MASKED {
@@ -67,8 +69,27 @@ fn host_loss(host: &HostLlama, batch: &TrainBatch) -> f64 {
     total
 }
 
+/// The reference model with the adapter: merged without dropout, unmerged with it.
+fn host_with(src: &ModelSource, ad: &Adapter, drop: Option<Dropout>) -> HostLlama {
+    let mut host = HostLlama::load(src).unwrap();
+    match drop {
+        None => host.merge(ad, 1.0),
+        Some(d) => host.add_unmerged(ad, Some(d)),
+    }
+    host
+}
+
 #[test]
 fn loss_and_gradients_match_the_reference() {
+    check_against_reference(None);
+}
+
+#[test]
+fn loss_and_gradients_with_dropout_match_the_reference() {
+    check_against_reference(Some(0.3));
+}
+
+fn check_against_reference(p: Option<f32>) {
     let gpu = gpu();
     let seed = seed();
     let mut rng = Rng::new(seed);
@@ -89,9 +110,8 @@ fn loss_and_gradients_match_the_reference() {
         batch.push(&tokens, &targets);
     }
     let scale = 1.0 / batch.counted() as f32;
-    let mut host = HostLlama::load(&src).unwrap();
-    host.merge(&ad, 1.0);
-    let want_loss = host_loss(&host, &batch);
+    let drop = p.map(|p| Dropout { p, seed: rng.next_u64() });
+    let want_loss = host_loss(&host_with(&src, &ad, drop), &batch);
 
     let mut layouts = vec![Layout::Buffer];
     if !Variant::candidates(gpu, Form::Nn, Layout::Texture).is_empty() {
@@ -101,7 +121,8 @@ fn loss_and_gradients_match_the_reference() {
         let mut model = Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(layout) }).unwrap();
         model.attach(std::slice::from_ref(&ad), &[1.0]).unwrap();
         let grads = LoraGradients::new(gpu, model.adapters().unwrap()).unwrap();
-        let loss = forward_backward(&model, &batch, &grads, scale, false).unwrap();
+        let opts = StepOptions { loss_scale: scale, accumulate: false, dropout: drop };
+        let loss = forward_backward(&model, &batch, &grads, &opts).unwrap();
         assert!(
             (loss - want_loss).abs() <= 1e-4 * want_loss.abs(),
             "{}: loss {loss} vs reference {want_loss}",
@@ -137,9 +158,7 @@ fn loss_and_gradients_match_the_reference() {
                     } else {
                         fac.b[idx] += delta;
                     }
-                    let mut h = HostLlama::load(&src).unwrap();
-                    h.merge(&a2, 1.0);
-                    host_loss(&h, &batch) * scale as f64
+                    host_loss(&host_with(&src, &a2, drop), &batch) * scale as f64
                 };
                 // small enough that the truncation error of a two-layer model stays under 1e-4
                 let hstep = 1e-3f32;
@@ -147,7 +166,7 @@ fn loss_and_gradients_match_the_reference() {
                 let got = gpu_grad(*layer, target, which, idx);
                 assert!(
                     (got - fd).abs() <= 2e-3 * fd.abs().max(0.05),
-                    "{}: d{which}[{idx}] of layer {layer} {target}: GPU {got} vs finite difference {fd} (seed {seed})",
+                    "{} (dropout {p:?}): d{which}[{idx}] of layer {layer} {target}: GPU {got} vs finite difference {fd} (seed {seed})",
                     layout.name()
                 );
                 checked += 1;

@@ -29,12 +29,13 @@ pub fn source(name: &str) -> Option<&'static str> {
         "attention" => include_str!("../../shaders/attention.wgsl"),
         "cross_entropy" => include_str!("../../shaders/cross_entropy.wgsl"),
         "optimizer" => include_str!("../../shaders/optimizer.wgsl"),
+        "dropout" => include_str!("../../shaders/dropout.wgsl"),
         _ => return None,
     })
 }
 
 /// Every shader file, for `sources_hash`.
-const ALL: [&str; 13] = [
+const ALL: [&str; 14] = [
     "matmul_texture",
     "matmul_blocked",
     "matmul_tiled",
@@ -48,6 +49,7 @@ const ALL: [&str; 13] = [
     "attention",
     "cross_entropy",
     "optimizer",
+    "dropout",
 ];
 
 /// A fingerprint of the shader sources (FNV-1a), so choices timed for other kernels (a cache

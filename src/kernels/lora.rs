@@ -341,10 +341,24 @@ pub(crate) fn fused_forward(
     accumulate: bool,
     variant: Option<Variant>,
 ) -> Result<()> {
+    fused_forward_split(rec, f, x, None, y, accumulate, variant)
+}
+
+/// `fused_forward` with the adapters reading their own input (x after LoRA dropout) when
+/// `x_lora` is given: y (+)= x·Wᵀ + coef ⊙ (x_lora·Aᵀ)·Bᵀ.
+pub(crate) fn fused_forward_split(
+    rec: &mut Recorder,
+    f: &FusedLinear,
+    x: &Act,
+    x_lora: Option<&Act>,
+    y: &Tensor,
+    accumulate: bool,
+    variant: Option<Variant>,
+) -> Result<()> {
     check_stack("fused LoRA forward", f.w, f.lora)?;
     let shrink =
         MatmulOpts { row_coef: Some(RowCoef { coef: f.coef, seg: &f.lora.seg }), variant, ..Default::default() };
-    matmul_act(rec, Form::Nt, x, &f.lora.a, f.t, &shrink)?;
+    matmul_act(rec, Form::Nt, x_lora.unwrap_or(x), &f.lora.a, f.t, &shrink)?;
     let base =
         MatmulOpts { epilogue: Some(Epilogue { t: f.t, b: &f.lora.b }), accumulate, variant, ..Default::default() };
     matmul_act(rec, Form::Nt, x, f.w, y, &base)

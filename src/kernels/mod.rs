@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod ceiling;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod lora;

@@ -22,6 +22,11 @@ pub enum Site {
 
 impl Site {
     pub const ALL: [Site; 4] = [Site::Qkv, Site::O, Site::GateUp, Site::Down];
+
+    /// Position in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The stacked layer a PEFT target lives in, its rows there, and (in, out) of the stacked layer.

@@ -2,26 +2,57 @@
 //! tested against (slow: for tiny models and short prompts).
 
 use crate::error::Result;
+use crate::kernels::dropout::{Dropout, keep_ref};
+use crate::lora::attach::place;
 use crate::lora::peft::Adapter;
 use crate::model::config::LlamaConfig;
 use crate::model::source::ModelSource;
+
+/// An unmerged adapter on a linear: y += scale · B·A·x̃, x̃ = x with LoRA dropout (mask element
+/// `row · width + i` of `drop` for batch row `row`: the GPU's stacked input's element).
+struct HostLora {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    r: usize,
+    scale: f64,
+    drop: Option<Dropout>,
+}
 
 struct HostLinear {
     w: Vec<f32>,
     bias: Option<Vec<f32>>,
     out: usize,
     inp: usize,
+    lora: Vec<HostLora>,
 }
 
 impl HostLinear {
-    fn apply(&self, x: &[f64]) -> Vec<f64> {
-        (0..self.out)
+    /// y = W·x (+ bias) (+ the unmerged adapters), x being batch row `row`.
+    fn apply(&self, x: &[f64], row: usize) -> Vec<f64> {
+        let mut y: Vec<f64> = (0..self.out)
             .map(|o| {
-                let row = &self.w[o * self.inp..(o + 1) * self.inp];
-                let s: f64 = row.iter().zip(x).map(|(&w, &v)| w as f64 * v).sum();
+                let wr = &self.w[o * self.inp..(o + 1) * self.inp];
+                let s: f64 = wr.iter().zip(x).map(|(&w, &v)| w as f64 * v).sum();
                 s + self.bias.as_ref().map_or(0.0, |b| b[o] as f64)
             })
-            .collect()
+            .collect();
+        for l in &self.lora {
+            let xd: Vec<f64> = match &l.drop {
+                Some(d) => x
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| if keep_ref(d, (row * self.inp + i) as u32) { v / (1.0 - d.p as f64) } else { 0.0 })
+                    .collect(),
+                None => x.to_vec(),
+            };
+            let t: Vec<f64> = (0..l.r)
+                .map(|j| l.a[j * self.inp..(j + 1) * self.inp].iter().zip(&xd).map(|(&a, v)| a as f64 * v).sum())
+                .collect();
+            for (o, yo) in y.iter_mut().enumerate() {
+                *yo += l.scale * (0..l.r).map(|j| l.b[o * l.r + j] as f64 * t[j]).sum::<f64>();
+            }
+        }
+        y
     }
 }
 
@@ -51,6 +82,18 @@ fn rmsnorm(x: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
     x.iter().zip(w).map(|(v, &g)| v * inv * g as f64).collect()
 }
 
+fn linear_mut<'a>(l: &'a mut HostLayer, target: &str) -> &'a mut HostLinear {
+    match target {
+        "q_proj" => &mut l.q,
+        "k_proj" => &mut l.k,
+        "v_proj" => &mut l.v,
+        "o_proj" => &mut l.o,
+        "gate_proj" => &mut l.gate,
+        "up_proj" => &mut l.up,
+        _ => &mut l.down,
+    }
+}
+
 impl HostLlama {
     pub fn load(src: &ModelSource) -> Result<HostLlama> {
         let cfg = src.config()?;
@@ -62,7 +105,13 @@ impl HostLlama {
             } else {
                 None
             };
-            Ok(HostLinear { w: src.tensor(&format!("{name}.weight"), &[out, inp], &cfg)?, bias, out, inp })
+            Ok(HostLinear {
+                w: src.tensor(&format!("{name}.weight"), &[out, inp], &cfg)?,
+                bias,
+                out,
+                inp,
+                lora: Vec::new(),
+            })
         };
         let mut layers = Vec::new();
         for i in 0..cfg.layers {
@@ -89,21 +138,29 @@ impl HostLlama {
         Ok(HostLlama { cfg, embed, layers, norm, lm_head })
     }
 
+    /// Adds the adapter unmerged (weight 1), with training's LoRA dropout when `drop` is given:
+    /// the mask of each target is the one the GPU draws for its layer and stacked linear.
+    pub fn add_unmerged(&mut self, adapter: &Adapter, drop: Option<Dropout>) {
+        for ((layer, target), f) in &adapter.factors {
+            let (site, ..) = place(&self.cfg, target).expect("a known target");
+            let stream = (*layer * 4 + site.index()) as u64;
+            let lin = linear_mut(&mut self.layers[*layer], target);
+            lin.lora.push(HostLora {
+                a: f.a.clone(),
+                b: f.b.clone(),
+                r: adapter.config.r,
+                scale: adapter.scale() as f64,
+                drop: drop.map(|d| d.stream(stream)),
+            });
+        }
+    }
+
     /// Merges `weight` × the adapter into the weights (W += weight · scale · B·A), the reference
     /// for runtime fusion.
     pub fn merge(&mut self, adapter: &Adapter, weight: f32) {
         let s = (weight * adapter.scale()) as f64;
         for ((layer, target), f) in &adapter.factors {
-            let l = &mut self.layers[*layer];
-            let lin = match target.as_str() {
-                "q_proj" => &mut l.q,
-                "k_proj" => &mut l.k,
-                "v_proj" => &mut l.v,
-                "o_proj" => &mut l.o,
-                "gate_proj" => &mut l.gate,
-                "up_proj" => &mut l.up,
-                _ => &mut l.down,
-            };
+            let lin = linear_mut(&mut self.layers[*layer], target);
             let r = adapter.config.r;
             for o in 0..lin.out {
                 for i in 0..lin.inp {
@@ -116,6 +173,12 @@ impl HostLlama {
 
     /// Logits at every position of `tokens` (one sequence from position 0), f64.
     pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
+        self.logits_at(tokens, 0)
+    }
+
+    /// `logits` of a sequence whose first token is row `first_row` of a training batch (where
+    /// its dropout masks come from).
+    pub fn logits_at(&self, tokens: &[u32], first_row: usize) -> Vec<Vec<f64>> {
         let c = &self.cfg;
         let (h, hd) = (c.hidden, c.head_dim);
         let half = hd / 2;
@@ -138,9 +201,9 @@ impl HostLlama {
         };
         for l in &self.layers {
             let xs: Vec<Vec<f64>> = hs.iter().map(|x| rmsnorm(x, &l.attn_norm, c.rms_eps)).collect();
-            let mut qs: Vec<Vec<f64>> = xs.iter().map(|x| l.q.apply(x)).collect();
-            let mut ks: Vec<Vec<f64>> = xs.iter().map(|x| l.k.apply(x)).collect();
-            let vs: Vec<Vec<f64>> = xs.iter().map(|x| l.v.apply(x)).collect();
+            let mut qs: Vec<Vec<f64>> = xs.iter().enumerate().map(|(t, x)| l.q.apply(x, first_row + t)).collect();
+            let mut ks: Vec<Vec<f64>> = xs.iter().enumerate().map(|(t, x)| l.k.apply(x, first_row + t)).collect();
+            let vs: Vec<Vec<f64>> = xs.iter().enumerate().map(|(t, x)| l.v.apply(x, first_row + t)).collect();
             for (p, (q, k)) in qs.iter_mut().zip(ks.iter_mut()).enumerate() {
                 rope(q, p);
                 rope(k, p);
@@ -162,16 +225,16 @@ impl HostLlama {
                         }
                     }
                 }
-                for (o, v) in hrow.iter_mut().zip(l.o.apply(&att)) {
+                for (o, v) in hrow.iter_mut().zip(l.o.apply(&att, first_row + t)) {
                     *o += v;
                 }
             }
-            for hrow in hs.iter_mut() {
+            for (t, hrow) in hs.iter_mut().enumerate() {
                 let x = rmsnorm(hrow, &l.mlp_norm, c.rms_eps);
-                let g = l.gate.apply(&x);
-                let u = l.up.apply(&x);
+                let g = l.gate.apply(&x, first_row + t);
+                let u = l.up.apply(&x, first_row + t);
                 let a: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-                for (o, v) in hrow.iter_mut().zip(l.down.apply(&a)) {
+                for (o, v) in hrow.iter_mut().zip(l.down.apply(&a, first_row + t)) {
                     *o += v;
                 }
             }

@@ -11,14 +11,22 @@
 //!   dact = dh·W_down (+ LoRA)          dgu = swiglu'(gu, dact)       dx2 = dgu·W_gu (+ LoRA)
 //!   dh  += rmsnorm'(h_mid, dx2)        datt = dh·W_o (+ LoRA)        dqkv = attention'(datt)
 //!   dqkv = rope'(dqkv)                 dx1 = dqkv·W_qkv (+ LoRA)      dh += rmsnorm'(h_in, dx1)
+//!
+//! LoRA dropout (PEFT's: on the adapter's input only, the base product sees x itself) draws its
+//! mask from a seed per (step, micro-batch, layer, stacked layer), so the backward's recompute
+//! regenerates it and nothing is stored. PEFT draws one mask per target module; here targets
+//! sharing a stacked layer (q and v) share their token's mask: the same distribution per target,
+//! only correlated between q and v. With mask M and x̃ = x ⊙ M/(1−p):
+//!   T = coef ⊙ (x̃·Aᵀ)     dA = Gᵀ·x̃     dB = dYᵀ·T     dx = dY·W + (G·A) ⊙ M/(1−p)
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::attention::{Saved, Spans, attention, attention_backward};
 use crate::kernels::cross_entropy::{MASKED, cross_entropy};
+use crate::kernels::dropout::{Dropout, dropout};
 use crate::kernels::elementwise::{add_bias, copy, swiglu, swiglu_backward};
 use crate::kernels::embedding::{gather, scatter};
-use crate::kernels::lora::{FusedLinear, LoraGrads, LoraStack, fused_forward, lora_backward};
+use crate::kernels::lora::{FusedLinear, LoraGrads, LoraStack, fused_forward_split, lora_backward};
 use crate::kernels::matmul::{Act, Form, MatmulOpts, RowCoef, matmul_act};
 use crate::kernels::rmsnorm::{rmsnorm, rmsnorm_backward};
 use crate::kernels::rope::{Cache, Rows, rope_backward, rope_kv};
@@ -83,12 +91,8 @@ impl LoraGradients {
     }
 
     pub fn get(&self, layer: usize, site: Site) -> Option<&(Tensor, Tensor)> {
-        self.layers[layer][site_index(site)].as_ref()
+        self.layers[layer][site.index()].as_ref()
     }
-}
-
-fn site_index(site: Site) -> usize {
-    Site::ALL.iter().position(|s| *s == site).expect("a site")
 }
 
 /// What one layer's forward keeps for its backward.
@@ -108,20 +112,83 @@ struct RowTensors {
     seq_len: Tensor,
 }
 
+/// Options of one forward/backward.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptions {
+    /// The gradient is of `loss_scale · Σ token losses` (1 / labelled tokens of the whole
+    /// optimizer step: a token-weighted mean over its micro-batches).
+    pub loss_scale: f32,
+    /// Add to the gradients already in place (the second and later micro-batches of a step).
+    pub accumulate: bool,
+    /// LoRA dropout: probability and this micro-batch's seed.
+    pub dropout: Option<Dropout>,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions { loss_scale: 1.0, accumulate: false, dropout: None }
+    }
+}
+
+/// The adapters of one stacked linear in this pass: their stack, coefficients, the T the
+/// forward writes, and the dropped-out input with its mask when dropout is on.
+struct SiteLora<'a> {
+    stack: &'a LoraStack,
+    coef: &'a Tensor,
+    t: Tensor,
+    drop: Option<(Dropout, Tensor)>,
+}
+
+impl SiteLora<'_> {
+    /// The adapters' input: x̃ with dropout, else x.
+    fn input<'x>(&'x self, x: &'x Tensor) -> &'x Tensor {
+        self.drop.as_ref().map_or(x, |d| &d.1)
+    }
+}
+
+/// The adapters of layer `layer` at `site` for the input `x` (recorded after x is), dropping
+/// out x with this site's mask when asked.
+fn site_lora<'a>(
+    rec: &mut Recorder,
+    ll: &'a crate::lora::attach::LayerLora,
+    coef: &'a Tensor,
+    layer: usize,
+    site: Site,
+    x: &Tensor,
+    drop: Option<Dropout>,
+) -> Result<Option<SiteLora<'a>>> {
+    let Some(stack) = ll.get(site) else { return Ok(None) };
+    let r = x.shape()[0];
+    let t = Tensor::zeros(rec.gpu(), &[r, stack.rp()], DType::F32, "lora t")?;
+    let drop = match drop {
+        Some(d) if d.p > 0.0 => {
+            let d = d.stream((layer * Site::ALL.len() + site.index()) as u64);
+            let xd = Tensor::zeros(rec.gpu(), x.shape(), DType::F32, "lora x dropped")?;
+            dropout(rec, &d, x, &xd, false)?;
+            Some((d, xd))
+        }
+        _ => None,
+    };
+    Ok(Some(SiteLora { stack, coef, t, drop }))
+}
+
 /// y (+)= x·Wᵀ (+ LoRA, writing T) (+ bias).
 fn linear(
     rec: &mut Recorder,
     lin: &Linear,
-    x: &Act,
+    x: &Tensor,
     y: &Tensor,
     accumulate: bool,
-    lora: Option<(&LoraStack, &Tensor, &Tensor)>,
+    lora: Option<&SiteLora>,
 ) -> Result<()> {
+    let xa = Act::new(x, 0);
     match lora {
-        Some((stack, coef, t)) => {
-            fused_forward(rec, &FusedLinear { w: &lin.w, lora: stack, coef, t }, x, y, accumulate, None)?
+        Some(sl) => {
+            let f = FusedLinear { w: &lin.w, lora: sl.stack, coef: sl.coef, t: &sl.t };
+            let xd = sl.drop.as_ref().map(|d| Act::new(&d.1, 1));
+            fused_forward_split(rec, &f, &xa, xd.as_ref(), y, accumulate, None)?
         }
-        None => matmul_act(rec, Form::Nt, x, &lin.w, y, &MatmulOpts { accumulate, ..Default::default() })?,
+        None => matmul_act(rec, Form::Nt, &xa, &lin.w, y, &MatmulOpts { accumulate, ..Default::default() })?,
     }
     if let Some(b) = &lin.bias {
         add_bias(rec, y, b)?;
@@ -137,36 +204,42 @@ fn linear_backward(
     x: &Tensor,
     dy: &Tensor,
     dx: &Tensor,
-    lora: Option<(&LoraStack, &Tensor, &Tensor)>,
+    lora: Option<&SiteLora>,
     grads: Option<&(Tensor, Tensor)>,
     accumulate: bool,
 ) -> Result<()> {
-    match (lora, grads) {
-        (Some((stack, coef, t)), Some((da, db))) => {
-            let g = Tensor::zeros(rec.gpu(), &[dy.shape()[0], stack.rp()], DType::F32, "lora g")?;
+    let dya = Act::new(dy, 0);
+    let (Some(sl), Some((da, db))) = (lora, grads) else {
+        return matmul_act(rec, Form::Nn, &dya, &lin.w, dx, &MatmulOpts::default());
+    };
+    let g = Tensor::zeros(rec.gpu(), &[dy.shape()[0], sl.stack.rp()], DType::F32, "lora g")?;
+    match &sl.drop {
+        None => {
             let lg = LoraGrads { dx: Some(dx), da, db, accumulate };
-            lora_backward(rec, dy, x, &lin.w, stack, coef, t, &g, &lg, None, None)
+            lora_backward(rec, dy, x, &lin.w, sl.stack, sl.coef, &sl.t, &g, &lg, None, None)
         }
-        _ => matmul_act(rec, Form::Nn, &Act::new(dy, 0), &lin.w, dx, &MatmulOpts::default()),
+        Some((d, xd)) => {
+            let lg = LoraGrads { dx: None, da, db, accumulate };
+            lora_backward(rec, dy, xd, &lin.w, sl.stack, sl.coef, &sl.t, &g, &lg, None, None)?;
+            matmul_act(rec, Form::Nn, &dya, &lin.w, dx, &MatmulOpts::default())?;
+            let ga = Tensor::zeros(rec.gpu(), dx.shape(), DType::F32, "lora G·A")?;
+            matmul_act(rec, Form::Nn, &Act::new(&g, 0), &sl.stack.a, &ga, &MatmulOpts::default())?;
+            dropout(rec, d, &ga, dx, true)
+        }
     }
 }
 
-/// T = coef ⊙ (x·Aᵀ) of a stack, recomputed for the backward without the base product.
-fn shrink(rec: &mut Recorder, x: &Tensor, stack: &LoraStack, coef: &Tensor, t: &Tensor) -> Result<()> {
-    let opts = MatmulOpts { row_coef: Some(RowCoef { coef, seg: &stack.seg }), ..Default::default() };
-    matmul_act(rec, Form::Nt, &Act::new(x, 0), &stack.a, t, &opts)
+/// T = coef ⊙ (x·Aᵀ) of a stack (x̃ with dropout), recomputed for the backward without the
+/// base product.
+fn shrink(rec: &mut Recorder, x: &Tensor, sl: &SiteLora) -> Result<()> {
+    let opts = MatmulOpts { row_coef: Some(RowCoef { coef: sl.coef, seg: &sl.stack.seg }), ..Default::default() };
+    matmul_act(rec, Form::Nt, &Act::new(sl.input(x), 0), &sl.stack.a, &sl.t, &opts)
 }
 
-/// Runs the forward and backward of `batch`, adds each adapter's gradient of
-/// `loss_scale · Σ token losses` into `grads` (set when `accumulate` is false), and returns the
+/// Runs the forward and backward of `batch`, writes (or, with `opts.accumulate`, adds) each
+/// adapter's gradient of `opts.loss_scale · Σ token losses` into `grads`, and returns the
 /// unscaled sum of the token losses.
-pub fn forward_backward(
-    model: &Llama,
-    batch: &TrainBatch,
-    grads: &LoraGradients,
-    loss_scale: f32,
-    accumulate: bool,
-) -> Result<f64> {
+pub fn forward_backward(model: &Llama, batch: &TrainBatch, grads: &LoraGradients, opts: &StepOptions) -> Result<f64> {
     let gpu = model.gpu();
     let cfg = &model.cfg;
     let lora =
@@ -209,15 +282,18 @@ pub fn forward_backward(
         )?,
     };
     let mut rec = Recorder::new(gpu);
-    let (saves, h_final) = forward(&mut rec, model, lora, &rt, &cache, &coef, r)?;
+    let (saves, h_final) = forward(&mut rec, model, lora, &rt, &cache, &coef, opts.dropout)?;
     rec.submit()?;
     let dh = Tensor::zeros(gpu, &[r, cfg.hidden], DType::F32, "dh")?;
-    let loss = head_backward(model, batch, &h_final, &dh, loss_scale)?;
-    let mut rec = Recorder::new(gpu);
+    let loss = head_backward(model, batch, &h_final, &dh, opts.loss_scale)?;
+    // one submission a layer, so its recomputed activations are freed as the next one starts
     for i in (0..cfg.layers).rev() {
-        layer_backward(&mut rec, model, lora, grads, i, &saves[i], &rt, &cache, &coef, &dh, accumulate)?;
+        let mut rec = Recorder::new(gpu);
+        let ctx = Ctx { model, lora, rt: &rt, cache: &cache, coef: &coef, opts };
+        layer_backward(&mut rec, &ctx, grads, i, &saves[i], &dh)?;
+        rec.submit()?;
     }
-    rec.run()?;
+    gpu.wait()?;
     Ok(loss)
 }
 
@@ -230,10 +306,11 @@ fn forward(
     rt: &RowTensors,
     cache: &KvCache,
     coef: &Tensor,
-    r: usize,
+    drop: Option<Dropout>,
 ) -> Result<Saves> {
     let gpu = model.gpu();
     let cfg = &model.cfg;
+    let r = rt.tokens.numel();
     let (h, f) = (cfg.hidden, cfg.intermediate);
     let (nq, nkv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
     let eps = cfg.rms_eps as f32;
@@ -244,9 +321,6 @@ fn forward(
     let mut saves = Vec::with_capacity(cfg.layers);
     for (i, l) in model.layers.iter().enumerate() {
         let ll = &lora.layers[i];
-        let with_t = |site: Site| -> Result<Option<(&LoraStack, &Tensor, Tensor)>> {
-            ll.get(site).map(|s| Ok((s, coef, t(&[r, s.rp()], "lora t")?))).transpose()
-        };
         let save = LayerSave {
             h_in: t(&[r, h], "h_in")?,
             qkv: t(&[r, nq + 2 * nkv], "qkv")?,
@@ -256,18 +330,18 @@ fn forward(
         copy(rec, &hs, &save.h_in)?;
         let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
         rmsnorm(rec, &hs, &l.attn_norm, &xn, eps)?;
-        let q = with_t(Site::Qkv)?;
-        linear(rec, &l.qkv, &Act::new(&xn, 0), &save.qkv, false, q.as_ref().map(|(s, c, t)| (*s, *c, t)))?;
+        let q = site_lora(rec, ll, coef, i, Site::Qkv, &xn, drop)?;
+        linear(rec, &l.qkv, &xn, &save.qkv, false, q.as_ref())?;
         rope_kv(rec, &save.qkv, cfg.heads, &rows, cache.rope(), &cache_l)?;
         attention(rec, &save.qkv, cfg.heads, &cache_l, &rows, &save.att, Some(&save.lse))?;
-        let o = with_t(Site::O)?;
-        linear(rec, &l.o, &Act::new(&save.att, 0), &hs, true, o.as_ref().map(|(s, c, t)| (*s, *c, t)))?;
+        let o = site_lora(rec, ll, coef, i, Site::O, &save.att, drop)?;
+        linear(rec, &l.o, &save.att, &hs, true, o.as_ref())?;
         rmsnorm(rec, &hs, &l.mlp_norm, &xn, eps)?;
-        let g = with_t(Site::GateUp)?;
-        linear(rec, &l.gate_up, &Act::new(&xn, 0), &gu, false, g.as_ref().map(|(s, c, t)| (*s, *c, t)))?;
+        let g = site_lora(rec, ll, coef, i, Site::GateUp, &xn, drop)?;
+        linear(rec, &l.gate_up, &xn, &gu, false, g.as_ref())?;
         swiglu(rec, &gu, &act)?;
-        let d = with_t(Site::Down)?;
-        linear(rec, &l.down, &Act::new(&act, 0), &hs, true, d.as_ref().map(|(s, c, t)| (*s, *c, t)))?;
+        let d = site_lora(rec, ll, coef, i, Site::Down, &act, drop)?;
+        linear(rec, &l.down, &act, &hs, true, d.as_ref())?;
         saves.push(save);
     }
     Ok((saves, hs))
@@ -304,24 +378,30 @@ fn head_backward(model: &Llama, batch: &TrainBatch, h_final: &Tensor, dh: &Tenso
     Ok(loss)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every layer's backward shares.
+struct Ctx<'a> {
+    model: &'a Llama,
+    lora: &'a Attached,
+    rt: &'a RowTensors,
+    cache: &'a KvCache,
+    coef: &'a Tensor,
+    opts: &'a StepOptions,
+}
+
 fn layer_backward(
     rec: &mut Recorder,
-    model: &Llama,
-    lora: &Attached,
+    ctx: &Ctx,
     grads: &LoraGradients,
     i: usize,
     save: &LayerSave,
-    rt: &RowTensors,
-    cache: &KvCache,
-    coef: &Tensor,
     dh: &Tensor,
-    accumulate: bool,
 ) -> Result<()> {
+    let (model, rt, cache, coef) = (ctx.model, ctx.rt, ctx.cache, ctx.coef);
+    let (drop, accumulate) = (ctx.opts.dropout, ctx.opts.accumulate);
     let gpu = model.gpu();
     let cfg = &model.cfg;
     let l = &model.layers[i];
-    let ll = &lora.layers[i];
+    let ll = &ctx.lora.layers[i];
     let r = dh.shape()[0];
     let (h, f) = (cfg.hidden, cfg.intermediate);
     let (nq, nkv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
@@ -329,67 +409,37 @@ fn layer_backward(
     let t = |shape: &[usize], name: &str| Tensor::zeros(gpu, shape, DType::F32, name);
     let rows = Rows { pos: &rt.pos, slot: &rt.slot };
     let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
-    let tl = |site: Site| -> Result<Option<(&LoraStack, &Tensor, Tensor)>> {
-        ll.get(site).map(|s| Ok((s, coef, t(&[r, s.rp()], "lora t")?))).transpose()
-    };
-    // recompute the layer's forward from its saved input
+    // recompute the layer's forward from its saved input (the same dropout masks: same seeds)
     let (x1, h_mid, x2, gu, act) =
         (t(&[r, h], "x1")?, t(&[r, h], "h_mid")?, t(&[r, h], "x2")?, t(&[r, 2 * f], "gu")?, t(&[r, f], "act")?);
     rmsnorm(rec, &save.h_in, &l.attn_norm, &x1, eps)?;
-    let lq = tl(Site::Qkv)?;
-    if let Some((s, c, tq)) = &lq {
-        shrink(rec, &x1, s, c, tq)?;
+    let lq = site_lora(rec, ll, coef, i, Site::Qkv, &x1, drop)?;
+    if let Some(sl) = &lq {
+        shrink(rec, &x1, sl)?;
     }
     copy(rec, &save.h_in, &h_mid)?;
-    let lo = tl(Site::O)?;
-    linear(rec, &l.o, &Act::new(&save.att, 0), &h_mid, true, lo.as_ref().map(|(s, c, t)| (*s, *c, t)))?;
+    let lo = site_lora(rec, ll, coef, i, Site::O, &save.att, drop)?;
+    linear(rec, &l.o, &save.att, &h_mid, true, lo.as_ref())?;
     rmsnorm(rec, &h_mid, &l.mlp_norm, &x2, eps)?;
-    let lg = tl(Site::GateUp)?;
-    linear(rec, &l.gate_up, &Act::new(&x2, 0), &gu, false, lg.as_ref().map(|(s, c, t)| (*s, *c, t)))?;
+    let lg = site_lora(rec, ll, coef, i, Site::GateUp, &x2, drop)?;
+    linear(rec, &l.gate_up, &x2, &gu, false, lg.as_ref())?;
     swiglu(rec, &gu, &act)?;
-    let ld = tl(Site::Down)?;
-    if let Some((s, c, td)) = &ld {
-        shrink(rec, &act, s, c, td)?;
+    let ld = site_lora(rec, ll, coef, i, Site::Down, &act, drop)?;
+    if let Some(sl) = &ld {
+        shrink(rec, &act, sl)?;
     }
     // MLP
-    let dact = t(&[r, f], "dact")?;
     let grad = |site: Site| grads.get(i, site);
-    linear_backward(
-        rec,
-        &l.down,
-        &act,
-        dh,
-        &dact,
-        ld.as_ref().map(|(s, c, t)| (*s, *c, t)),
-        grad(Site::Down),
-        accumulate,
-    )?;
+    let dact = t(&[r, f], "dact")?;
+    linear_backward(rec, &l.down, &act, dh, &dact, ld.as_ref(), grad(Site::Down), accumulate)?;
     let dgu = t(&[r, 2 * f], "dgu")?;
     swiglu_backward(rec, &gu, &dact, &dgu)?;
     let dx2 = t(&[r, h], "dx2")?;
-    linear_backward(
-        rec,
-        &l.gate_up,
-        &x2,
-        &dgu,
-        &dx2,
-        lg.as_ref().map(|(s, c, t)| (*s, *c, t)),
-        grad(Site::GateUp),
-        accumulate,
-    )?;
+    linear_backward(rec, &l.gate_up, &x2, &dgu, &dx2, lg.as_ref(), grad(Site::GateUp), accumulate)?;
     rmsnorm_backward(rec, &h_mid, &l.mlp_norm, &dx2, dh, eps, true)?;
     // attention
     let datt = t(&[r, nq], "datt")?;
-    linear_backward(
-        rec,
-        &l.o,
-        &save.att,
-        dh,
-        &datt,
-        lo.as_ref().map(|(s, c, t)| (*s, *c, t)),
-        grad(Site::O),
-        accumulate,
-    )?;
+    linear_backward(rec, &l.o, &save.att, dh, &datt, lo.as_ref(), grad(Site::O), accumulate)?;
     let (dqkv, dsum) = (t(&[r, nq + 2 * nkv], "dqkv")?, t(&[r, cfg.heads], "dsum")?);
     let spans = Spans { start: &rt.seq_start, len: &rt.seq_len };
     attention_backward(
@@ -406,15 +456,6 @@ fn layer_backward(
     )?;
     rope_backward(rec, &dqkv, cfg.heads, cfg.kv_heads, &rt.pos, cache.rope())?;
     let dx1 = t(&[r, h], "dx1")?;
-    linear_backward(
-        rec,
-        &l.qkv,
-        &x1,
-        &dqkv,
-        &dx1,
-        lq.as_ref().map(|(s, c, t)| (*s, *c, t)),
-        grad(Site::Qkv),
-        accumulate,
-    )?;
+    linear_backward(rec, &l.qkv, &x1, &dqkv, &dx1, lq.as_ref(), grad(Site::Qkv), accumulate)?;
     rmsnorm_backward(rec, &save.h_in, &l.attn_norm, &dx1, dh, eps, true)
 }
