@@ -12,7 +12,7 @@
 // row, and the subgroup shares them with subgroupBroadcast at constant lanes, so each X value is
 // fetched once per subgroup rather than once per invocation.
 //
-// Weights are f32, f16 (W_F16: 8 halves a texel) or 4-bit (W_Q4, nt and nt_dot only): a texel
+// Weights are f32, f16 (W_F16: 8 halves a texel) or 4-bit (W_Q4): a texel
 // of 32 nibbles per block of 32 values in GGUF Q4_1 order (byte b: value b in the low nibble,
 // value b+16 in the high one), and beside it a texture of (scale d, offset m) pairs, two blocks a
 // texel, value = d·q + m. A block's dot product is d·Σ q·x + m·Σ x.
@@ -204,17 +204,24 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 }
 
-#if !W_Q4
-// nn: W is [K, N] as a texture of K rows; output texel column j covers outputs PER*j .. PER*j+PER-1
-// (PER = 4 for f32 W, 8 for f16 W). The inner index k of a chunk is (q*SG + t)*4 + e: lane t's X
-// texel, component e.
+// nn: W is [K, N] as a texture of K rows; lane column j covers PER outputs: f32 W, texel j and
+// outputs 4j..4j+3; f16 W (W8), texel j and outputs 8j..8j+7; 4-bit W (W8, W_Q4), word j%4 of
+// block texel j/4, its low nibbles outputs 32(j/4) + 4(j%4) + 0..3 and its high nibbles the
+// same + 16. A 4-bit value is d·q + m, so Σ_k x_k(d_k q_k + m_k) = Σ_k (x_k d_k) q_k + Σ_k x_k m_k,
+// the second sum shared by the lane's 8 outputs. The inner index k of a chunk is
+// (q*SG + t)*4 + e: lane t's X texel, component e.
 @compute @workgroup_size(SG)
 fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
       @builtin(subgroup_invocation_id) lane: u32) {
     let j0 = (wg.x * SG + lane) * C;
     let row0 = (wg.y + wg.z * nwg.y) * R;
 #repeat c C
-    let wj{c} = i32(min(j0 + {c}u, p.w_width - 1u));
+    let jc{c} = min(j0 + {c}u, p.w_width - 1u);
+    let wj{c} = i32(jc{c});
+#if W_Q4
+    let qb{c} = jc{c} / 4u;
+    let qw{c} = jc{c} % 4u;
+#endif
 #end
 #repeat r R
     let xr{r} = min(row0 + {r}u, p.m - 1u);
@@ -222,8 +229,11 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     let xl{r} = i32(xr{r} / p.x_rpl);
 #repeat c C
     var acc{r}_{c} = vec4<f32>(0.0);
-#if W_F16
+#if W8
     var hi{r}_{c} = vec4<f32>(0.0);
+#endif
+#if W_Q4
+    var ms{r}_{c} = 0.0;
 #endif
 #end
 #end
@@ -241,6 +251,12 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
         for (var e = 0; e < 4; e++) {
 #repeat c C
+#if W_Q4
+            let wq{t}_{c} = textureLoad(wt, vec2<i32>(i32(qb{c}), wy + {t} * 4 + e), wl, 0)[qw{c}];
+            let dm{t}_{c} = q4_scale(qb{c}, wy + {t} * 4 + e, wl);
+            let w{t}_{c} = nib(wq{t}_{c}, 0u);
+            let v{t}_{c} = nib(wq{t}_{c}, 4u);
+#else
 #if W_F16
             let wp{t}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + e), wl, 0);
             let w{t}_{c} = vec4<f32>(unpack2x16float(wp{t}_{c}.x), unpack2x16float(wp{t}_{c}.y));
@@ -248,13 +264,21 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #else
             let w{t}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + e), wl, 0);
 #endif
+#endif
 #end
 #repeat r R
             let xe{t}_{r} = x{t}_{r}[e];
 #repeat c C
+#if W_Q4
+            let xd{t}_{r}_{c} = xe{t}_{r} * dm{t}_{c}.x;
+            acc{r}_{c} += xd{t}_{r}_{c} * w{t}_{c};
+            hi{r}_{c} += xd{t}_{r}_{c} * v{t}_{c};
+            ms{r}_{c} += xe{t}_{r} * dm{t}_{c}.y;
+#else
             acc{r}_{c} += xe{t}_{r} * w{t}_{c};
 #if W_F16
             hi{r}_{c} += xe{t}_{r} * v{t}_{c};
+#endif
 #endif
 #end
 #end
@@ -262,13 +286,18 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
     }
 #if EPILOGUE
-    // B is f32 [E, N]: an output texel column of f16 W spans two f32 texels of B.
+    // B is f32 [E, N]: a lane column of f16 or 4-bit W spans two f32 texels of B.
 #repeat c C
+#if W_Q4
+    let bj{c} = i32(min(8u * qb{c} + qw{c}, p.b_width - 1u));
+    let bk{c} = i32(min(8u * qb{c} + 4u + qw{c}, p.b_width - 1u));
+#else
 #if W_F16
     let bj{c} = i32(min(2u * (j0 + {c}u), p.b_width - 1u));
     let bk{c} = i32(min(2u * (j0 + {c}u) + 1u, p.b_width - 1u));
 #else
     let bj{c} = i32(min(j0 + {c}u, p.b_width - 1u));
+#endif
 #endif
 #end
     for (var q = 0u; q < p.e_chunks; q++) {
@@ -288,14 +317,14 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #repeat e 4
 #repeat c C
         let b{t}_{e}_{c} = textureLoad(bt, vec2<i32>(bj{c}, by + {t} * 4 + {e}), bl, 0);
-#if W_F16
+#if W8
         let g{t}_{e}_{c} = textureLoad(bt, vec2<i32>(bk{c}, by + {t} * 4 + {e}), bl, 0);
 #endif
 #end
 #repeat r R
 #repeat c C
         acc{r}_{c} += s{t}_{r}[{e}] * b{t}_{e}_{c};
-#if W_F16
+#if W8
         hi{r}_{c} += s{t}_{r}[{e}] * g{t}_{e}_{c};
 #endif
 #end
@@ -306,6 +335,19 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #endif
 #repeat r R
 #repeat c C
+#if W_Q4
+    let o{r}_{c} = (j0 + {c}u) / 4u * 32u + (j0 + {c}u) % 4u * 4u;
+    let lo{r}_{c} = acc{r}_{c} + vec4<f32>(ms{r}_{c});
+    let up{r}_{c} = hi{r}_{c} + vec4<f32>(ms{r}_{c});
+    finish(row0 + {r}u, o{r}_{c}, lo{r}_{c}.x);
+    finish(row0 + {r}u, o{r}_{c} + 1u, lo{r}_{c}.y);
+    finish(row0 + {r}u, o{r}_{c} + 2u, lo{r}_{c}.z);
+    finish(row0 + {r}u, o{r}_{c} + 3u, lo{r}_{c}.w);
+    finish(row0 + {r}u, o{r}_{c} + 16u, up{r}_{c}.x);
+    finish(row0 + {r}u, o{r}_{c} + 17u, up{r}_{c}.y);
+    finish(row0 + {r}u, o{r}_{c} + 18u, up{r}_{c}.z);
+    finish(row0 + {r}u, o{r}_{c} + 19u, up{r}_{c}.w);
+#else
 #if W_F16
     let o{r}_{c} = (j0 + {c}u) * 8u;
 #else
@@ -321,10 +363,10 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     finish(row0 + {r}u, o{r}_{c} + 6u, hi{r}_{c}.z);
     finish(row0 + {r}u, o{r}_{c} + 7u, hi{r}_{c}.w);
 #endif
+#endif
 #end
 #end
 }
-#endif
 
 #endif
 

@@ -94,8 +94,8 @@ pub(crate) fn launch(
     }
     let f16 = w.dtype() == DType::F16;
     let q4 = w.dtype() == DType::Q4;
-    if q4 && (form != Form::Nt || !sg.is_multiple_of(8)) {
-        return Err(unsupported("4-bit weights take the nt form, with subgroups of 8 or 16".into()));
+    if q4 && !sg.is_multiple_of(8) {
+        return Err(unsupported("4-bit weights need subgroups of 8 or 16".into()));
     }
     let mut params = Params {
         m: prob.m as u32,
@@ -117,7 +117,8 @@ pub(crate) fn launch(
         e_ld4: 0,
         b_rpl: 1,
         n_adapters: 0,
-        w_width: w.width,
+        // nn over 4-bit weights: a lane column is one word of a block texel
+        w_width: if q4 && form == Form::Nn { 4 * w.width } else { w.width },
         b_width: 1,
         alpha: opts.alpha,
     };
@@ -128,6 +129,7 @@ pub(crate) fn launch(
         ("C", cols),
         ("W_F16", f16 as u32),
         ("W_Q4", q4 as u32),
+        ("W8", (f16 || q4) as u32),
         ("QB", if q4 { sg / 8 } else { 0 }),
         ("EPILOGUE", opts.epilogue.is_some() as u32),
         ("ROW_COEF", opts.row_coef.is_some() as u32),
@@ -162,7 +164,7 @@ pub(crate) fn launch(
         Form::Nt if dot => ("nt_dot", (prob.n as u32).div_ceil(cols)),
         Form::Nt => ("nt", (prob.n as u32).div_ceil(cols * sg)),
         _ => {
-            let per = if f16 { 8 } else { 4 };
+            let per = if f16 || q4 { 8 } else { 4 };
             ("nn", (prob.n as u32).div_ceil(per).div_ceil(cols * sg))
         }
     };
