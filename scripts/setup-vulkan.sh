@@ -40,7 +40,10 @@ if [ "${ID:-}" = debian ] && [ "${VERSION_CODENAME:-}" = bookworm ]; then
                 fi
             fi
             $SUDO apt-get update -qq
-            if apt-cache policy mesa-vulkan-drivers | grep -q 'bpo12'; then
+            # captured first: under pipefail, grep -q closing the pipe early makes apt-cache die of
+            # SIGPIPE and the test fail even when backports has the package
+            policy=$(apt-cache policy mesa-vulkan-drivers)
+            if grep -q 'bpo12' <<<"$policy"; then
                 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1
             else
                 echo "setup-vulkan: bookworm-backports not reachable; installing bookworm's Mesa 22.3 (slower kernels)"
