@@ -8,6 +8,8 @@ pub mod gpu;
 pub mod kernels;
 pub mod lora;
 pub mod model;
+pub mod plot;
+pub mod rng;
 pub mod train;
 pub mod tune;
 

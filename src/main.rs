@@ -60,6 +60,8 @@ enum Command {
         #[arg(long)]
         clear: bool,
     },
+    /// Train a LoRA adapter on conversations (PEFT format out; defaults: the paper's recipe).
+    Train(Box<cli::train::TrainArgs>),
     /// Generate text from prompts (chat template applied unless --raw).
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
@@ -253,6 +255,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Devices { json } => devices(&cli.device.backend, json),
         Command::Tune { clear } => tune_cmd(&cli.device.open()?, clear),
         Command::Generate(args) => cli::generate::run_generate(&cli.device.open()?, &args, None),
+        Command::Train(args) => cli::train::run(&cli.device.open()?, &args),
         Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),

@@ -3,3 +3,4 @@
 pub mod generate;
 pub mod logits;
 pub mod profile;
+pub mod train;

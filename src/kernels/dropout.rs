@@ -25,10 +25,7 @@ pub struct Dropout {
 impl Dropout {
     /// An independent mask for stream `n` of this one (one per layer and stacked linear).
     pub fn stream(&self, n: u64) -> Dropout {
-        let mut z = self.seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Dropout { p: self.p, seed: z ^ (z >> 31) }
+        Dropout { p: self.p, seed: crate::rng::Rng::new(self.seed, n).next_u64() }
     }
 
     fn threshold(&self) -> u32 {

@@ -2,6 +2,8 @@
 //! owns its random stream (seeded from the run's seed and the prompt itself), so a prompt
 //! samples the same tokens alone or inside any batch.
 
+pub use crate::rng::Rng;
+
 #[derive(Clone, Copy, Debug)]
 pub struct SamplingOptions {
     /// 0 is greedy.
@@ -16,29 +18,6 @@ pub struct SamplingOptions {
 impl Default for SamplingOptions {
     fn default() -> Self {
         SamplingOptions { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
-    }
-}
-
-/// SplitMix64: small, fast, and good enough to draw tokens.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64, stream: u64) -> Rng {
-        Rng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(0x9E37_79B9_7F4A_7C15))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

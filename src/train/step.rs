@@ -30,7 +30,7 @@ use crate::kernels::lora::{FusedLinear, LoraGrads, LoraStack, fused_forward_spli
 use crate::kernels::matmul::{Act, Form, MatmulOpts, RowCoef, matmul_act};
 use crate::kernels::rmsnorm::{rmsnorm, rmsnorm_backward};
 use crate::kernels::rope::{Cache, Rows, rope_backward, rope_kv};
-use crate::lora::attach::{Attached, Site};
+use crate::lora::attach::{Attached, LayerLora, Site};
 use crate::model::llama::{Batch, KvCache, Linear, Llama};
 
 /// Sequences of a training step, their rows together: sequence s is rows spans[s].0 ..
@@ -96,6 +96,7 @@ impl LoraGradients {
 }
 
 /// What one layer's forward keeps for its backward.
+#[derive(Clone)]
 struct LayerSave {
     h_in: Tensor,
     qkv: Tensor,
@@ -150,14 +151,13 @@ impl SiteLora<'_> {
 /// out x with this site's mask when asked.
 fn site_lora<'a>(
     rec: &mut Recorder,
-    ll: &'a crate::lora::attach::LayerLora,
-    coef: &'a Tensor,
+    lora: Option<(&'a LayerLora, &'a Tensor)>,
     layer: usize,
     site: Site,
     x: &Tensor,
     drop: Option<Dropout>,
 ) -> Result<Option<SiteLora<'a>>> {
-    let Some(stack) = ll.get(site) else { return Ok(None) };
+    let Some((stack, coef)) = lora.and_then(|(ll, coef)| Some((ll.get(site)?, coef))) else { return Ok(None) };
     let r = x.shape()[0];
     let t = Tensor::zeros(rec.gpu(), &[r, stack.rp()], DType::F32, "lora t")?;
     let drop = match drop {
@@ -244,6 +244,41 @@ pub fn forward_backward(model: &Llama, batch: &TrainBatch, grads: &LoraGradients
     let cfg = &model.cfg;
     let lora =
         model.lora.as_ref().ok_or_else(|| Error::Invalid("training needs adapters attached to the model".into()))?;
+    let (cache, coef, rt) = prepare(model, batch)?;
+    let coef = coef.expect("adapters are attached");
+    let r = batch.rows();
+    let mut rec = Recorder::new(gpu);
+    let (saves, h_final) = forward(&mut rec, model, Some((lora, &coef)), &rt, &cache, opts.dropout, true)?;
+    rec.submit()?;
+    let dh = Tensor::zeros(gpu, &[r, cfg.hidden], DType::F32, "dh")?;
+    let loss = head(model, batch, &h_final, Some((&dh, opts.loss_scale)))?;
+    // one submission a layer, so its recomputed activations are freed as the next one starts
+    for i in (0..cfg.layers).rev() {
+        let mut rec = Recorder::new(gpu);
+        let ctx = Ctx { model, lora, rt: &rt, cache: &cache, coef: &coef, opts };
+        layer_backward(&mut rec, &ctx, grads, i, &saves[i], &dh)?;
+        rec.submit()?;
+    }
+    gpu.wait()?;
+    Ok(loss)
+}
+
+/// The summed loss of the labelled tokens of `batch` (no gradients, no dropout), with the
+/// adapters attached to the model at their weights, or the base model without any.
+pub fn eval_loss(model: &Llama, batch: &TrainBatch) -> Result<f64> {
+    let (cache, coef, rt) = prepare(model, batch)?;
+    let lora = model.lora.as_ref().zip(coef.as_ref());
+    let mut rec = Recorder::new(model.gpu());
+    let (_, h_final) = forward(&mut rec, model, lora, &rt, &cache, None, false)?;
+    rec.submit()?;
+    head(model, batch, &h_final, None)
+}
+
+/// Checks a batch and lays it out on the GPU: its KV cache, the adapters' row coefficients
+/// (when adapters are attached) and the row tensors.
+fn prepare(model: &Llama, batch: &TrainBatch) -> Result<(KvCache, Option<Tensor>, RowTensors)> {
+    let gpu = model.gpu();
+    let cfg = &model.cfg;
     let r = batch.rows();
     if r == 0 || batch.targets.len() != r || batch.spans.iter().map(|s| s.1).sum::<usize>() != r {
         return Err(Error::Invalid(format!(
@@ -263,7 +298,7 @@ pub fn forward_backward(model: &Llama, batch: &TrainBatch, grads: &LoraGradients
         b.push_sequence(s as u32, 0, &batch.tokens[start..start + len], false);
     }
     b.logits_rows = vec![0];
-    let coef = model.coef(&b)?.expect("adapters are attached");
+    let coef = model.coef(&b)?;
     let rt = RowTensors {
         tokens: Tensor::from_u32(gpu, &[r], &b.tokens, "tokens")?,
         pos: Tensor::from_u32(gpu, &[r], &b.positions, "positions")?,
@@ -281,32 +316,20 @@ pub fn forward_backward(model: &Llama, batch: &TrainBatch, grads: &LoraGradients
             "seq len",
         )?,
     };
-    let mut rec = Recorder::new(gpu);
-    let (saves, h_final) = forward(&mut rec, model, lora, &rt, &cache, &coef, opts.dropout)?;
-    rec.submit()?;
-    let dh = Tensor::zeros(gpu, &[r, cfg.hidden], DType::F32, "dh")?;
-    let loss = head_backward(model, batch, &h_final, &dh, opts.loss_scale)?;
-    // one submission a layer, so its recomputed activations are freed as the next one starts
-    for i in (0..cfg.layers).rev() {
-        let mut rec = Recorder::new(gpu);
-        let ctx = Ctx { model, lora, rt: &rt, cache: &cache, coef: &coef, opts };
-        layer_backward(&mut rec, &ctx, grads, i, &saves[i], &dh)?;
-        rec.submit()?;
-    }
-    gpu.wait()?;
-    Ok(loss)
+    Ok((cache, coef, rt))
 }
 
 type Saves = (Vec<LayerSave>, Tensor);
 
+/// The body of the model over the batch; keeps each layer's saves for the backward when `keep`.
 fn forward(
     rec: &mut Recorder,
     model: &Llama,
-    lora: &Attached,
+    lora: Option<(&Attached, &Tensor)>,
     rt: &RowTensors,
     cache: &KvCache,
-    coef: &Tensor,
     drop: Option<Dropout>,
+    keep: bool,
 ) -> Result<Saves> {
     let gpu = model.gpu();
     let cfg = &model.cfg;
@@ -319,36 +342,48 @@ fn forward(
     let (hs, xn, gu, act) = (t(&[r, h], "h")?, t(&[r, h], "x")?, t(&[r, 2 * f], "gate_up")?, t(&[r, f], "act")?);
     gather(rec, &model.embed, &rt.tokens, &hs)?;
     let mut saves = Vec::with_capacity(cfg.layers);
-    for (i, l) in model.layers.iter().enumerate() {
-        let ll = &lora.layers[i];
-        let save = LayerSave {
+    let new_save = || -> Result<LayerSave> {
+        Ok(LayerSave {
             h_in: t(&[r, h], "h_in")?,
             qkv: t(&[r, nq + 2 * nkv], "qkv")?,
             att: t(&[r, nq], "att")?,
             lse: t(&[r, cfg.heads], "lse")?,
+        })
+    };
+    let scratch = if keep { None } else { Some(new_save()?) };
+    for (i, l) in model.layers.iter().enumerate() {
+        let ll = lora.map(|(a, coef)| (&a.layers[i], coef));
+        let save = match &scratch {
+            Some(s) => s.clone(),
+            None => new_save()?,
         };
-        copy(rec, &hs, &save.h_in)?;
+        if keep {
+            copy(rec, &hs, &save.h_in)?;
+        }
         let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
         rmsnorm(rec, &hs, &l.attn_norm, &xn, eps)?;
-        let q = site_lora(rec, ll, coef, i, Site::Qkv, &xn, drop)?;
+        let q = site_lora(rec, ll, i, Site::Qkv, &xn, drop)?;
         linear(rec, &l.qkv, &xn, &save.qkv, false, q.as_ref())?;
         rope_kv(rec, &save.qkv, cfg.heads, &rows, cache.rope(), &cache_l)?;
         attention(rec, &save.qkv, cfg.heads, &cache_l, &rows, &save.att, Some(&save.lse))?;
-        let o = site_lora(rec, ll, coef, i, Site::O, &save.att, drop)?;
+        let o = site_lora(rec, ll, i, Site::O, &save.att, drop)?;
         linear(rec, &l.o, &save.att, &hs, true, o.as_ref())?;
         rmsnorm(rec, &hs, &l.mlp_norm, &xn, eps)?;
-        let g = site_lora(rec, ll, coef, i, Site::GateUp, &xn, drop)?;
+        let g = site_lora(rec, ll, i, Site::GateUp, &xn, drop)?;
         linear(rec, &l.gate_up, &xn, &gu, false, g.as_ref())?;
         swiglu(rec, &gu, &act)?;
-        let d = site_lora(rec, ll, coef, i, Site::Down, &act, drop)?;
+        let d = site_lora(rec, ll, i, Site::Down, &act, drop)?;
         linear(rec, &l.down, &act, &hs, true, d.as_ref())?;
-        saves.push(save);
+        if keep {
+            saves.push(save);
+        }
     }
     Ok((saves, hs))
 }
 
-/// The LM head and the loss over the labelled rows, in chunks; writes their gradient into dh.
-fn head_backward(model: &Llama, batch: &TrainBatch, h_final: &Tensor, dh: &Tensor, loss_scale: f32) -> Result<f64> {
+/// The LM head and the summed loss over the labelled rows, in chunks; with `grad` = (dh, scale),
+/// writes the gradient of scale × the loss into dh.
+fn head(model: &Llama, batch: &TrainBatch, h_final: &Tensor, grad: Option<(&Tensor, f32)>) -> Result<f64> {
     let gpu = model.gpu();
     let cfg = &model.cfg;
     let eps = cfg.rms_eps as f32;
@@ -363,15 +398,17 @@ fn head_backward(model: &Llama, batch: &TrainBatch, h_final: &Tensor, dh: &Tenso
         let tt = Tensor::from_u32(gpu, &[c], &targets, "targets")?;
         let (hc, xc, logits, lc) =
             (t(&[c, cfg.hidden], "h")?, t(&[c, cfg.hidden], "x")?, t(&[c, cfg.vocab], "logits")?, t(&[c], "loss")?);
-        let (dxc, dhc) = (t(&[c, cfg.hidden], "dx")?, t(&[c, cfg.hidden], "dh")?);
         let mut rec = Recorder::new(gpu);
         gather(&mut rec, h_final, &idx, &hc)?;
         rmsnorm(&mut rec, &hc, &model.norm, &xc, eps)?;
         matmul_act(&mut rec, Form::Nt, &Act::new(&xc, 0), &model.lm_head, &logits, &MatmulOpts::default())?;
-        cross_entropy(&mut rec, &logits, &tt, &lc, loss_scale)?;
-        matmul_act(&mut rec, Form::Nn, &Act::new(&logits, 0), &model.lm_head, &dxc, &MatmulOpts::default())?;
-        rmsnorm_backward(&mut rec, &hc, &model.norm, &dxc, &dhc, eps, false)?;
-        scatter(&mut rec, &dhc, &idx, dh)?;
+        cross_entropy(&mut rec, &logits, &tt, &lc, grad.map_or(0.0, |g| g.1))?;
+        if let Some((dh, _)) = grad {
+            let (dxc, dhc) = (t(&[c, cfg.hidden], "dx")?, t(&[c, cfg.hidden], "dh")?);
+            matmul_act(&mut rec, Form::Nn, &Act::new(&logits, 0), &model.lm_head, &dxc, &MatmulOpts::default())?;
+            rmsnorm_backward(&mut rec, &hc, &model.norm, &dxc, &dhc, eps, false)?;
+            scatter(&mut rec, &dhc, &idx, dh)?;
+        }
         rec.submit()?;
         loss += lc.read_f32(gpu)?.iter().map(|&x| x as f64).sum::<f64>();
     }
@@ -401,7 +438,7 @@ fn layer_backward(
     let gpu = model.gpu();
     let cfg = &model.cfg;
     let l = &model.layers[i];
-    let ll = &ctx.lora.layers[i];
+    let ll = Some((&ctx.lora.layers[i], coef));
     let r = dh.shape()[0];
     let (h, f) = (cfg.hidden, cfg.intermediate);
     let (nq, nkv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
@@ -413,18 +450,18 @@ fn layer_backward(
     let (x1, h_mid, x2, gu, act) =
         (t(&[r, h], "x1")?, t(&[r, h], "h_mid")?, t(&[r, h], "x2")?, t(&[r, 2 * f], "gu")?, t(&[r, f], "act")?);
     rmsnorm(rec, &save.h_in, &l.attn_norm, &x1, eps)?;
-    let lq = site_lora(rec, ll, coef, i, Site::Qkv, &x1, drop)?;
+    let lq = site_lora(rec, ll, i, Site::Qkv, &x1, drop)?;
     if let Some(sl) = &lq {
         shrink(rec, &x1, sl)?;
     }
     copy(rec, &save.h_in, &h_mid)?;
-    let lo = site_lora(rec, ll, coef, i, Site::O, &save.att, drop)?;
+    let lo = site_lora(rec, ll, i, Site::O, &save.att, drop)?;
     linear(rec, &l.o, &save.att, &h_mid, true, lo.as_ref())?;
     rmsnorm(rec, &h_mid, &l.mlp_norm, &x2, eps)?;
-    let lg = site_lora(rec, ll, coef, i, Site::GateUp, &x2, drop)?;
+    let lg = site_lora(rec, ll, i, Site::GateUp, &x2, drop)?;
     linear(rec, &l.gate_up, &x2, &gu, false, lg.as_ref())?;
     swiglu(rec, &gu, &act)?;
-    let ld = site_lora(rec, ll, coef, i, Site::Down, &act, drop)?;
+    let ld = site_lora(rec, ll, i, Site::Down, &act, drop)?;
     if let Some(sl) = &ld {
         shrink(rec, &act, sl)?;
     }

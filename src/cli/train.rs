@@ -1,0 +1,187 @@
+//! `lorafuse train`: a LoRA adapter trained on conversations, written in PEFT format.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use lorafuse::gpu::Gpu;
+use lorafuse::train::data::{self, Encoded};
+use lorafuse::train::schedule::Schedule;
+use lorafuse::train::trainer::{RunOptions, TrainConfig, split_holdout, train};
+
+use super::generate::ModelArgs;
+
+/// Defaults are the paper's recipe (r 8, alpha 32, dropout 0.05 on q_proj and v_proj, 10
+/// epochs, lr 1e-3, batch 4, AdamW, StepLR γ 0.85 per epoch).
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Conversations: the paper's JSON (a list of conversations of {role, content}), JSONL of
+    /// {"messages": [...]}, or Alpaca/Dolly rows ({instruction, input, output}).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: adapter_config.json + adapter_model.safetensors (PEFT), train_log.jsonl,
+    /// loss.svg, checkpoint.safetensors, train_summary.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub r: usize,
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f64,
+    /// Dropout on the adapters' input.
+    #[arg(long, default_value_t = 0.05)]
+    pub dropout: f32,
+    /// Modules to adapt, comma-separated: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+    /// down_proj.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    pub targets: Vec<String>,
+    /// rsLoRA: scale alpha/√r instead of alpha/r.
+    #[arg(long)]
+    pub rslora: bool,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Conversations per micro-batch (packed, no padding).
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Tokens per conversation; longer ones are cut (and counted).
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    #[arg(long, default_value = "step", value_parser = ["constant", "step", "cosine"])]
+    pub schedule: String,
+    /// StepLR's factor per epoch.
+    #[arg(long, default_value_t = 0.85)]
+    pub gamma: f32,
+    /// Optimizer steps of linear warm-up.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (0: off, as in the paper's recipe).
+    #[arg(long, default_value_t = 0.0)]
+    pub max_grad_norm: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// A system message for conversations that have none.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Hold out conversations for a per-epoch loss: a fraction below 1, a count from 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub holdout: f64,
+    /// Skip malformed rows (counted) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Continue the run whose checkpoint is in --out (same options and data).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many epochs (continue later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        Ok(TrainConfig {
+            r: self.r,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            targets: self.targets.iter().map(|t| t.trim().to_string()).collect(),
+            rslora: self.rslora,
+            epochs: self.epochs,
+            lr: self.lr,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            schedule: self.schedule.parse::<Schedule>().map_err(anyhow::Error::msg)?,
+            gamma: self.gamma,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+        })
+    }
+}
+
+pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
+    if !args.model.adapters.is_empty() {
+        bail!("train starts a fresh adapter: --adapter is not taken here");
+    }
+    let tc = args.config()?;
+    let (examples, bad) = data::load(&args.data, args.skip_bad)?;
+    let mut m = args.model.load(gpu)?;
+    tc.validate(&m.model.cfg)?;
+    let template = m.template.take().with_context(|| {
+        format!("{} has no chat template, which training on conversations needs", args.model.model.display())
+    })?;
+    let (mut encoded, mut cut, mut empty) = (Vec::<Encoded>::new(), 0, 0);
+    for ex in &examples {
+        let (e, was_cut) = data::encode(ex, &m.tok, &template, args.system.as_deref(), args.max_len)?;
+        cut += was_cut as usize;
+        if e.labelled() == 0 {
+            empty += 1;
+        } else {
+            encoded.push(e);
+        }
+    }
+    if encoded.is_empty() {
+        bail!("{}: no conversation keeps an assistant token within --max-len {}", args.data.display(), args.max_len);
+    }
+    let (train_idx, held_idx) = split_holdout(encoded.len(), args.holdout, tc.seed)?;
+    let train_set: Vec<Encoded> = train_idx.iter().map(|&i| encoded[i].clone()).collect();
+    let held: Vec<Encoded> = held_idx.iter().map(|&i| encoded[i].clone()).collect();
+    let tokens: usize = train_set.iter().map(|e| e.tokens.len()).sum();
+    let labelled: usize = train_set.iter().map(Encoded::labelled).sum();
+    eprintln!(
+        "data: {} conversations from {} ({bad} malformed rows skipped, {cut} cut to --max-len {}, {empty} without an assistant token left out); training on {} ({tokens} tokens, {labelled} labelled), {} held out",
+        examples.len(),
+        args.data.display(),
+        args.max_len,
+        train_set.len(),
+        held.len()
+    );
+    let opts = RunOptions {
+        out: args.out.clone(),
+        resume: args.resume,
+        stop_after: args.stop_after,
+        base_model: Some(args.model.model.display().to_string()),
+        quiet: false,
+    };
+    let summary = train(&mut m.model, &tc, &train_set, &held, &opts)?;
+    let report = serde_json::json!({
+        "config": tc,
+        "model": args.model.model,
+        "dtype": args.model.dtype,
+        "data": {
+            "file": args.data, "conversations": examples.len(), "malformed_skipped": bad, "cut": cut,
+            "without_labels": empty, "train": train_set.len(), "held_out": held.len(),
+            "train_tokens": tokens, "train_labelled": labelled,
+        },
+        "device": gpu.describe(),
+        "summary": summary,
+    });
+    lorafuse::atomic::write_atomic(&args.out.join("train_summary.json"), serde_json::to_string_pretty(&report)?)?;
+    let first = summary.epoch_loss.first().copied().unwrap_or(f64::NAN);
+    let last = summary.epoch_loss.last().copied().unwrap_or(f64::NAN);
+    eprintln!(
+        "{} {} epochs ({} steps): train loss {first:.4} (epoch 1) → {last:.4}; {:.1} tokens/s, {:.0} s this run, peak device memory {:.0} MiB",
+        if summary.finished { "trained" } else { "stopped after" },
+        summary.epochs_done,
+        summary.steps,
+        summary.tokens_per_s,
+        summary.seconds,
+        summary.peak_memory as f64 / (1 << 20) as f64
+    );
+    eprintln!(
+        "adapter: {} (PEFT format; try: lorafuse generate --adapter {} --prompt ...)",
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(())
+}

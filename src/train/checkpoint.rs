@@ -1,0 +1,70 @@
+//! Training checkpoints: one safetensors file holding every adapter stack's factors and AdamW
+//! moments (f32, exactly as on the GPU) and, in its metadata, the run's config, progress and
+//! data fingerprint. Written atomically, so a crash mid-write leaves the previous one intact.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::train::trainer::TrainConfig;
+
+const KEY: &str = "lorafuse_checkpoint";
+
+/// Where a run stood when the checkpoint was written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub config: TrainConfig,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Fingerprint of the tokenized training and held-out data.
+    pub data: u64,
+}
+
+/// A named f32 tensor.
+pub type Named = (String, Vec<usize>, Vec<f32>);
+
+/// A checkpoint's tensors by name: shape and values.
+pub type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+pub fn save(path: &Path, meta: &Meta, tensors: &[Named]) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(n, shape, v)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
+                .map(|t| (n.clone(), t))
+                .map_err(|e| Error::Invalid(format!("checkpoint tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let json = serde_json::to_string(meta).map_err(|e| Error::Invalid(e.to_string()))?;
+    let data = safetensors::serialize(views, Some(HashMap::from([(KEY.to_string(), json)])))
+        .map_err(|e| Error::Invalid(format!("serializing the checkpoint: {e}")))?;
+    crate::atomic::write_atomic(path, data)
+}
+
+/// Reads a checkpoint: its metadata and tensors by name.
+pub fn load(path: &Path) -> Result<(Meta, Tensors)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors checkpoint: {e}")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(KEY))
+        .ok_or_else(|| Error::file(path, "not a lorafuse checkpoint (no run metadata)"))?;
+    let meta: Meta =
+        serde_json::from_str(json).map_err(|e| Error::file(path, format!("unreadable run metadata: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::file(path, e.to_string()))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(Error::file(path, format!("tensor {name} is {:?}, expected F32", view.dtype())));
+        }
+        let v: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        out.insert(name, (view.shape().to_vec(), v));
+    }
+    Ok((meta, out))
+}
