@@ -28,9 +28,10 @@ struct DeviceArgs {
     #[arg(long, global = true, env = "LORAFUSE_BACKEND", default_value = "auto",
           value_parser = ["auto", "vulkan", "metal", "dx12", "gl"])]
     backend: String,
-    /// Adapter index among those of the backend, as `lorafuse devices` lists them (default: the
-    /// first, best kind first: discrete, integrated, virtual, software).
-    #[arg(long, global = true, env = "LORAFUSE_ADAPTER")]
+    /// The GPU (wgpu adapter) to use: its index among those of the backend, as `lorafuse
+    /// devices` lists them (default: the first, best kind first: discrete, integrated, virtual,
+    /// software). `--adapter` is a LoRA adapter's.
+    #[arg(long = "gpu", value_name = "INDEX", global = true, env = "LORAFUSE_GPU")]
     adapter: Option<usize>,
 }
 
@@ -101,6 +102,38 @@ enum BenchCommand {
     /// Prefill and decode tokens/s of a model at batch 1 and 32, against llama.cpp on the same
     /// GGUF (CPU), and peak device memory.
     Model(ModelBenchArgs),
+    /// LoRA training tokens/s (forward, backward, AdamW) against PyTorch + PEFT on this
+    /// machine's CPU, on the same token ids, and peak device memory.
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args)]
+struct TrainBenchArgs {
+    #[command(flatten)]
+    model: cli::generate::ModelArgs,
+    /// Tokens a sequence.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Sequences a step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 8)]
+    r: usize,
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    targets: Vec<String>,
+    /// Timed steps, after one warm-up step.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Python with torch and peft for the peer (default: .venv-peft/bin/python when present).
+    #[arg(long, env = "LORAFUSE_PEFT_PYTHON")]
+    peer_python: Option<PathBuf>,
+    /// CPU threads for the peer (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -250,6 +283,27 @@ fn bench_model(gpu: &Gpu, args: &ModelBenchArgs) -> Result<()> {
     write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
 }
 
+fn bench_train(gpu: &Gpu, args: &TrainBenchArgs) -> Result<()> {
+    let mut loaded = args.model.load(gpu)?;
+    let default_py = PathBuf::from(".venv-peft/bin/python");
+    let opts = bench::train::Options {
+        seq: args.seq,
+        batch: args.batch,
+        r: args.r,
+        targets: args.targets.clone(),
+        steps: args.steps,
+        peer_python: args.peer_python.clone().or_else(|| default_py.exists().then_some(default_py)),
+        threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+    };
+    let report = {
+        let mut progress = BarProgress::new();
+        bench::train::run(gpu, &mut loaded.model, &args.model.model, &opts, &mut progress)?
+    };
+    let md = bench::train::markdown(&report);
+    println!("{md}");
+    write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&cli.device.backend, json),
@@ -263,6 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             bench_kernels(&cli.device.open()?, json, markdown, quick, &lora_dtype)
         }
         Command::Bench { what: BenchCommand::Model(args) } => bench_model(&cli.device.open()?, &args),
+        Command::Bench { what: BenchCommand::Train(args) } => bench_train(&cli.device.open()?, &args),
     }
 }
 
@@ -273,5 +328,34 @@ fn main() -> ExitCode {
             eprintln!("lorafuse: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every (sub)command's flags, the global ones included, have distinct names. clap checks
+    /// this itself only in debug builds, and the tests run in release, where a duplicate flag
+    /// (a LoRA `--adapter` beside a device `--adapter`) silently goes to one of the two.
+    #[test]
+    fn flags_are_unambiguous() {
+        use clap::CommandFactory;
+        fn check(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            let mut longs = std::collections::BTreeSet::new();
+            for a in cmd.get_arguments() {
+                if let Some(l) = a.get_long() {
+                    assert!(longs.insert(l), "{path}: --{l} is defined twice");
+                    *seen += 1;
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()), seen);
+            }
+        }
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut seen = 0;
+        check(&cmd, "lorafuse", &mut seen);
+        // the walk reached the subcommands' own flags
+        assert!(seen > 100, "only {seen} flags found");
     }
 }

@@ -114,18 +114,18 @@ impl Default for GpuOptions {
 }
 
 impl GpuOptions {
-    /// Options from the environment: `LORAFUSE_BACKEND`, `LORAFUSE_ADAPTER`, `LORAFUSE_DISABLE`,
+    /// Options from the environment: `LORAFUSE_BACKEND`, `LORAFUSE_GPU` (the adapter index), `LORAFUSE_DISABLE`,
     /// `LORAFUSE_TUNE=off`, and the cache folder (see `tune::default_cache_dir`).
     pub fn from_env() -> Result<Self> {
         let backend = match std::env::var("LORAFUSE_BACKEND") {
             Ok(v) => v.parse()?,
             Err(_) => BackendChoice::Auto,
         };
-        let adapter = match std::env::var("LORAFUSE_ADAPTER") {
+        let adapter = match std::env::var("LORAFUSE_GPU") {
             Ok(v) => Some(
                 v.trim()
                     .parse::<usize>()
-                    .map_err(|_| Error::Invalid(format!("LORAFUSE_ADAPTER='{v}' is not an adapter index")))?,
+                    .map_err(|_| Error::Invalid(format!("LORAFUSE_GPU='{v}' is not an adapter index")))?,
             ),
             Err(_) => None,
         };
