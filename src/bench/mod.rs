@@ -94,3 +94,4 @@ pub fn fill(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 pub mod model;
+pub mod train;

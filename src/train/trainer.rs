@@ -320,18 +320,7 @@ pub fn train(
     model.attach(&[fresh_adapter(&model.cfg, tc, opts.base_model.clone())?], &[1.0])?;
     let gpu = model.gpu().clone();
     let grads = LoraGradients::new(&gpu, model.adapters().expect("attached"))?;
-    let moments: Vec<Moments> = stacks(model)
-        .iter()
-        .map(|(_, _, st)| {
-            let z = |t: &Tensor, n: &str| Tensor::zeros(&gpu, t.shape(), DType::F32, n);
-            Ok(Moments {
-                ma: z(&st.a_buf, "m A")?,
-                va: z(&st.a_buf, "v A")?,
-                mb: z(&st.b_buf, "m B")?,
-                vb: z(&st.b_buf, "v B")?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let opt = Optimizer::new(model)?;
 
     let mut log: Vec<LogLine> = Vec::new();
     let (mut epoch0, mut step0) = (0, 0);
@@ -353,7 +342,7 @@ pub fn train(
                 "was trained on other data (or another --max-len, --system or template)",
             ));
         }
-        restore(model, &moments, &tensors, &ckpt_path)?;
+        restore(model, &opt.moments, &tensors, &ckpt_path)?;
         (epoch0, step0) = (meta.epoch, meta.step);
         log = read_log(&log_path)?
             .into_iter()
@@ -412,7 +401,7 @@ pub fn train(
                 loss += forward_backward(model, b, &grads, &so)?;
             }
             let lr = lr_at(tc.schedule, tc.lr, tc.gamma, tc.warmup, step, epoch, total);
-            let norm = optimizer_step(model, &grads, &moments, &AdamW { lr, ..hp }, tc.max_grad_norm, step + 1)?;
+            let norm = opt.step(model, &grads, &AdamW { lr, ..hp }, tc.max_grad_norm, step + 1)?;
             let mean = loss / labelled.max(1) as f64;
             if !mean.is_finite() || !norm.is_finite() {
                 return Err(Error::Invalid(format!(
@@ -461,7 +450,7 @@ pub fn train(
         // the adapter, then the checkpoint that commits the epoch
         adapter_from_model(model, tc, opts.base_model.clone())?.save(out)?;
         let meta = Meta { config: tc.clone(), epoch: epoch + 1, step, data: data_fp };
-        checkpoint::save(&ckpt_path, &meta, &snapshot(model, &moments)?)?;
+        checkpoint::save(&ckpt_path, &meta, &snapshot(model, &opt.moments)?)?;
         crate::atomic::write_atomic(&out.join("loss.svg"), loss_chart(&log).svg())?;
         summary.epochs_done = epoch + 1;
         summary.steps = step;
@@ -489,47 +478,66 @@ fn progress_bar(quiet: bool, total: u64, done: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// Clips the global gradient norm and takes one AdamW step (number `t`, from 1) on every stack;
-/// returns the norm before clipping.
-fn optimizer_step(
-    model: &Llama,
-    grads: &LoraGradients,
-    moments: &[Moments],
-    hp: &AdamW,
-    max_norm: f32,
-    t: usize,
-) -> Result<f64> {
-    let gpu = model.gpu();
-    let all = stacks(model);
-    let mut rec = Recorder::new(gpu);
-    let mut partials = Vec::with_capacity(2 * all.len());
-    for &(layer, site, st) in &all {
-        let (da, db) = grads.get(layer, site).expect("a gradient for every stack");
-        for (g, mask) in [(da, None), (db, Some(&st.b_mask))] {
-            let p = Tensor::zeros(gpu, &[sumsq_partials(g.numel())], DType::F32, "norm partials")?;
-            sumsq(&mut rec, g, mask, &p)?;
-            partials.push(p);
+/// AdamW over the attached adapter: f32 moments for every stack's factors, on the GPU.
+pub struct Optimizer {
+    moments: Vec<Moments>,
+}
+
+impl Optimizer {
+    pub fn new(model: &Llama) -> Result<Optimizer> {
+        let gpu = model.gpu();
+        let z = |t: &Tensor, n: &str| Tensor::zeros(gpu, t.shape(), DType::F32, n);
+        let moments = stacks(model)
+            .iter()
+            .map(|(_, _, st)| {
+                Ok(Moments {
+                    ma: z(&st.a_buf, "m A")?,
+                    va: z(&st.a_buf, "v A")?,
+                    mb: z(&st.b_buf, "m B")?,
+                    vb: z(&st.b_buf, "v B")?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Optimizer { moments })
+    }
+
+    /// Clips the global gradient norm to `max_norm` (0: no clipping) and takes AdamW step `t`
+    /// (from 1) on every stack; returns the norm before clipping. A non-finite norm changes
+    /// nothing.
+    pub fn step(&self, model: &Llama, grads: &LoraGradients, hp: &AdamW, max_norm: f32, t: usize) -> Result<f64> {
+        let gpu = model.gpu();
+        let all = stacks(model);
+        let mut rec = Recorder::new(gpu);
+        let mut partials = Vec::with_capacity(2 * all.len());
+        for &(layer, site, st) in &all {
+            let (da, db) = grads.get(layer, site).expect("a gradient for every stack");
+            for (g, mask) in [(da, None), (db, Some(&st.b_mask))] {
+                let p = Tensor::zeros(gpu, &[sumsq_partials(g.numel())], DType::F32, "norm partials")?;
+                sumsq(&mut rec, g, mask, &p)?;
+                partials.push(p);
+            }
         }
+        rec.submit()?;
+        let mut sq = 0.0f64;
+        for p in &partials {
+            sq += p.read_f32(gpu)?.iter().map(|&x| x as f64).sum::<f64>();
+        }
+        let norm = sq.sqrt();
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
+        let scale =
+            if max_norm > 0.0 && norm > max_norm as f64 { (max_norm as f64 / (norm + 1e-6)) as f32 } else { 1.0 };
+        let mut rec = Recorder::new(gpu);
+        for (&(layer, site, st), m) in all.iter().zip(&self.moments) {
+            let (da, db) = grads.get(layer, site).expect("a gradient for every stack");
+            adamw(&mut rec, hp, t as u32, scale, &st.a_buf, da, None, &m.ma, &m.va)?;
+            adamw(&mut rec, hp, t as u32, scale, &st.b_buf, db, Some(&st.b_mask), &m.mb, &m.vb)?;
+            st.refresh(&mut rec)?;
+        }
+        rec.run()?;
+        Ok(norm)
     }
-    rec.submit()?;
-    let mut sq = 0.0f64;
-    for p in &partials {
-        sq += p.read_f32(gpu)?.iter().map(|&x| x as f64).sum::<f64>();
-    }
-    let norm = sq.sqrt();
-    let scale = if max_norm > 0.0 && norm > max_norm as f64 { (max_norm as f64 / (norm + 1e-6)) as f32 } else { 1.0 };
-    if !norm.is_finite() {
-        return Ok(norm);
-    }
-    let mut rec = Recorder::new(gpu);
-    for (&(layer, site, st), m) in all.iter().zip(moments) {
-        let (da, db) = grads.get(layer, site).expect("a gradient for every stack");
-        adamw(&mut rec, hp, t as u32, scale, &st.a_buf, da, None, &m.ma, &m.va)?;
-        adamw(&mut rec, hp, t as u32, scale, &st.b_buf, db, Some(&st.b_mask), &m.mb, &m.vb)?;
-        st.refresh(&mut rec)?;
-    }
-    rec.run()?;
-    Ok(norm)
 }
 
 /// The adapter stacks and their moments, for a checkpoint.
@@ -548,12 +556,7 @@ fn snapshot(model: &Llama, moments: &[Moments]) -> Result<Vec<Named>> {
 }
 
 /// Loads a checkpoint's stacks and moments into the attached adapter.
-fn restore(
-    model: &Llama,
-    moments: &[Moments],
-    tensors: &checkpoint::Tensors,
-    path: &Path,
-) -> Result<()> {
+fn restore(model: &Llama, moments: &[Moments], tensors: &checkpoint::Tensors, path: &Path) -> Result<()> {
     let gpu = model.gpu();
     let mut rec = Recorder::new(gpu);
     for (&(layer, site, st), m) in stacks(model).iter().zip(moments) {
