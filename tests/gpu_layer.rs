@@ -196,6 +196,38 @@ fn profiler_times_each_launch() {
     assert_eq!(run(&plain), Clock::Wall);
 }
 
+/// While capturing, plain recorders (as workloads build them) time their launches and leave them
+/// with the device; outside a capture they time nothing.
+#[test]
+fn capture_collects_every_submission() {
+    let gpu = gpu();
+    let (m, k, n) = (9, 40, 13);
+    let x = Tensor::from_f32(gpu, &[m, k], &vec![0.5; m * k], "x").unwrap();
+    let w = Matrix::from_host(gpu, Layout::Buffer, n, k, &vec![0.25; n * k], DType::F32, "w").unwrap();
+    let y = Tensor::zeros(gpu, &[m, n], DType::F32, "y").unwrap();
+    let opts = MatmulOpts { variant: Some(Variant::Blocked { rows: 4, cols: 4 }), ..Default::default() };
+    let launch = |times: usize| -> lorafuse::Result<usize> {
+        let mut count = 0;
+        for _ in 0..times {
+            let mut rec = Recorder::new(gpu);
+            matmul(&mut rec, Form::Nt, &x, &w, &y, &opts)?;
+            count += rec.run()?.len();
+        }
+        Ok(count)
+    };
+    let (returned, captured) = gpu.capture(|| launch(2)).unwrap();
+    assert_eq!(returned, 2, "captured submissions return their timings too");
+    assert_eq!(captured.len(), 2);
+    for (_, t) in &captured {
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].label, "matmul_nt_blocked_r4c4");
+        assert!(t[0].ns > 0.0 && t[0].ns.is_finite());
+    }
+    assert!(captured[0].0 <= captured[1].0);
+    assert_eq!(launch(1).unwrap(), 0, "nothing is timed outside a capture");
+    assert!(y.read_f32(gpu).unwrap().iter().all(|&v| (v - 0.5 * 0.25 * k as f32).abs() < 1e-4));
+}
+
 /// A device without subgroups offers no texture kernel, and matmul still works through the
 /// storage-buffer kernels, picked automatically.
 #[test]

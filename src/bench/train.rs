@@ -67,38 +67,63 @@ pub fn bench_sequences(seq: usize, batch: usize, vocab: usize) -> Vec<Vec<u32>> 
     all.chunks(seq).map(<[u32]>::to_vec).collect()
 }
 
-fn run_ours(model: &mut Llama, opts: &Options, seqs: &[Vec<u32>]) -> Result<Row> {
-    let tc = TrainConfig { r: opts.r, targets: opts.targets.clone(), ..TrainConfig::default() };
-    model.attach(&[fresh_adapter(&model.cfg, &tc, None)?], &[1.0])?;
-    let grads = LoraGradients::new(model.gpu(), model.adapters().expect("attached"))?;
-    let opt = Optimizer::new(model)?;
-    let mut batch = TrainBatch::default();
-    for s in seqs {
-        let mut targets: Vec<u32> = s[1..].to_vec();
-        targets.push(MASKED);
-        batch.push(s, &targets);
+/// A fresh adapter attached to a model and its training state over one fixed batch: the step
+/// `bench train` times and `profile train` profiles.
+pub struct Runner {
+    grads: LoraGradients,
+    opt: Optimizer,
+    batch: TrainBatch,
+    hp: AdamW,
+    dropout: f32,
+}
+
+impl Runner {
+    /// Attaches a fresh rank-`r` adapter on `targets` to `model`; every position of `seqs` but
+    /// each one's last is labelled with the next token.
+    pub fn new(model: &mut Llama, r: usize, targets: &[String], seqs: &[Vec<u32>]) -> Result<Runner> {
+        let tc = TrainConfig { r, targets: targets.to_vec(), ..TrainConfig::default() };
+        model.attach(&[fresh_adapter(&model.cfg, &tc, None)?], &[1.0])?;
+        let grads = LoraGradients::new(model.gpu(), model.adapters().expect("attached"))?;
+        let opt = Optimizer::new(model)?;
+        let mut batch = TrainBatch::default();
+        for s in seqs {
+            let mut targets: Vec<u32> = s[1..].to_vec();
+            targets.push(MASKED);
+            batch.push(s, &targets);
+        }
+        Ok(Runner { grads, opt, batch, hp: AdamW { lr: tc.lr, ..AdamW::default() }, dropout: tc.dropout })
     }
-    let hp = AdamW { lr: tc.lr, ..AdamW::default() };
-    let step = |t: usize| -> Result<f64> {
+
+    pub fn tokens(&self) -> usize {
+        self.batch.rows()
+    }
+
+    /// Optimizer step `t` (from 1): forward, backward, AdamW. Returns the mean loss.
+    pub fn step(&self, model: &Llama, t: usize) -> Result<f64> {
+        let n = self.batch.counted();
         let so = StepOptions {
-            loss_scale: 1.0 / batch.counted() as f32,
+            loss_scale: 1.0 / n as f32,
             accumulate: false,
-            dropout: Some(Dropout { p: tc.dropout, seed: t as u64 }),
+            dropout: Some(Dropout { p: self.dropout, seed: t as u64 }),
         };
-        let loss = forward_backward(model, &batch, &grads, &so)?;
-        opt.step(model, &grads, &hp, 0.0, t)?;
-        Ok(loss / batch.counted() as f64)
-    };
-    step(1)?;
+        let loss = forward_backward(model, &self.batch, &self.grads, &so)?;
+        self.opt.step(model, &self.grads, &self.hp, 0.0, t)?;
+        Ok(loss / n as f64)
+    }
+}
+
+fn run_ours(model: &mut Llama, opts: &Options, seqs: &[Vec<u32>]) -> Result<Row> {
+    let runner = Runner::new(model, opts.r, &opts.targets, seqs)?;
+    runner.step(model, 1)?;
     model.gpu().memory().reset_peak();
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for t in 0..opts.steps.max(1) {
         let t0 = Instant::now();
-        losses.push(step(t + 2)?);
+        losses.push(runner.step(model, t + 2)?);
         times.push(t0.elapsed().as_secs_f64());
     }
     model.detach();
-    let tokens = batch.rows();
+    let tokens = runner.tokens();
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     Ok(Row {
         engine: format!("lorafuse ({} weights, {} layout)", model.dtype(), model.layout().name()),

@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use lorafuse::gpu::{Gpu, Profile, profiler};
 
-use crate::cli::generate::{GenerateArgs, run_generate};
+use crate::cli::generate::{GenerateArgs, ModelArgs, run_generate};
 
 #[derive(Subcommand)]
 pub enum ProfileCommand {
@@ -20,12 +20,59 @@ pub enum ProfileCommand {
         #[arg(long, default_value = "lorafuse-trace.json")]
         trace: PathBuf,
     },
+    /// Profile LoRA training steps (forward, backward, AdamW) over a fixed batch, as `bench
+    /// train` runs them, after one untimed warm-up step.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Tokens a sequence.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Sequences a step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        r: usize,
+        #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+        targets: Vec<String>,
+        /// Steps profiled.
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        /// Chrome trace output (open in chrome://tracing or ui.perfetto.dev).
+        #[arg(long, default_value = "lorafuse-trace.json")]
+        trace: PathBuf,
+    },
 }
 
 pub fn run(gpu: &Gpu, cmd: &ProfileCommand) -> Result<()> {
-    let ProfileCommand::Generate { args, trace } = cmd;
     let mut profile = Profile::new();
-    run_generate(gpu, args, Some(&mut profile))?;
+    let trace = match cmd {
+        ProfileCommand::Generate { args, trace } => {
+            run_generate(gpu, args, Some(&mut profile))?;
+            trace
+        }
+        ProfileCommand::Train { model, seq, batch, r, targets, steps, trace } => {
+            let mut m = model.load(gpu)?;
+            let seqs = lorafuse::bench::train::bench_sequences(*seq, *batch, m.model.cfg.vocab);
+            let runner = lorafuse::bench::train::Runner::new(&mut m.model, *r, targets, &seqs)?;
+            runner.step(&m.model, 1)?;
+            let t0 = std::time::Instant::now();
+            let (_, captured) = gpu.capture(|| (0..*steps).try_for_each(|t| runner.step(&m.model, t + 2).map(drop)))?;
+            let wall = t0.elapsed().as_secs_f64();
+            let kernels: f64 = captured.iter().flat_map(|(_, t)| t.iter().map(|k| k.ns)).sum::<f64>() / 1e9;
+            let launches: usize = captured.iter().map(|(_, t)| t.len()).sum();
+            let submissions = captured.len();
+            for (at, timings) in captured {
+                profile.add("train step", at, timings);
+            }
+            eprintln!(
+                "{steps} step(s) of {} tokens: {wall:.2} s wall, {kernels:.2} s in {launches} kernel launches ({} submissions)",
+                runner.tokens(),
+                submissions
+            );
+            trace
+        }
+    };
     let clock = if gpu.caps().timestamps { "GPU timestamps" } else { "wall clock per launch" };
     for phase in profile.phases() {
         eprintln!("\n{phase} ({clock}):");

@@ -260,7 +260,12 @@ pub(crate) struct GpuInner {
     pub(crate) tuner: Mutex<Tuner>,
     scratch: Mutex<HashMap<(usize, usize, u32), TexMatrix>>,
     memory: Arc<crate::gpu::tensor::MemoryMeter>,
+    /// While Some, every recorder times its launches and leaves them here (`Gpu::capture`).
+    pub(crate) capture: Mutex<Option<Captured>>,
 }
+
+/// Launch timings of the submissions made while capturing, each with its submission time.
+pub type Captured = Vec<(std::time::Instant, Vec<crate::gpu::profiler::KernelTiming>)>;
 
 /// An open GPU device: cheap to clone, safe to share between threads.
 #[derive(Clone)]
@@ -348,6 +353,7 @@ impl Gpu {
                 tuner: Mutex::new(tuner),
                 scratch: Mutex::new(HashMap::new()),
                 memory: Arc::default(),
+                capture: Mutex::new(None),
             }),
         })
     }
@@ -441,6 +447,21 @@ impl Gpu {
     }
 
     /// Device memory held by lorafuse's buffers and textures (live and peak).
+    /// Profiles a workload that builds its own recorders: while `f` runs, every submission
+    /// times its launches (each waits for the GPU, so the workload runs slower); returns what
+    /// `f` returned and the timings of each submission with the time it was made.
+    pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, Captured)> {
+        let slot = &self.inner.capture;
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+        let r = f();
+        let captured = slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        Ok((r?, captured))
+    }
+
+    pub(crate) fn capturing(&self) -> bool {
+        self.inner.capture.lock().is_ok_and(|c| c.is_some())
+    }
+
     pub fn memory(&self) -> &Arc<crate::gpu::tensor::MemoryMeter> {
         &self.inner.memory
     }

@@ -53,7 +53,8 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(gpu: &Gpu) -> Recorder {
-        Recorder { gpu: gpu.clone(), launches: Vec::new(), uniforms: Vec::new(), group: 0, profile: false }
+        let profile = gpu.capturing();
+        Recorder { gpu: gpu.clone(), launches: Vec::new(), uniforms: Vec::new(), group: 0, profile }
     }
 
     /// A recorder whose `submit` times every launch.
@@ -166,6 +167,7 @@ impl Recorder {
             return Ok(Vec::new());
         }
         let scope = self.gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+        let submitted = Instant::now();
         let result = if !self.profile {
             self.submit_plain().map(|_| Vec::new())
         } else if self.gpu.caps().timestamps {
@@ -175,6 +177,11 @@ impl Recorder {
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu { during: "kernel submission".into(), message: e.to_string() });
+        }
+        if let (Ok(t), Ok(mut guard)) = (&result, self.gpu.inner.capture.lock())
+            && let Some(c) = guard.as_mut()
+        {
+            c.push((submitted, t.clone()));
         }
         result
     }
