@@ -63,6 +63,8 @@ enum Command {
     },
     /// Train a LoRA adapter on conversations (PEFT format out; defaults: the paper's recipe).
     Train(Box<cli::train::TrainArgs>),
+    /// Fuse LoRA adapters into one (PEFT's combination methods), or merge them into the base.
+    Fuse(Box<cli::fuse::FuseArgs>),
     /// Generate text from prompts (chat template applied unless --raw).
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
@@ -310,6 +312,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tune { clear } => tune_cmd(&cli.device.open()?, clear),
         Command::Generate(args) => cli::generate::run_generate(&cli.device.open()?, &args, None),
         Command::Train(args) => cli::train::run(&cli.device.open()?, &args),
+        Command::Fuse(args) => cli::fuse::run(&args),
         Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),

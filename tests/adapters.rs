@@ -5,39 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::tiny::*;
 use common::*;
 use lorafuse::gpu::DType;
-use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
+use lorafuse::lora::peft::Adapter;
 use lorafuse::model::llama::{Batch, Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
-
-fn random_adapter(rng: &mut Rng, spec: &Tiny, targets: &[&str], r: usize, alpha: f64, zero_b: bool) -> Adapter {
-    let (h, f) = (spec.hidden, spec.inter);
-    let (nq, nkv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
-    let mut factors = BTreeMap::new();
-    for layer in 0..spec.layers {
-        for &t in targets {
-            let (inp, out) = match t {
-                "q_proj" => (h, nq),
-                "k_proj" | "v_proj" => (h, nkv),
-                "o_proj" => (nq, h),
-                "gate_proj" | "up_proj" => (h, f),
-                _ => (f, h),
-            };
-            let b = if zero_b { vec![0.0; out * r] } else { rng.vec(out * r).iter().map(|x| x * 0.2).collect() };
-            factors.insert(
-                (layer, t.to_string()),
-                Factors { a: rng.vec(r * inp).iter().map(|x| x * 0.3).collect(), b, inp, out },
-            );
-        }
-    }
-    let targets: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-    Adapter { config: LoraConfig::new(r, alpha, 0.05, &targets, false, None), factors, source: None }
-}
 
 fn logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
     let cache = model.new_cache(1, tokens.len() + 1).unwrap();

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::tiny::*;
 use common::*;
 use lorafuse::gpu::{DType, Layout};
@@ -14,42 +12,11 @@ use lorafuse::kernels::cross_entropy::MASKED;
 use lorafuse::kernels::dropout::Dropout;
 use lorafuse::kernels::matmul::{Form, Variant};
 use lorafuse::lora::attach::place;
-use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
+use lorafuse::lora::peft::Adapter;
 use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
 use lorafuse::train::step::{LoraGradients, StepOptions, TrainBatch, forward_backward};
-
-fn adapter(rng: &mut Rng, spec: &Tiny, targets: &[&str], r: usize) -> Adapter {
-    let src_cfg = |t: &str| {
-        let (h, f) = (spec.hidden, spec.inter);
-        let (nq, nkv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
-        match t {
-            "q_proj" => (h, nq),
-            "k_proj" | "v_proj" => (h, nkv),
-            "o_proj" => (nq, h),
-            "gate_proj" | "up_proj" => (h, f),
-            _ => (f, h),
-        }
-    };
-    let mut factors = BTreeMap::new();
-    for layer in 0..spec.layers {
-        for &t in targets {
-            let (inp, out) = src_cfg(t);
-            factors.insert(
-                (layer, t.to_string()),
-                Factors {
-                    a: rng.vec(r * inp).iter().map(|x| x * 0.3).collect(),
-                    b: rng.vec(out * r).iter().map(|x| x * 0.3).collect(),
-                    inp,
-                    out,
-                },
-            );
-        }
-    }
-    let targets: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-    Adapter { config: LoraConfig::new(r, 2.0 * r as f64, 0.0, &targets, false, None), factors, source: None }
-}
 
 /// Σ −log p(target) over the labelled positions of each sequence, f64 on the host.
 fn host_loss(host: &HostLlama, batch: &TrainBatch) -> f64 {
@@ -99,8 +66,14 @@ fn check_against_reference(p: Option<f32>) {
     write_hf(&dir, &spec, &random_weights(&spec, seed), safetensors::Dtype::F32);
     let src = ModelSource::open(&dir).unwrap();
     let cfg = src.config().unwrap();
-    let ad =
-        adapter(&mut rng, &spec, &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 3);
+    let ad = random_adapter(
+        &mut rng,
+        &spec,
+        &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        3,
+        6.0,
+        false,
+    );
     let mut batch = TrainBatch::default();
     for len in [6usize, 1, 9] {
         let tokens: Vec<u32> = (0..len).map(|_| rng.below(spec.vocab) as u32).collect();

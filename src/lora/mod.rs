@@ -1,4 +1,8 @@
-//! LoRA adapters: the PEFT format, and how adapters attach to a model's linear layers.
+//! LoRA adapters: the PEFT format, how adapters attach to a model's linear layers, and how
+//! several fuse into one.
 
 pub mod attach;
+pub mod combine;
+pub mod fuse;
 pub mod peft;
+pub mod svd;

@@ -234,6 +234,15 @@ impl HfDir {
         Ok(HfDir { dir: dir.to_path_buf(), map, shard: RefCell::new(None) })
     }
 
+    /// The stored dtype of a tensor.
+    pub fn dtype_of(&self, name: &str) -> Result<safetensors::Dtype> {
+        let file = self.map.get(name).ok_or_else(|| Error::file(&self.dir, format!("tensor '{name}': missing")))?;
+        let bytes = std::fs::read(file).map_err(|e| Error::file(file, e))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(file, e))?;
+        let info = meta.info(name).ok_or_else(|| Error::file(file, format!("tensor '{name}': missing")))?;
+        Ok(info.dtype)
+    }
+
     fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let file = self.map.get(name).ok_or_else(|| Error::file(&self.dir, format!("tensor '{name}': missing")))?;
         let mut cache = self.shard.borrow_mut();

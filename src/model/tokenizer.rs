@@ -180,6 +180,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The tokenizer as a Hugging Face tokenizer.json.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(|e| Error::Invalid(format!("serializing the tokenizer: {e}")))
+    }
+
     /// Text of the tokens generated so far, for streaming: decodes `ids` and returns what was
     /// not returned before (bytes of an unfinished UTF-8 character wait for the next token).
     pub fn decode_new(&self, ids: &[u32], printed: &mut usize) -> Result<String> {
