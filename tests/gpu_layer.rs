@@ -196,8 +196,9 @@ fn profiler_times_each_launch() {
     assert_eq!(run(&plain), Clock::Wall);
 }
 
-/// While capturing, plain recorders (as workloads build them) time their launches and leave them
-/// with the device; outside a capture they time nothing.
+/// While capturing, plain recorders (as workloads build them) on the capturing thread time their
+/// launches and leave them with the device; other threads' (the other tests of this binary) and
+/// those outside a capture time nothing.
 #[test]
 fn capture_collects_every_submission() {
     let gpu = gpu();
@@ -215,7 +216,13 @@ fn capture_collects_every_submission() {
         }
         Ok(count)
     };
-    let (returned, captured) = gpu.capture(|| launch(2)).unwrap();
+    let (returned, captured) = gpu
+        .capture(|| {
+            let other = std::thread::scope(|s| s.spawn(|| launch(1)).join().unwrap())?;
+            assert_eq!(other, 0, "another thread's submission was timed");
+            launch(2)
+        })
+        .unwrap();
     assert_eq!(returned, 2, "captured submissions return their timings too");
     assert_eq!(captured.len(), 2);
     for (_, t) in &captured {

@@ -260,8 +260,9 @@ pub(crate) struct GpuInner {
     pub(crate) tuner: Mutex<Tuner>,
     scratch: Mutex<HashMap<(usize, usize, u32), TexMatrix>>,
     memory: Arc<crate::gpu::tensor::MemoryMeter>,
-    /// While Some, every recorder times its launches and leaves them here (`Gpu::capture`).
-    pub(crate) capture: Mutex<Option<Captured>>,
+    /// While Some, every recorder the capturing thread makes times its launches and leaves them
+    /// here (`Gpu::capture`).
+    pub(crate) capture: Mutex<Option<(std::thread::ThreadId, Captured)>>,
 }
 
 /// Launch timings of the submissions made while capturing, each with its submission time.
@@ -447,19 +448,19 @@ impl Gpu {
     }
 
     /// Device memory held by lorafuse's buffers and textures (live and peak).
-    /// Profiles a workload that builds its own recorders: while `f` runs, every submission
-    /// times its launches (each waits for the GPU, so the workload runs slower); returns what
-    /// `f` returned and the timings of each submission with the time it was made.
+    /// Profiles a workload that builds its own recorders: while `f` runs, every submission of
+    /// this thread times its launches (each waits for the GPU, so the workload runs slower);
+    /// returns what `f` returned and the timings of each submission with the time it was made.
     pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, Captured)> {
         let slot = &self.inner.capture;
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::thread::current().id(), Vec::new()));
         let r = f();
-        let captured = slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        let captured = slot.lock().unwrap_or_else(|p| p.into_inner()).take().map(|c| c.1).unwrap_or_default();
         Ok((r?, captured))
     }
 
     pub(crate) fn capturing(&self) -> bool {
-        self.inner.capture.lock().is_ok_and(|c| c.is_some())
+        self.inner.capture.lock().is_ok_and(|c| c.as_ref().is_some_and(|c| c.0 == std::thread::current().id()))
     }
 
     pub fn memory(&self) -> &Arc<crate::gpu::tensor::MemoryMeter> {

@@ -179,7 +179,8 @@ impl Recorder {
             return Err(Error::Gpu { during: "kernel submission".into(), message: e.to_string() });
         }
         if let (Ok(t), Ok(mut guard)) = (&result, self.gpu.inner.capture.lock())
-            && let Some(c) = guard.as_mut()
+            && let Some((thread, c)) = guard.as_mut()
+            && *thread == std::thread::current().id()
         {
             c.push((submitted, t.clone()));
         }
