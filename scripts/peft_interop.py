@@ -10,7 +10,17 @@ through `lorafuse logits`. Cases:
   peft-rslora          made here, rsLoRA, all seven projections
   fusion               peft-r8 at weight 1 plus peft-rslora at 0.5, both active at once
 A case passes when the relative Frobenius error of the logits is <= --max-rel-err and the argmax
-agrees at >= --min-top1 of the positions. Exits 1 when any case fails.
+agrees at >= --min-top1 of the positions.
+
+Then every fusion method (unless --skip-fusion): two PEFT adapters (q/v, r 8) fused at [0.6, 0.4]
+by PEFT's add_weighted_adapter and by `lorafuse fuse`, the result loaded back into PEFT and its
+delta weights compared module by module (dare at density 1, since the two draw their random masks
+from different generators); cat and svd also with different ranks and targets; and `svd-legacy`,
+lorafuse's --peft-svd-scale against the weighting of PEFT 0.20 and before (Σ w s² B A, computed
+here in f64). And cat at [0.6, 0.4] end to end: PEFT's fused adapter's logits
+against lorafuse's runtime fusion, lorafuse's fused adapter, and the model merged by
+`lorafuse fuse --merge-into-base`, as lorafuse and as transformers load it.
+Exits 1 when any case fails.
 """
 import argparse
 import copy
@@ -84,9 +94,10 @@ def peft_logits(base, adapters, ids):
     return m(torch.tensor([ids])).logits[0].float().numpy()
 
 
-def lorafuse_logits(a, adapters, ids, tmp):
+def lorafuse_logits(a, adapters, ids, tmp, model=None):
     out = os.path.join(tmp, "logits.safetensors")
-    cmd = [a.lorafuse, "logits", "--model", a.model, "--dtype", a.dtype, "--tokens", ",".join(map(str, ids)), "--out", out]
+    cmd = [a.lorafuse, "logits", "--model", model or a.model, "--dtype", a.dtype, "--tokens", ",".join(map(str, ids)),
+           "--out", out]
     for d, w in adapters:
         cmd += ["--adapter", d if w == 1 else f"{d}:{w:g}"]
     t0 = time.perf_counter()
@@ -97,6 +108,92 @@ def lorafuse_logits(a, adapters, ids, tmp):
     if t["tokens"].tolist() != ids or t["logits"].shape != (len(ids), a.vocab):
         sys.exit(f"peft_interop: {out}: tokens or logits shape {t['logits'].shape} do not match the request")
     return t["logits"].astype(np.float32), time.perf_counter() - t0
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"peft_interop: `{' '.join(cmd)}` failed ({r.returncode}):\n{r.stderr.strip()}")
+
+
+METHODS = ["cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties", "dare_ties_svd",
+           "magnitude_prune", "magnitude_prune_svd"]
+
+
+def delta_error(model, ours, ref):
+    """||ours - ref||_F / ||ref||_F over every module's delta weight, two adapters of `model`."""
+    num = den = 0.0
+    modules = 0
+    for mod in model.modules():
+        if hasattr(mod, "get_delta_weight") and ref in getattr(mod, "lora_A", {}):
+            d_ref = mod.get_delta_weight(ref).double()
+            d_ours = mod.get_delta_weight(ours).double() if ours in mod.lora_A else torch.zeros_like(d_ref)
+            num += float((d_ours - d_ref).pow(2).sum())
+            den += float(d_ref.pow(2).sum())
+            modules += 1
+    return (num / den) ** 0.5, modules
+
+
+@torch.no_grad()
+def fusion_cases(a, base, ids, tmp):
+    """Every method: PEFT's add_weighted_adapter against `lorafuse fuse`, on the delta weights."""
+    fa = make_peft_adapter(base, f"{tmp}/fuse-a", 3, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    fb = make_peft_adapter(base, f"{tmp}/fuse-b", 4, r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"])
+    fc = make_peft_adapter(base, f"{tmp}/fuse-c", 5, r=4, lora_alpha=8, target_modules=["v_proj"])
+    dirs = {"a": fa, "b": fb, "c": fc}
+    m = PeftModel.from_pretrained(copy.deepcopy(base), fa, adapter_name="a")
+    m.load_adapter(fb, adapter_name="b")
+    m.load_adapter(fc, adapter_name="c")
+    w = [0.6, 0.4]
+    rows = []
+    cases = [(meth, ["a", "b"]) for meth in METHODS] + [("cat", ["a", "c"]), ("svd", ["a", "c"])]
+    for meth, pair in cases:
+        name = f"{meth}[{''.join(pair)}]"
+        density = 1.0 if meth.startswith("dare") else (0.5 if meth not in ("cat", "linear", "svd") else None)
+        m.add_weighted_adapter(pair, w, f"peft_{name}", combination_type=meth, density=density)
+        out = f"{tmp}/lf-{name}"
+        cmd = [a.lorafuse, "fuse", "--method", meth, "--out", out]
+        for d, wt in zip(pair, w):
+            cmd += ["--adapter", f"{dirs[d]}:{wt}"]
+        if density is not None:
+            cmd += ["--density", str(density)]
+        run(cmd)
+        m.load_adapter(out, adapter_name=f"lf_{name}")
+        err, modules = delta_error(m, f"lf_{name}", f"peft_{name}")
+        rows.append({"case": name, "rel_err": err, "modules": modules, "tol": 1e-4 if "svd" in meth else 1e-5})
+    # PEFT 0.20 and before weighted each delta (which holds s) by w·s again: Σ w s² B A, rank 8
+    out = f"{tmp}/lf-svd-legacy"
+    run([a.lorafuse, "fuse", "--method", "svd", "--peft-svd-scale", "--out", out, "--adapter", f"{fa}:0.6",
+         "--adapter", f"{fb}:0.4"])
+    m.load_adapter(out, adapter_name="lf_legacy")
+    num = den = 0.0
+    modules = 0
+    for mod in m.modules():
+        if hasattr(mod, "get_delta_weight") and "lf_legacy" in getattr(mod, "lora_A", {}):
+            legacy = sum(wt * mod.scaling[n] * mod.get_delta_weight(n).double() for n, wt in zip(["a", "b"], w))
+            u, sv, vh = torch.linalg.svd(legacy)
+            best = (u[:, :8] * sv[:8]) @ vh[:8]
+            num += float((mod.get_delta_weight("lf_legacy").double() - best).pow(2).sum())
+            den += float(best.pow(2).sum())
+            modules += 1
+    rows.append({"case": "svd-legacy[ab]", "rel_err": (num / den) ** 0.5, "modules": modules, "tol": 1e-5})
+
+    # cat at [0.6, 0.4] end to end, on the logits
+    m.set_adapter("peft_cat[ab]")
+    ref = m(torch.tensor([ids])).logits[0].float().numpy()
+    merged = f"{tmp}/merged"
+    run([a.lorafuse, "fuse", "--adapter", f"{fa}:0.6", "--adapter", f"{fb}:0.4", "--merge-into-base",
+         "--model", a.model, "--merged-dtype", "f32", "--out", merged])
+    hf = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    hf_tok = AutoTokenizer.from_pretrained(merged)
+    logit_rows = [
+        ("runtime fusion", lorafuse_logits(a, [(fa, 0.6), (fb, 0.4)], ids, tmp)[0]),
+        ("fused adapter", lorafuse_logits(a, [(f"{tmp}/lf-cat[ab]", 1.0)], ids, tmp)[0]),
+        ("merged (lorafuse)", lorafuse_logits(a, [], ids, tmp, model=merged)[0]),
+        ("merged (transformers)", hf(torch.tensor([ids])).logits[0].float().numpy()),
+    ]
+    same_ids = prompt_ids(hf_tok) == ids
+    return rows, ref, logit_rows, same_ids
 
 
 def compare(lf, pt, lf_base, pt_base, adapted):
@@ -121,6 +218,7 @@ def main():
     ap.add_argument("--max-rel-err", type=float, default=2e-3)
     ap.add_argument("--min-top1", type=float, default=0.95)
     ap.add_argument("--peft-only", action="store_true", help="PEFT side alone: the adapters' effects, no lorafuse")
+    ap.add_argument("--skip-fusion", action="store_true", help="leave out the fusion-method cases")
     a = ap.parse_args()
     if not a.peft_only and not os.access(a.lorafuse, os.X_OK):
         sys.exit(f"peft_interop: no lorafuse binary at {a.lorafuse} (cargo build --release), or pass --peft-only")
@@ -155,6 +253,7 @@ def main():
             rows.append(row)
             if not row["pass"]:
                 failed.append(name)
+        fusion = None if a.peft_only or a.skip_fusion else fusion_cases(a, base, ids, tmp)
 
     print(f"{'case':<18}{'max |diff|':>11}{'rel err':>10}{'top-1':>8}{'effect':>9}{'delta err':>11}{'lorafuse s':>12}  result")
     for r in rows:
@@ -163,14 +262,39 @@ def main():
               f"{r['delta_rel']:>11.2e}{r['lorafuse_s']:>12.1f}  {verdict}")
     print("(rel err: ||lorafuse - PEFT||_F / ||PEFT||_F of the logits; effect: ||PEFT - PEFT base|| / ||PEFT base||;"
           " delta err: lorafuse's relative error on that change)")
+    report = {"model": a.model, "dtype": a.dtype, "tokens": ids, "max_rel_err": a.max_rel_err,
+              "min_top1": a.min_top1, "cases": rows}
+    if fusion:
+        frows, ref, logit_rows, same_ids = fusion
+        print(f"\n{'fusion method':<24}{'modules':>8}{'delta rel err':>15}{'tolerance':>11}  result")
+        for r in frows:
+            r["pass"] = r["rel_err"] <= r["tol"]
+            print(f"{r['case']:<24}{r['modules'] or '-':>8}{r['rel_err']:>15.2e}{r['tol']:>11.0e}  "
+                  f"{'pass' if r['pass'] else 'FAIL'}")
+            if not r["pass"]:
+                failed.append(r["case"])
+        print(f"\ncat at [0.6, 0.4], logits against PEFT's fused adapter ({len(ids)} positions):")
+        report["fusion"] = frows
+        report["cat_logits"] = []
+        for name, lg in logit_rows:
+            rel = float(np.linalg.norm(lg - ref) / np.linalg.norm(ref))
+            top1 = float((lg.argmax(-1) == ref.argmax(-1)).mean())
+            ok = rel <= a.max_rel_err and top1 >= a.min_top1
+            print(f"  {name:<24} rel err {rel:.2e}  top-1 {top1:.1%}  {'pass' if ok else 'FAIL'}")
+            report["cat_logits"].append({"case": name, "rel_fro": rel, "top1": top1, "pass": ok})
+            if not ok:
+                failed.append(f"cat logits: {name}")
+        print(f"  transformers' tokenizer of the merged directory gives the same prompt ids: {same_ids}")
+        if not same_ids:
+            failed.append("merged tokenizer")
+    report["pass"] = not failed
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "dtype": a.dtype, "tokens": ids, "max_rel_err": a.max_rel_err,
-                       "min_top1": a.min_top1, "cases": rows, "pass": not failed}, f, indent=1)
+            json.dump(report, f, indent=1)
     if failed:
         sys.exit(f"peft_interop: FAILED: {', '.join(failed)} (need rel err <= {a.max_rel_err:g} and top-1 >= {a.min_top1:.0%})")
     if not a.peft_only:
-        print(f"peft_interop: all {len(rows)} cases agree with PEFT")
+        print("peft_interop: every case agrees with PEFT")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ use super::generate::parse_adapter;
 /// deltas sᵢBᵢAᵢ and keep the best rank-r approximation (r = --rank or the largest rᵢ). The
 /// result has lora_alpha = r, so its scale is 1. One adapter alone merges linearly, as in PEFT.
 ///
-/// PEFT's svd methods weight each delta by wᵢsᵢ although the delta already holds sᵢ (so they
-/// merge Σ wᵢ sᵢ² BᵢAᵢ); lorafuse computes the intended Σ wᵢ sᵢ BᵢAᵢ unless --peft-svd-scale is
-/// given. PEFT copies use_rslora from the first adapter into the result, which rescales it by
-/// √r; lorafuse writes use_rslora false. DARE's random masks come from --seed, so they differ
+/// The svd methods approximate Σ wᵢ sᵢ BᵢAᵢ, as PEFT 0.21 does; PEFT 0.20 and before weighted
+/// each delta by wᵢsᵢ although the delta already holds sᵢ (Σ wᵢ sᵢ² BᵢAᵢ), which
+/// --peft-svd-scale reproduces. PEFT copies use_rslora from the first adapter into the result,
+/// which rescales it by √r; lorafuse writes use_rslora false. DARE's random masks come from --seed, so they differ
 /// from PEFT's (torch's generator) in the draw, not in the distribution.
 #[derive(Args)]
 pub struct FuseArgs {
@@ -47,7 +47,8 @@ pub struct FuseArgs {
     /// Seeds DARE's random pruning.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// svd methods: reproduce PEFT's weighting Σ wᵢ sᵢ² BᵢAᵢ instead of Σ wᵢ sᵢ BᵢAᵢ.
+    /// svd methods: reproduce the weighting of PEFT 0.20 and before, Σ wᵢ sᵢ² BᵢAᵢ, instead of
+    /// Σ wᵢ sᵢ BᵢAᵢ.
     #[arg(long)]
     pub peft_svd_scale: bool,
     /// Write the base model with the fused adapter merged in (a Hugging Face directory) instead

@@ -5,10 +5,10 @@
 //!   r = Σ rᵢ (a module some adapters lack is zero-padded).
 //! - `linear`, `ties`, `dare_linear`, `dare_ties`, `magnitude_prune`: the A's and the B's
 //!   combined separately (combine.rs), with √|wᵢsᵢ| on each side and the sign on A's; equal r.
-//! - `svd` and the `*_svd` variants: the deltas sᵢBᵢAᵢ combined, then the best rank-r
-//!   factorization (svd.rs); r = --rank or the largest rᵢ. PEFT weights each delta by wᵢsᵢ,
-//!   though the delta already holds sᵢ, so it merges Σ wᵢ sᵢ² BᵢAᵢ; lorafuse weights by wᵢ
-//!   (the intended Σ wᵢ sᵢ BᵢAᵢ) unless asked to reproduce PEFT.
+//! - `svd` and the `*_svd` variants: the deltas sᵢBᵢAᵢ combined with weights wᵢ, then the
+//!   best rank-r factorization (svd.rs); r = --rank or the largest rᵢ. PEFT 0.20 and before
+//!   weighted each delta by wᵢsᵢ though it already holds sᵢ (Σ wᵢ sᵢ² BᵢAᵢ); 0.21 fixed that;
+//!   `peft_svd_scale` reproduces the old weighting.
 //!
 //! As in PEFT, one adapter alone always merges linearly, and the linear family refuses adapters
 //! of different ranks. Unlike PEFT, the result has use_rslora false: PEFT copies the first
@@ -81,7 +81,7 @@ pub struct FuseOptions {
     pub rank: Option<usize>,
     /// Seeds DARE's random masks.
     pub seed: u64,
-    /// svd methods: weight each delta by wᵢsᵢ as PEFT does (Σ wᵢ sᵢ² BᵢAᵢ), not by wᵢ.
+    /// svd methods: weight each delta by wᵢsᵢ as PEFT 0.20 and before did (Σ wᵢ sᵢ² BᵢAᵢ).
     pub peft_svd_scale: bool,
 }
 
