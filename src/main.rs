@@ -104,9 +104,43 @@ enum BenchCommand {
     /// Prefill and decode tokens/s of a model at batch 1 and 32, against llama.cpp on the same
     /// GGUF (CPU), and peak device memory.
     Model(ModelBenchArgs),
+    /// Prefill and decode tokens/s with 0, 1, 2, 4 adapters: fused kernel vs sequential
+    /// application vs the merged model.
+    Fuse(FuseBenchArgs),
     /// LoRA training tokens/s (forward, backward, AdamW) against PyTorch + PEFT on this
     /// machine's CPU, on the same token ids, and peak device memory.
     Train(TrainBenchArgs),
+}
+
+#[derive(Args)]
+struct FuseBenchArgs {
+    /// A GGUF file or a Hugging Face model directory.
+    #[arg(long, env = "LORAFUSE_MODEL", default_value = cli::generate::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Weights of all three modes (the merged model cannot stay 4-bit, so neither do the others).
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    dtype: String,
+    /// Adapter counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
+    counts: Vec<usize>,
+    #[arg(long, default_value_t = 8)]
+    r: usize,
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    targets: Vec<String>,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Runs of each measurement, the modes interleaved; the best counts.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -285,6 +319,27 @@ fn bench_model(gpu: &Gpu, args: &ModelBenchArgs) -> Result<()> {
     write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
 }
 
+fn bench_fuse(gpu: &Gpu, args: &FuseBenchArgs) -> Result<()> {
+    let opts = bench::fuse::Options {
+        counts: args.counts.clone(),
+        r: args.r,
+        targets: args.targets.clone(),
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        batch: args.batch,
+        reps: args.reps,
+    };
+    let dtype = if args.dtype == "f32" { DType::F32 } else { DType::F16 };
+    let load = lorafuse::model::llama::LoadOptions { dtype, layout: None };
+    let report = {
+        let mut progress = BarProgress::new();
+        bench::fuse::run(gpu, &args.model, load, &opts, &mut progress)?
+    };
+    let md = bench::fuse::markdown(&report);
+    println!("{md}");
+    write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
+}
+
 fn bench_train(gpu: &Gpu, args: &TrainBenchArgs) -> Result<()> {
     let mut loaded = args.model.load(gpu)?;
     let default_py = PathBuf::from(".venv-peft/bin/python");
@@ -321,6 +376,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { what: BenchCommand::Model(args) } => bench_model(&cli.device.open()?, &args),
         Command::Bench { what: BenchCommand::Train(args) } => bench_train(&cli.device.open()?, &args),
+        Command::Bench { what: BenchCommand::Fuse(args) } => bench_fuse(&cli.device.open()?, &args),
     }
 }
 

@@ -51,3 +51,32 @@ fn kernel_bench_reports_every_field() {
     let md = kernels::markdown(&report);
     assert!(md.contains("| M | hidden |") && md.contains(&report.device.name));
 }
+
+/// `bench fuse` end to end on a tiny random model: a base row and fused, sequential and merged
+/// rows per adapter count, every rate positive.
+#[test]
+fn fuse_bench_reports_every_mode() {
+    let gpu = gpu();
+    let spec = tiny::Tiny { layers: 2, ..tiny::Tiny::default() };
+    let dir = tiny::temp_dir("bench-fuse");
+    tiny::write_hf(&dir, &spec, &tiny::random_weights(&spec, 3), safetensors::Dtype::F32);
+    let opts = lorafuse::bench::fuse::Options {
+        counts: vec![0, 2],
+        r: 4,
+        targets: vec!["q_proj".into(), "down_proj".into()],
+        prompt_tokens: 9,
+        gen_tokens: 3,
+        batch: 2,
+        reps: 1,
+    };
+    let load = lorafuse::model::llama::LoadOptions { dtype: DType::F32, layout: None };
+    let report = lorafuse::bench::fuse::run(gpu, &dir, load, &opts, &mut Silent).unwrap();
+    let modes: Vec<(usize, &str)> = report.rows.iter().map(|r| (r.adapters, r.mode.as_str())).collect();
+    assert_eq!(modes, [(0, "base"), (2, "fused"), (2, "sequential"), (2, "merged")]);
+    for r in &report.rows {
+        assert!(r.prefill_tps > 0.0 && r.decode_tps > 0.0 && r.prefill_tps.is_finite(), "{r:?}");
+    }
+    let md = lorafuse::bench::fuse::markdown(&report);
+    assert!(md.contains("fused / sequential"), "{md}");
+    std::fs::remove_dir_all(&dir).ok();
+}

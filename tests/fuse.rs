@@ -2,8 +2,9 @@
 //! exact weighted sum; the factor methods (linear, ties, magnitude_prune) combine A's and B's
 //! as PEFT does; the svd methods are the best rank-r approximation of their combined delta
 //! (checked against nalgebra's full SVD); DARE prunes at its density and rescales; mismatched
-//! adapters are errors. On a tiny random Llama, runtime fusion, the fused adapter loaded, the
-//! model merged into a Hugging Face directory and the f64 reference all give the same logits.
+//! adapters are errors. On a tiny random Llama, runtime fusion (fused kernel and sequential
+//! baseline), the fused adapter loaded, the model merged into a Hugging Face directory and the f64
+//! reference all give the same logits.
 
 mod common;
 
@@ -369,6 +370,8 @@ fn runtime_fused_and_merged_models_agree() {
     let mut runtime = load(&src);
     runtime.attach(&[task.clone(), safety.clone()], &[0.6, -0.4]).unwrap();
     assert_close("runtime fusion", &logits(&runtime, &tokens), &want, 1e-4, seed);
+    runtime.attach_sequential(&[task.clone(), safety.clone()], &[0.6, -0.4]).unwrap();
+    assert_close("sequential application", &logits(&runtime, &tokens), &want, 1e-4, seed);
 
     let fused = fuse(&[(task, 0.6), (safety, -0.4)], &opts("cat"), &quiet).unwrap();
     fused.save(&dir.join("fused")).unwrap();

@@ -46,7 +46,7 @@ fn batches_equal_single_prompts() {
     assert!(prompts.iter().map(Vec::len).collect::<std::collections::BTreeSet<_>>().len() == 3, "lengths differ");
     for sampling in [SamplingOptions::default(), SamplingOptions { temperature: 0.9, top_k: 50, top_p: 0.95, seed: 11 }]
     {
-        let opts = GenerateOptions { max_new_tokens: 12, sampling, stop: vec![] };
+        let opts = GenerateOptions { max_new_tokens: 12, sampling, ..GenerateOptions::default() };
         let (together, _) = generate(&model, &tok, &prompts, &opts, None, |_, _| {}).unwrap();
         for (i, p) in prompts.iter().enumerate() {
             let (alone, _) = generate(&model, &tok, std::slice::from_ref(p), &opts, None, |_, _| {}).unwrap();
@@ -102,28 +102,71 @@ fn cli_generate_answers_and_rejects_bad_prompt_files() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// `--adapter DIR:WEIGHT` end to end: a fresh adapter (B = 0, as training starts) on q_proj and
-/// v_proj of every layer leaves the answer as it was.
-#[test]
-fn cli_generate_with_a_fresh_adapter() {
+/// A SmolLM2 adapter on q_proj and v_proj of every layer, B = `b_scale` × random (0: fresh).
+fn smollm_adapter(b_scale: f32) -> lorafuse::lora::peft::Adapter {
     use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
     let mut factors = std::collections::BTreeMap::new();
     let mut rng = common::Rng::new(common::seed());
     for layer in 0..30 {
         for (t, out) in [("q_proj", 576), ("v_proj", 192)] {
-            factors
-                .insert((layer, t.to_string()), Factors { a: rng.vec(8 * 576), b: vec![0.0; out * 8], inp: 576, out });
+            let b = rng.vec(out * 8).iter().map(|x| x * b_scale).collect();
+            factors.insert((layer, t.to_string()), Factors { a: rng.vec(8 * 576), b, inp: 576, out });
         }
     }
     let targets = vec!["q_proj".to_string(), "v_proj".to_string()];
-    let adapter = Adapter { config: LoraConfig::new(8, 32.0, 0.05, &targets, false, None), factors, source: None };
+    Adapter { config: LoraConfig::new(8, 32.0, 0.05, &targets, false, None), factors, source: None }
+}
+
+/// `--adapter DIR:WEIGHT` end to end: a fresh adapter (B = 0, as training starts) on q_proj and
+/// v_proj of every layer leaves the answer as it was.
+#[test]
+fn cli_generate_with_a_fresh_adapter() {
     let dir = common::tiny::temp_dir("fresh-adapter");
-    adapter.save(&dir).unwrap();
+    smollm_adapter(0.0).save(&dir).unwrap();
     let spec = format!("{}:0.5", dir.display());
     let out = lorafuse(&["generate", "--prompt", "What is the capital of France?", "--json", "--adapter", &spec]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["text"], "The capital of France is Paris.");
     assert!(String::from_utf8_lossy(&out.stderr).contains("at weight 0.5"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Prompts of one batch with their own adapter weights ("adapter_weights" in the prompts file)
+/// generate what each gives alone with --adapter at that weight; a weight list of the wrong
+/// length is an error naming the line.
+#[test]
+fn cli_generate_per_prompt_adapter_mixes() {
+    let dir = common::tiny::temp_dir("mix-adapter");
+    smollm_adapter(0.05).save(&dir.join("ad")).unwrap();
+    let ad = dir.join("ad").display().to_string();
+    let q = "Name a colour.";
+    let file = dir.join("prompts.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"prompt\": \"{q}\", \"adapter_weights\": [0.0]}}\n{{\"prompt\": \"{q}\"}}\n{{\"prompt\": \"{q}\", \"adapter_weights\": [1.5]}}\n"
+        ),
+    )
+    .unwrap();
+    let texts = |args: &[&str]| -> Vec<String> {
+        let out = lorafuse(&[&["generate", "--json", "--max-new-tokens", "12"], args].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let f = file.display().to_string();
+    let together = texts(&["--prompts", &f, "--adapter", &format!("{ad}:0.7")]);
+    for (i, w) in ["0", "0.7", "1.5"].iter().enumerate() {
+        let alone = texts(&["--prompt", q, "--adapter", &format!("{ad}:{w}")]);
+        assert_eq!(together[i], alone[0], "prompt {i} at weight {w}");
+    }
+    assert_ne!(together[0], together[2], "the adapter at 1.5 changes nothing: the test cannot tell mixes apart");
+    std::fs::write(&file, format!("{{\"prompt\": \"{q}\", \"adapter_weights\": [0.1, 0.2]}}\n")).unwrap();
+    let out = lorafuse(&["generate", "--prompts", &f, "--adapter", &ad]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("prompts.jsonl:1") && err.contains("2 weights for 1"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -93,5 +93,6 @@ pub fn fill(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+pub mod fuse;
 pub mod model;
 pub mod train;

@@ -119,6 +119,7 @@ impl SamplingArgs {
                 seed: self.seed,
             },
             stop: self.stop.clone(),
+            mixes: Vec::new(),
         })
     }
 }
@@ -130,7 +131,9 @@ pub struct GenerateArgs {
     /// The user's message (or, with --raw, the whole prompt text).
     #[arg(long, conflicts_with = "prompts")]
     pub prompt: Option<String>,
-    /// JSONL, one prompt a line: {"prompt": "..."} or {"messages": [{"role", "content"}, ...]}.
+    /// JSONL, one prompt a line: {"prompt": "..."} or {"messages": [{"role", "content"}, ...]},
+    /// optionally with "adapter_weights": [w1, ...], one per --adapter, that prompt's own fusion
+    /// (prompts with different mixes share a batch).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     /// A system message before each prompt.
@@ -149,8 +152,15 @@ pub struct GenerateArgs {
     pub sampling: SamplingArgs,
 }
 
-/// The conversations of a prompts file, with errors naming its line.
-fn read_prompts(path: &Path, system: Option<&str>) -> Result<Vec<Vec<Message>>> {
+/// A prompt of a prompts file: its conversation and its own adapter weights, if it gives them.
+struct PromptLine {
+    messages: Vec<Message>,
+    weights: Option<Vec<f32>>,
+}
+
+/// The prompts of a prompts file, with errors naming its line; `adapters` is how many adapters
+/// an "adapter_weights" list must weigh.
+fn read_prompts(path: &Path, system: Option<&str>, adapters: usize) -> Result<Vec<PromptLine>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -173,7 +183,18 @@ fn read_prompts(path: &Path, system: Option<&str>) -> Result<Vec<Vec<Message>>> 
         {
             messages.insert(0, Message::new("system", s));
         }
-        out.push(messages);
+        let weights = match v.get("adapter_weights") {
+            None => None,
+            Some(w) => {
+                let w: Vec<f32> = serde_json::from_value(w.clone())
+                    .map_err(|e| bad(&format!("\"adapter_weights\" must be a list of numbers: {e}")))?;
+                if w.len() != adapters {
+                    return Err(bad(&format!("\"adapter_weights\" has {} weights for {adapters} --adapter", w.len())));
+                }
+                Some(w)
+            }
+        };
+        out.push(PromptLine { messages, weights });
     }
     Ok(out)
 }
@@ -200,11 +221,18 @@ fn report(stats: &Stats) {
 }
 
 pub fn run_generate(gpu: &Gpu, args: &GenerateArgs, mut profile: Option<&mut Profile>) -> Result<()> {
-    let opts = args.sampling.options()?;
-    let conversations = match (&args.prompt, &args.prompts) {
-        (Some(p), _) => vec![conversation(args.system.as_deref(), p)],
-        (None, Some(path)) => read_prompts(path, args.system.as_deref())?,
+    let mut opts = args.sampling.options()?;
+    let lines = match (&args.prompt, &args.prompts) {
+        (Some(p), _) => vec![PromptLine { messages: conversation(args.system.as_deref(), p), weights: None }],
+        (None, Some(path)) => read_prompts(path, args.system.as_deref(), args.model.adapters.len())?,
         (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl"),
+    };
+    let conversations: Vec<&[Message]> = lines.iter().map(|l| l.messages.as_slice()).collect();
+    let default_mix: Vec<f32> = args.model.adapters.iter().map(|a| parse_adapter(a).1).collect();
+    let mixes: Vec<Vec<f32>> = if lines.iter().any(|l| l.weights.is_some()) {
+        lines.iter().map(|l| l.weights.clone().unwrap_or_else(|| default_mix.clone())).collect()
+    } else {
+        Vec::new()
     };
     let m = args.model.load(gpu)?;
     if m.template.is_none() && !args.raw {
@@ -219,6 +247,9 @@ pub fn run_generate(gpu: &Gpu, args: &GenerateArgs, mut profile: Option<&mut Pro
     let mut stdout = std::io::stdout().lock();
     for (chunk_no, chunk) in ids.chunks(args.batch_size.max(1)).enumerate() {
         let base = chunk_no * args.batch_size.max(1);
+        if !mixes.is_empty() {
+            opts.mixes = mixes[base..base + chunk.len()].to_vec();
+        }
         let (completions, stats) = generate(&m.model, &m.tok, chunk, &opts, profile.as_deref_mut(), |_, piece| {
             if stream {
                 let _ = write!(stdout, "{piece}");
@@ -227,7 +258,8 @@ pub fn run_generate(gpu: &Gpu, args: &GenerateArgs, mut profile: Option<&mut Pro
         })?;
         total.add(&stats);
         for (i, c) in completions.iter().enumerate() {
-            print_completion(&mut stdout, base + i, &chunk[i], c, args.json, stream)?;
+            let mix = mixes.get(base + i).map(Vec::as_slice);
+            print_completion(&mut stdout, base + i, &chunk[i], c, mix, args.json, stream)?;
         }
     }
     report(&total);
@@ -239,17 +271,21 @@ fn print_completion(
     index: usize,
     prompt: &[u32],
     c: &Completion,
+    mix: Option<&[f32]>,
     json: bool,
     streamed: bool,
 ) -> Result<()> {
     if json {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "index": index,
             "prompt_ids": prompt,
             "ids": c.ids,
             "text": c.text,
             "finish_reason": c.finish,
         });
+        if let Some(m) = mix {
+            line["adapter_weights"] = serde_json::json!(m);
+        }
         writeln!(out, "{line}")?;
     } else if streamed {
         writeln!(out)?;

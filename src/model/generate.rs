@@ -17,11 +17,19 @@ pub struct GenerateOptions {
     pub sampling: SamplingOptions,
     /// Generation stops when the text produced contains one of these (cut before it).
     pub stop: Vec<String>,
+    /// Per prompt, the weights of the attached adapters (one each) for its rows: several
+    /// fusions in one batch. Empty: the weights the adapters were attached with.
+    pub mixes: Vec<Vec<f32>>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 256, sampling: SamplingOptions::default(), stop: Vec::new() }
+        GenerateOptions {
+            max_new_tokens: 256,
+            sampling: SamplingOptions::default(),
+            stop: Vec::new(),
+            mixes: Vec::new(),
+        }
     }
 }
 
@@ -140,6 +148,16 @@ pub fn generate(
             opts.max_new_tokens, model.cfg.max_positions
         )));
     }
+    if !opts.mixes.is_empty() && opts.mixes.len() != prompts.len() {
+        return Err(Error::Invalid(format!("{} adapter mixes for {} prompts", opts.mixes.len(), prompts.len())));
+    }
+    let mix_rows = |b: &mut Batch, prompt: usize, rows: usize| {
+        if let Some(m) = opts.mixes.get(prompt) {
+            for _ in 0..rows {
+                b.adapter_weights.extend_from_slice(m);
+            }
+        }
+    };
     let cache = model.new_cache(prompts.len(), max_len.max(1))?;
     let mut done: Vec<Option<Completion>> = vec![None; prompts.len()];
     let mut running: Vec<Running> = prompts
@@ -159,6 +177,7 @@ pub fn generate(
     let mut batch = Batch::default();
     for (i, p) in prompts.iter().enumerate() {
         batch.push_sequence(i as u32, 0, p, true);
+        mix_rows(&mut batch, i, p.len());
     }
     let mut logits = forward(&batch, &cache, "prefill")?;
     stats.prefill_tokens = batch.rows();
@@ -214,6 +233,7 @@ pub fn generate(
         for seq in running.iter_mut() {
             let last = *seq.ids.last().expect("every running sequence has a token");
             b.push_sequence(seq.slot, seq.next_pos, &[last], true);
+            mix_rows(&mut b, seq.index, 1);
             seq.next_pos += 1;
         }
         logits = forward(&b, &cache, "decode")?;

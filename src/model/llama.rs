@@ -50,24 +50,32 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// y (+)= x·Wᵀ + b, plus the adapters' coef ⊙ (x·Aᵀ)·Bᵀ when `lora` is given (the fused
-    /// kernel: with no adapters it is the plain product).
+    /// y (+)= x·Wᵀ + b, plus the adapters (the fused kernel, or the sequential baseline).
     pub(crate) fn forward(
         &self,
         rec: &mut Recorder,
         x: &Act,
         y: &Tensor,
         accumulate: bool,
-        lora: Option<(&LoraStack, &Tensor)>,
+        lora: LinearLora,
     ) -> Result<()> {
         match lora {
-            Some((stack, coef)) => {
+            LinearLora::Fused(stack, coef) => {
                 let t = Tensor::zeros(rec.gpu(), &[y.shape()[0], stack.rp()], DType::F32, "lora t")?;
                 fused_forward(rec, &FusedLinear { w: &self.w, lora: stack, coef, t: &t }, x, y, accumulate, None)?;
             }
-            None => {
+            LinearLora::None | LinearLora::Sequential(_) => {
                 let opts = MatmulOpts { accumulate, ..Default::default() };
                 matmul_act(rec, Form::Nt, x, &self.w, y, &opts)?;
+            }
+        }
+        if let LinearLora::Sequential(stacks) = &lora {
+            for &(stack, coef) in stacks {
+                // T = x·Aᵀ, then y += coef · T·Bᵀ: two launches and a pass over y per adapter
+                let t = Tensor::zeros(rec.gpu(), &[y.shape()[0], stack.rp()], DType::F32, "lora t")?;
+                matmul_act(rec, Form::Nt, x, &stack.a, &t, &MatmulOpts::default())?;
+                let expand = MatmulOpts { alpha: coef, accumulate: true, ..Default::default() };
+                matmul_act(rec, Form::Nt, &Act::new(&t, 1), &stack.b, y, &expand)?;
             }
         }
         if let Some(b) = &self.bias {
@@ -75,6 +83,16 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// The adapters of one linear layer in a forward pass.
+pub(crate) enum LinearLora<'a> {
+    None,
+    /// Every adapter through the fused kernel, at the batch's per-row coefficients.
+    Fused(&'a LoraStack, &'a Tensor),
+    /// One after another after the base product, each at weight × scale: the baseline that
+    /// `bench fuse` compares the fused kernel with.
+    Sequential(Vec<(&'a LoraStack, f32)>),
 }
 
 pub struct Layer {
@@ -101,6 +119,9 @@ pub struct Llama {
     pub(crate) lora: Option<Attached>,
     /// Each attached adapter's weight for rows that do not give their own.
     lora_weights: Vec<f32>,
+    /// Adapters attached for sequential application instead: one stack each, with its
+    /// weight × scale.
+    lora_sequential: Vec<(Attached, f32)>,
 }
 
 /// The KV cache: per layer, K and V of `slots` sequences up to `max_len` positions, and the RoPE
@@ -269,6 +290,7 @@ impl Llama {
             dtype: opts.dtype,
             lora: None,
             lora_weights: Vec::new(),
+            lora_sequential: Vec::new(),
         })
     }
 
@@ -278,14 +300,30 @@ impl Llama {
         if weights.len() != adapters.len() {
             return Err(Error::Invalid(format!("{} weights for {} adapters", weights.len(), adapters.len())));
         }
+        self.detach();
         self.lora = Some(attach(&self.gpu, self.layout, &self.cfg, adapters)?);
         self.lora_weights = weights.to_vec();
+        Ok(())
+    }
+
+    /// Applies `adapters` one after another instead (a shrink and an expand launch each after
+    /// every base product, at their weights for every row): the sequential baseline.
+    pub fn attach_sequential(&mut self, adapters: &[Adapter], weights: &[f32]) -> Result<()> {
+        if weights.len() != adapters.len() {
+            return Err(Error::Invalid(format!("{} weights for {} adapters", weights.len(), adapters.len())));
+        }
+        self.detach();
+        for (a, &w) in adapters.iter().zip(weights) {
+            let one = attach(&self.gpu, self.layout, &self.cfg, std::slice::from_ref(a))?;
+            self.lora_sequential.push((one, w * a.scale()));
+        }
         Ok(())
     }
 
     pub fn detach(&mut self) {
         self.lora = None;
         self.lora_weights.clear();
+        self.lora_sequential.clear();
     }
 
     pub fn adapters(&self) -> Option<&Attached> {
@@ -395,9 +433,15 @@ impl Llama {
         let (gate_up, act) = (t(&[r, 2 * f], "gate_up")?, t(&[r, f], "act")?);
 
         let coef = self.coef(batch)?;
-        let lora = |i: usize, site: Site| -> Option<(&LoraStack, &Tensor)> {
-            let stack = self.lora.as_ref()?.layers[i].get(site)?;
-            Some((stack, coef.as_ref()?))
+        let lora = |i: usize, site: Site| -> LinearLora {
+            if !self.lora_sequential.is_empty() {
+                let stacks = self.lora_sequential.iter().filter_map(|(a, c)| Some((a.layers[i].get(site)?, *c)));
+                return LinearLora::Sequential(stacks.collect());
+            }
+            match (self.lora.as_ref().and_then(|a| a.layers[i].get(site)), coef.as_ref()) {
+                (Some(stack), Some(c)) => LinearLora::Fused(stack, c),
+                _ => LinearLora::None,
+            }
         };
         gather(rec, &self.embed, &tokens, &hs)?;
         for (i, l) in self.layers.iter().enumerate() {
