@@ -137,8 +137,11 @@ def delta_error(model, ours, ref):
 @torch.no_grad()
 def fusion_cases(a, base, ids, tmp):
     """Every method: PEFT's add_weighted_adapter against `lorafuse fuse`, on the delta weights."""
-    fa = make_peft_adapter(base, f"{tmp}/fuse-a", 3, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
-    fb = make_peft_adapter(base, f"{tmp}/fuse-b", 4, r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"])
+    if a.fusion_adapters:
+        fa, fb = a.fusion_adapters
+    else:
+        fa = make_peft_adapter(base, f"{tmp}/fuse-a", 3, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+        fb = make_peft_adapter(base, f"{tmp}/fuse-b", 4, r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"])
     fc = make_peft_adapter(base, f"{tmp}/fuse-c", 5, r=4, lora_alpha=8, target_modules=["v_proj"])
     dirs = {"a": fa, "b": fb, "c": fc}
     m = PeftModel.from_pretrained(copy.deepcopy(base), fa, adapter_name="a")
@@ -219,6 +222,9 @@ def main():
     ap.add_argument("--min-top1", type=float, default=0.95)
     ap.add_argument("--peft-only", action="store_true", help="PEFT side alone: the adapters' effects, no lorafuse")
     ap.add_argument("--skip-fusion", action="store_true", help="leave out the fusion-method cases")
+    ap.add_argument("--fusion-adapters", nargs=2, metavar=("TASK", "SAFETY"),
+                    help="fuse these two adapters (of one rank, on q_proj and v_proj; lorafuse-trained, say) "
+                         "instead of two random PEFT ones")
     a = ap.parse_args()
     if not a.peft_only and not os.access(a.lorafuse, os.X_OK):
         sys.exit(f"peft_interop: no lorafuse binary at {a.lorafuse} (cargo build --release), or pass --peft-only")

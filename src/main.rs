@@ -63,7 +63,6 @@ enum Command {
     },
     /// Train a LoRA adapter on conversations (PEFT format out; defaults: the paper's recipe).
     Train(Box<cli::train::TrainArgs>),
-    /// Fuse LoRA adapters into one (PEFT's combination methods), or merge them into the base.
     Fuse(Box<cli::fuse::FuseArgs>),
     /// Generate text from prompts (chat template applied unless --raw).
     Generate(cli::generate::GenerateArgs),

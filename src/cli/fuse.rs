@@ -14,6 +14,8 @@ use lorafuse::model::source::ModelSource;
 
 use super::generate::parse_adapter;
 
+/// Fuse LoRA adapters into one (PEFT's combination methods), or merge them into the base.
+///
 /// Combination methods as Hugging Face PEFT's `add_weighted_adapter` defines them (peft 0.21):
 /// cat stacks the factors along the rank (r = Σ rᵢ), the exact weighted sum Σ wᵢ sᵢ BᵢAᵢ, the
 /// paper's choice; linear, ties, dare_linear, dare_ties and magnitude_prune combine the A's and
