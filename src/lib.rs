@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod kernels;
 pub mod lora;

@@ -64,6 +64,8 @@ enum Command {
     /// Train a LoRA adapter on conversations (PEFT format out; defaults: the paper's recipe).
     Train(Box<cli::train::TrainArgs>),
     Fuse(Box<cli::fuse::FuseArgs>),
+    /// Evaluate harmfulness (keywords, a judge), XSTest over-refusal, MMLU and task loss.
+    Eval(Box<cli::eval::EvalArgs>),
     /// Generate text from prompts (chat template applied unless --raw).
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
@@ -367,6 +369,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => cli::generate::run_generate(&cli.device.open()?, &args, None),
         Command::Train(args) => cli::train::run(&cli.device.open()?, &args),
         Command::Fuse(args) => cli::fuse::run(&args),
+        Command::Eval(args) => cli::eval::run(&cli.device.open()?, &args),
         Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),

@@ -306,6 +306,16 @@ impl Llama {
         Ok(())
     }
 
+    /// Changes the weights of the attached adapters (no re-upload).
+    pub fn set_adapter_weights(&mut self, weights: &[f32]) -> Result<()> {
+        let n = self.lora.as_ref().map_or(0, Attached::n_adapters);
+        if weights.len() != n {
+            return Err(Error::Invalid(format!("{} weights for {n} attached adapters", weights.len())));
+        }
+        self.lora_weights = weights.to_vec();
+        Ok(())
+    }
+
     /// Applies `adapters` one after another instead (a shrink and an expand launch each after
     /// every base product, at their weights for every row): the sequential baseline.
     pub fn attach_sequential(&mut self, adapters: &[Adapter], weights: &[f32]) -> Result<()> {
