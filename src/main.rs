@@ -66,6 +66,8 @@ enum Command {
     Fuse(Box<cli::fuse::FuseArgs>),
     /// Evaluate harmfulness (keywords, a judge), XSTest over-refusal, MMLU and task loss.
     Eval(Box<cli::eval::EvalArgs>),
+    /// The λ sweep: task and safety adapters fused at [1-λ, λ], evaluated with the base model.
+    Sweep(Box<cli::sweep::SweepArgs>),
     /// Generate text from prompts (chat template applied unless --raw).
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
@@ -370,6 +372,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => cli::train::run(&cli.device.open()?, &args),
         Command::Fuse(args) => cli::fuse::run(&args),
         Command::Eval(args) => cli::eval::run(&cli.device.open()?, &args),
+        Command::Sweep(args) => cli::sweep::run(&cli.device.open()?, &args),
         Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),

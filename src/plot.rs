@@ -5,12 +5,31 @@
 use std::fmt::Write;
 
 /// One named series of (x, y) points, drawn in order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     /// Draw markers at the points (sparse series: per-epoch values).
     pub markers: bool,
+    /// Join the points (false: a scatter).
+    pub line: bool,
+    pub dashed: bool,
+    /// A label beside each point (empty: none).
+    pub labels: Vec<String>,
+    /// (low, high) of each point's interval, drawn as a vertical bar (empty: none).
+    pub y_err: Vec<(f64, f64)>,
+}
+
+impl Series {
+    /// Points joined by a line.
+    pub fn line(name: &str, points: Vec<(f64, f64)>, markers: bool) -> Series {
+        Series { name: name.into(), points, markers, line: true, ..Series::default() }
+    }
+
+    /// Markers only.
+    pub fn scatter(name: &str, points: Vec<(f64, f64)>) -> Series {
+        Series { name: name.into(), points, markers: true, ..Series::default() }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -27,7 +46,7 @@ const H: f64 = 420.0;
 // plot area margins
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 56.0;
 const BOTTOM: f64 = 50.0;
 
 /// About `n` round tick values covering [lo, hi].
@@ -62,6 +81,10 @@ impl Chart {
         for &(x, y) in pts() {
             (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
         }
+        for &(lo, hi) in self.series.iter().flat_map(|s| s.y_err.iter()).filter(|e| e.0.is_finite() && e.1.is_finite())
+        {
+            (y0, y1) = (y0.min(lo), y1.max(hi));
+        }
         if !x0.is_finite() {
             (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
         }
@@ -70,6 +93,9 @@ impl Chart {
         }
         let pad = ((y1 - y0) * 0.05).max(1e-9 * y1.abs().max(1.0));
         (y0, y1) = (y0 - pad, y1 + pad);
+        // room for the markers and labels at the ends
+        let xpad = (x1 - x0) * 0.04;
+        (x0, x1) = (x0 - xpad, x1 + xpad);
         let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
         let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
         let sy = |y: f64| TOP + (1.0 - (y - y0) / (y1 - y0)) * ph;
@@ -121,32 +147,53 @@ impl Chart {
             TOP + ph / 2.0,
             escape(&self.y_label)
         );
+        // label positions taken, so coinciding points' labels stack instead of overprinting
+        let mut placed: Vec<(f64, f64)> = Vec::new();
         for (i, ser) in self.series.iter().enumerate() {
             let c = COLORS[i % COLORS.len()];
-            let path: Vec<String> = ser
+            let kept: Vec<(usize, (f64, f64))> = ser
                 .points
                 .iter()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+                .copied()
+                .enumerate()
+                .filter(|(_, p)| p.0.is_finite() && p.1.is_finite())
+                .map(|(j, (x, y))| (j, (sx(x), sy(y))))
                 .collect();
-            if path.len() > 1 {
+            let dash = if ser.dashed { r#" stroke-dasharray="6 4""# } else { "" };
+            if ser.line && kept.len() > 1 {
+                let path: Vec<String> = kept.iter().map(|(_, (x, y))| format!("{x:.1},{y:.1}")).collect();
                 let _ = writeln!(
                     s,
-                    r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/>"#,
+                    r#"<polyline fill="none" stroke="{c}" stroke-width="1.5"{dash} points="{}"/>"#,
                     path.join(" ")
                 );
             }
-            if ser.markers || path.len() == 1 {
-                for p in &path {
-                    let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-                    let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
+            for &(j, (x, y)) in &kept {
+                if let Some(&(lo, hi)) = ser.y_err.get(j).filter(|e| e.0.is_finite() && e.1.is_finite()) {
+                    let _ = writeln!(
+                        s,
+                        r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{c}" stroke-opacity="0.5"/>"#,
+                        sy(lo),
+                        sy(hi)
+                    );
+                }
+                if ser.markers || kept.len() == 1 {
+                    let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{c}"/>"#);
+                }
+                if let Some(l) = ser.labels.get(j) {
+                    let (lx, mut ly) = (x + 5.0, y - 5.0);
+                    while placed.iter().any(|&(px, py)| (px - lx).abs() < 40.0 && (py - ly).abs() < 10.0) {
+                        ly += 11.0;
+                    }
+                    placed.push((lx, ly));
+                    let _ = writeln!(s, r#"<text x="{lx:.1}" y="{ly:.1}" font-size="10">{}</text>"#, escape(l));
                 }
             }
-            let ly = TOP + 14.0 + 16.0 * i as f64;
-            let lx = LEFT + pw - 150.0;
+            // the legend: one row under the title, clear of the data
+            let (lx, ly) = (LEFT + 160.0 * i as f64, 40.0);
             let _ = writeln!(
                 s,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
                 lx + 18.0,
                 lx + 24.0,
                 ly + 4.0,
@@ -176,14 +223,22 @@ mod tests {
             x_label: "step".into(),
             y_label: "loss".into(),
             series: vec![
-                Series { name: "train".into(), points: vec![(0.0, 2.0), (1.0, f64::NAN), (2.0, 1.0)], markers: false },
-                Series { name: "held out".into(), points: vec![(2.0, 1.5)], markers: true },
+                Series::line("train", vec![(0.0, 2.0), (1.0, f64::NAN), (2.0, 1.0)], false),
+                Series::line("held out", vec![(2.0, 1.5)], true),
+                Series {
+                    labels: vec!["λ=0".into(), "λ=1".into()],
+                    y_err: vec![(0.1, 0.4), (f64::NAN, 0.0)],
+                    ..Series::scatter("sweep", vec![(0.0, 0.2), (1.0, 0.9)])
+                },
             ],
         };
         let svg = chart.svg();
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<polyline").count(), 1);
-        assert_eq!(svg.matches("<circle").count(), 1);
+        assert_eq!(svg.matches("<circle").count(), 3);
         assert!(svg.contains("loss &lt;train&gt;") && !svg.contains("NaN"));
+        // one error bar (the other's interval is not finite), both labels
+        assert_eq!(svg.matches("stroke-opacity").count(), 1);
+        assert!(svg.contains(">λ=0<") && svg.contains(">λ=1<"));
     }
 }

@@ -5,4 +5,5 @@ pub mod fuse;
 pub mod generate;
 pub mod logits;
 pub mod profile;
+pub mod sweep;
 pub mod train;

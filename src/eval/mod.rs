@@ -11,4 +11,5 @@ pub mod refusal;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod sweep;
 pub mod xstest;

@@ -620,12 +620,9 @@ fn loss_chart(log: &[LogLine]) -> Chart {
             }
         }
     }
-    let mut series = vec![
-        Series { name: "train (step)".into(), points: steps, markers: false },
-        Series { name: "train (epoch mean)".into(), points: epochs, markers: true },
-    ];
+    let mut series = vec![Series::line("train (step)", steps, false), Series::line("train (epoch mean)", epochs, true)];
     if !held.is_empty() {
-        series.push(Series { name: "held out".into(), points: held, markers: true });
+        series.push(Series::line("held out", held, true));
     }
     Chart {
         title: "LoRA training loss (per labelled token)".into(),
