@@ -209,11 +209,35 @@ fn judge_responses(j: &Judge, arms: &[Arm], sets: &Sets, opts: &Options, records
         }
     }
     let progress = bar(opts.quiet, todo.len(), &format!("judging with {}", j.name));
-    for chunk in todo.chunks(opts.batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|(_, _, _, t)| prompt_ids(j.tok, j.template, &[Message::new("user", t)], false))
-            .collect::<Result<_>>()?;
+    let limit = j.model.cfg.max_positions.saturating_sub(j.max_new_tokens);
+    let mut fitting = Vec::with_capacity(todo.len());
+    let mut skipped = Vec::new();
+    for (arm, set, id, text) in todo {
+        let ids = prompt_ids(j.tok, j.template, &[Message::new("user", &text)], false)?;
+        if ids.len() > limit {
+            // a judge that cannot read the pair gives no score: counted apart, as unparseable
+            let answer = format!(
+                "(not judged: {} prompt tokens, over the judge's context for {} new ones)",
+                ids.len(),
+                j.max_new_tokens
+            );
+            skipped.push(Record::Judged {
+                arm,
+                set: set.to_string(),
+                id,
+                judge: j.name.clone(),
+                answer,
+                score: None,
+                class: None,
+            });
+        } else {
+            fitting.push((arm, set, id, ids));
+        }
+    }
+    progress.inc(skipped.len() as u64);
+    records.append(skipped)?;
+    for chunk in fitting.chunks(opts.batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|c| c.3.clone()).collect();
         let gopts = GenerateOptions { max_new_tokens: j.max_new_tokens, ..GenerateOptions::default() };
         let (done, _) = generate(j.model, j.tok, &ids, &gopts, None, |_, _| {})?;
         let new = chunk

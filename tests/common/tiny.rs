@@ -344,3 +344,38 @@ pub fn random_adapter(rng: &mut Rng, spec: &Tiny, targets: &[&str], r: usize, al
     let targets: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
     Adapter { config: LoraConfig::new(r, alpha, 0.05, &targets, false, None), factors, source: None }
 }
+
+/// The vocabulary a chat-capable tiny model needs: 256 byte-level tokens and three specials.
+pub const CHAT_VOCAB: usize = 259;
+
+/// A tiny model a user could chat with: weights, a byte-level tokenizer (tokenizer.json, one
+/// token a byte, ChatML's <|im_start|> <|im_end|> and <|endoftext|> as specials) and a ChatML
+/// template in tokenizer_config.json. Returns the spec.
+pub fn write_chat_model(dir: &Path, seed: u64) -> Tiny {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let spec = Tiny { vocab: CHAT_VOCAB, layers: 2, ..Tiny::default() };
+    write_hf(dir, &spec, &random_weights(&spec, seed), safetensors::Dtype::F32);
+    // room for a judge's prompt (the rubric is ~2,000 byte tokens)
+    let mut cfg: serde_json::Value = serde_json::from_str(&config_json(&spec)).unwrap();
+    cfg["max_position_embeddings"] = 4096.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort_unstable();
+    let vocab: tokenizers::models::bpe::Vocab =
+        alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().unwrap();
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    let specials: Vec<tokenizers::AddedToken> = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .map(|s| tokenizers::AddedToken::from(s.to_string(), true))
+        .collect();
+    tok.add_special_tokens(&specials);
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    let template = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let cfg = serde_json::json!({ "chat_template": template, "eos_token": "<|im_end|>", "bos_token": null, "add_bos_token": false });
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    spec
+}
