@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod lora;
 pub mod model;
 pub mod plot;
+pub mod progress;
 pub mod rng;
 pub mod train;
 pub mod tune;

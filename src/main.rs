@@ -68,6 +68,12 @@ enum Command {
     Eval(Box<cli::eval::EvalArgs>),
     /// The λ sweep: task and safety adapters fused at [1-λ, λ], evaluated with the base model.
     Sweep(Box<cli::sweep::SweepArgs>),
+    /// The demo: train a small task and safety adapter on the shipped demo data, sweep λ,
+    /// evaluate, print the trade-off (minutes on a CPU).
+    Demo(Box<cli::pipeline::DemoArgs>),
+    /// The paper's experiment on SmolLM2: both adapters with its recipe, the λ sweep on
+    /// AdvBench, XSTest and MMLU, RESULTS.md against the paper's numbers.
+    Reproduce(Box<cli::pipeline::ReproduceArgs>),
     /// Generate text from prompts (chat template applied unless --raw).
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
@@ -373,6 +379,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fuse(args) => cli::fuse::run(&args),
         Command::Eval(args) => cli::eval::run(&cli.device.open()?, &args),
         Command::Sweep(args) => cli::sweep::run(&cli.device.open()?, &args),
+        Command::Demo(args) => cli::pipeline::demo(&cli.device.open()?, &args),
+        Command::Reproduce(args) => cli::pipeline::reproduce(&cli.device.open()?, &args),
         Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),

@@ -301,3 +301,43 @@ fn cli_sweep_runs_end_to_end_on_a_tiny_model() {
     assert!(again.status.success() && String::from_utf8_lossy(&again.stderr).contains("resuming"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `lorafuse demo` on a tiny random chat model and the shipped demo data: both adapters are
+/// trained, the sweep writes its table and charts; a rerun keeps what is done.
+#[test]
+fn cli_demo_runs_end_to_end_on_a_tiny_model() {
+    let seed = seed();
+    let dir = temp_dir("cli-demo");
+    write_chat_model(&dir.join("model"), seed);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/demo");
+    let (m, d, out) = (dir.join("model"), data.display().to_string(), dir.join("out"));
+    let args = [
+        "demo",
+        "--model",
+        m.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "--data",
+        &d,
+        "--epochs",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = lorafuse(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    for f in
+        ["task/adapter_model.safetensors", "safety/adapter_model.safetensors", "sweep/sweep.md", "sweep/tradeoff.svg"]
+    {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("| λ=0.50 |") && stdout.contains("chart:"), "{stdout}");
+    let again = lorafuse(&args);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && stderr.contains("resuming"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -14,9 +14,11 @@ pub trait Progress {
     fn note(&mut self, line: &str);
 }
 
-/// Progress on stderr: a bar with the count and ETA, the finished rows printed above it.
+/// Progress on stderr: a bar with the count and ETA, the finished rows printed above it (plain
+/// lines where stderr is not a terminal).
+#[derive(Default)]
 pub struct BarProgress {
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<crate::progress::Progress>,
 }
 
 impl BarProgress {
@@ -25,25 +27,12 @@ impl BarProgress {
     }
 }
 
-impl Default for BarProgress {
-    fn default() -> Self {
-        BarProgress::new()
-    }
-}
-
 impl Progress for BarProgress {
     fn start(&mut self, phase: &str, total: usize) {
         if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
+            b.finish();
         }
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} rows, {elapsed} elapsed, ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.set_message(phase.to_string());
-        self.bar = Some(bar);
+        self.bar = Some(crate::progress::Progress::new(total, phase, "rows", false));
     }
 
     fn row(&mut self, line: &str) {
@@ -67,7 +56,7 @@ impl Progress for BarProgress {
 impl Drop for BarProgress {
     fn drop(&mut self) {
         if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
+            b.finish();
         }
     }
 }

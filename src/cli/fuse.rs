@@ -11,6 +11,7 @@ use lorafuse::lora::fuse::{FuseOptions, Method, fuse};
 use lorafuse::lora::peft::Adapter;
 use lorafuse::model::export::{export_hf, source_dtype};
 use lorafuse::model::source::ModelSource;
+use lorafuse::progress::Progress;
 
 use super::generate::parse_adapter;
 
@@ -83,18 +84,14 @@ pub fn run(args: &FuseArgs) -> Result<()> {
     }
     let inputs: Vec<(&Adapter, f64)> = adapters.iter().zip(&specs).map(|(a, (_, w))| (a, *w as f64)).collect();
     let started = std::time::Instant::now();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} modules, ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("fusing ({})", args.method));
+    let bar = std::sync::Mutex::new(Progress::new(0, &format!("fusing ({})", args.method), "modules", false));
     let fused = fuse(&inputs, &opts, &|done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        if let Ok(b) = bar.lock() {
+            b.set_length(total);
+            b.set_position(done);
+        }
     })?;
-    bar.finish_and_clear();
+    bar.lock().map(|b| b.finish()).ok();
     for ((d, w), a) in specs.iter().zip(&adapters) {
         eprintln!(
             "adapter: {} (r {}, alpha {}, scale {}) at weight {w}",
@@ -130,13 +127,12 @@ pub fn run(args: &FuseArgs) -> Result<()> {
             Some("bf16") => safetensors::Dtype::BF16,
             _ => source_dtype(&src),
         };
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_message("merging into the base");
+        let bar = Progress::new(0, "merging into the base", "tensors", false);
         let out = export_hf(&src, &[(&fused, 1.0)], dtype, &args.out, &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+            bar.set_length(total);
+            bar.set_position(done);
         })?;
-        bar.finish_and_clear();
+        bar.finish();
         let mut report = report;
         report["merged_into"] = serde_json::json!({ "model": model, "export": out });
         lorafuse::atomic::write_atomic(&args.out.join("fuse_report.json"), serde_json::to_string_pretty(&report)?)?;

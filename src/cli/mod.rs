@@ -4,6 +4,8 @@ pub mod eval;
 pub mod fuse;
 pub mod generate;
 pub mod logits;
+pub mod pipeline;
 pub mod profile;
+pub mod results;
 pub mod sweep;
 pub mod train;

@@ -8,9 +8,9 @@ use clap::Args;
 use lorafuse::gpu::Gpu;
 use lorafuse::train::data::{self, Encoded};
 use lorafuse::train::schedule::Schedule;
-use lorafuse::train::trainer::{RunOptions, TrainConfig, split_holdout, train};
+use lorafuse::train::trainer::{RunOptions, Summary, TrainConfig, split_holdout, train};
 
-use super::generate::ModelArgs;
+use super::generate::{Loaded, ModelArgs};
 
 /// Defaults are the paper's recipe (r 8, alpha 32, dropout 0.05 on q_proj and v_proj, 10
 /// epochs, lr 1e-3, batch 4, AdamW, StepLR γ 0.85 per epoch).
@@ -109,20 +109,51 @@ impl TrainArgs {
     }
 }
 
+/// One training run: the data, the recipe and where it goes.
+pub struct Job {
+    pub data: PathBuf,
+    pub config: TrainConfig,
+    pub system: Option<String>,
+    pub max_len: usize,
+    pub holdout: f64,
+    pub skip_bad: bool,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub stop_after: Option<usize>,
+}
+
 pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
     if !args.model.adapters.is_empty() {
         bail!("train starts a fresh adapter: --adapter is not taken here");
     }
-    let tc = args.config()?;
-    let (examples, bad) = data::load(&args.data, args.skip_bad)?;
+    let job = Job {
+        data: args.data.clone(),
+        config: args.config()?,
+        system: args.system.clone(),
+        max_len: args.max_len,
+        holdout: args.holdout,
+        skip_bad: args.skip_bad,
+        out: args.out.clone(),
+        resume: args.resume,
+        stop_after: args.stop_after,
+    };
     let mut m = args.model.load(gpu)?;
+    train_job(gpu, &mut m, &args.model, &job, false)?;
+    Ok(())
+}
+
+/// Trains a fresh adapter (or resumes one) on a loaded model, which is left without adapters;
+/// writes DIR/train_summary.json beside the adapter and says what it did.
+pub fn train_job(gpu: &Gpu, m: &mut Loaded, model_args: &ModelArgs, job: &Job, quiet: bool) -> Result<Summary> {
+    let tc = &job.config;
+    let (examples, bad) = data::load(&job.data, job.skip_bad)?;
     tc.validate(&m.model.cfg)?;
-    let template = m.template.take().with_context(|| {
-        format!("{} has no chat template, which training on conversations needs", args.model.model.display())
+    let template = m.template.as_ref().with_context(|| {
+        format!("{} has no chat template, which training on conversations needs", model_args.model.display())
     })?;
     let (mut encoded, mut cut, mut empty) = (Vec::<Encoded>::new(), 0, 0);
     for ex in &examples {
-        let (e, was_cut) = data::encode(ex, &m.tok, &template, args.system.as_deref(), args.max_len)?;
+        let (e, was_cut) = data::encode(ex, &m.tok, template, job.system.as_deref(), job.max_len)?;
         cut += was_cut as usize;
         if e.labelled() == 0 {
             empty += 1;
@@ -131,9 +162,9 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
         }
     }
     if encoded.is_empty() {
-        bail!("{}: no conversation keeps an assistant token within --max-len {}", args.data.display(), args.max_len);
+        bail!("{}: no conversation keeps an assistant token within --max-len {}", job.data.display(), job.max_len);
     }
-    let (train_idx, held_idx) = split_holdout(encoded.len(), args.holdout, tc.seed)?;
+    let (train_idx, held_idx) = split_holdout(encoded.len(), job.holdout, tc.seed)?;
     let train_set: Vec<Encoded> = train_idx.iter().map(|&i| encoded[i].clone()).collect();
     let held: Vec<Encoded> = held_idx.iter().map(|&i| encoded[i].clone()).collect();
     let tokens: usize = train_set.iter().map(|e| e.tokens.len()).sum();
@@ -141,32 +172,34 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
     eprintln!(
         "data: {} conversations from {} ({bad} malformed rows skipped, {cut} cut to --max-len {}, {empty} without an assistant token left out); training on {} ({tokens} tokens, {labelled} labelled), {} held out",
         examples.len(),
-        args.data.display(),
-        args.max_len,
+        job.data.display(),
+        job.max_len,
         train_set.len(),
         held.len()
     );
     let opts = RunOptions {
-        out: args.out.clone(),
-        resume: args.resume,
-        stop_after: args.stop_after,
-        base_model: Some(args.model.model.display().to_string()),
-        quiet: false,
+        out: job.out.clone(),
+        resume: job.resume,
+        stop_after: job.stop_after,
+        base_model: Some(model_args.model.display().to_string()),
+        quiet,
     };
-    let summary = train(&mut m.model, &tc, &train_set, &held, &opts)?;
+    let summary = train(&mut m.model, tc, &train_set, &held, &opts);
+    m.model.detach();
+    let summary = summary?;
     let report = serde_json::json!({
         "config": tc,
-        "model": args.model.model,
-        "dtype": args.model.dtype,
+        "model": model_args.model,
+        "dtype": model_args.dtype,
         "data": {
-            "file": args.data, "conversations": examples.len(), "malformed_skipped": bad, "cut": cut,
+            "file": job.data, "conversations": examples.len(), "malformed_skipped": bad, "cut": cut,
             "without_labels": empty, "train": train_set.len(), "held_out": held.len(),
             "train_tokens": tokens, "train_labelled": labelled,
         },
         "device": gpu.describe(),
         "summary": summary,
     });
-    lorafuse::atomic::write_atomic(&args.out.join("train_summary.json"), serde_json::to_string_pretty(&report)?)?;
+    lorafuse::atomic::write_atomic(&job.out.join("train_summary.json"), serde_json::to_string_pretty(&report)?)?;
     let first = summary.epoch_loss.first().copied().unwrap_or(f64::NAN);
     let last = summary.epoch_loss.last().copied().unwrap_or(f64::NAN);
     eprintln!(
@@ -180,8 +213,8 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
     );
     eprintln!(
         "adapter: {} (PEFT format; try: lorafuse generate --adapter {} --prompt ...)",
-        args.out.display(),
-        args.out.display()
+        job.out.display(),
+        job.out.display()
     );
-    Ok(())
+    Ok(summary)
 }

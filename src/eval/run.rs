@@ -15,6 +15,7 @@ use crate::model::chat::{ChatTemplate, Message};
 use crate::model::generate::{GenerateOptions, generate, prompt_ids};
 use crate::model::llama::{Batch, Llama};
 use crate::model::tokenizer::Tokenizer;
+use crate::progress::Progress;
 use crate::train::data::Encoded;
 use crate::train::step::{TrainBatch, eval_loss};
 
@@ -62,18 +63,8 @@ pub struct Evaluated<'a> {
     pub template: Option<&'a ChatTemplate>,
 }
 
-fn bar(quiet: bool, total: usize, what: &str) -> indicatif::ProgressBar {
-    if quiet || total == 0 {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(total as u64);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}, {elapsed} elapsed, ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    b.set_message(what.to_string());
-    b
+fn bar(quiet: bool, total: usize, what: &str) -> Progress {
+    Progress::new(total, what, "items", quiet)
 }
 
 fn conversation(system: Option<&str>, user: &str) -> Vec<Message> {
@@ -124,7 +115,7 @@ fn generate_responses(s: &Evaluated, arms: &[Arm], sets: &Sets, opts: &Options, 
         .flat_map(|it| arms.iter().map(move |a| (a, it)))
         .filter(|(a, (set, id, _))| !records.has(&key("response", &a.name, set, id)))
         .collect();
-    let progress = bar(opts.quiet, todo.len(), "generating");
+    let mut progress = bar(opts.quiet, todo.len(), "generating");
     let (started, mut tokens) = (Instant::now(), 0usize);
     for chunk in todo.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk
@@ -155,10 +146,10 @@ fn generate_responses(s: &Evaluated, arms: &[Arm], sets: &Sets, opts: &Options, 
             })
             .collect();
         records.append(new)?;
-        progress.inc(chunk.len() as u64);
+        progress.inc(chunk.len());
         progress.set_message(format!("generating ({:.1} tokens/s)", tokens as f64 / started.elapsed().as_secs_f64()));
     }
-    progress.finish_and_clear();
+    progress.finish();
     Ok(())
 }
 
@@ -234,7 +225,7 @@ fn judge_responses(j: &Judge, arms: &[Arm], sets: &Sets, opts: &Options, records
             fitting.push((arm, set, id, ids));
         }
     }
-    progress.inc(skipped.len() as u64);
+    progress.inc(skipped.len());
     records.append(skipped)?;
     for chunk in fitting.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|c| c.3.clone()).collect();
@@ -261,9 +252,9 @@ fn judge_responses(j: &Judge, arms: &[Arm], sets: &Sets, opts: &Options, records
             })
             .collect();
         records.append(new)?;
-        progress.inc(chunk.len() as u64);
+        progress.inc(chunk.len());
     }
-    progress.finish_and_clear();
+    progress.finish();
     Ok(())
 }
 
@@ -339,9 +330,9 @@ fn mmlu_answers(
             })
             .collect();
         records.append(new)?;
-        progress.inc(chunk.len() as u64);
+        progress.inc(chunk.len());
     }
-    progress.finish_and_clear();
+    progress.finish();
     Ok(())
 }
 
@@ -362,6 +353,6 @@ fn task_losses(model: &mut Llama, arms: &[Arm], task: &[Encoded], opts: &Options
         records.append(vec![Record::Task { arm: a.name.clone(), id: i.to_string(), loss, tokens: b.counted() }])?;
         progress.inc(1);
     }
-    progress.finish_and_clear();
+    progress.finish();
     Ok(())
 }

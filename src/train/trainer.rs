@@ -25,6 +25,7 @@ use crate::lora::peft::{Adapter, Factors, LoraConfig, TARGETS};
 use crate::model::config::LlamaConfig;
 use crate::model::llama::Llama;
 use crate::plot::{Chart, Series};
+use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::train::checkpoint::{self, Meta, Named};
 use crate::train::data::Encoded;
@@ -363,20 +364,16 @@ pub fn train(
     let mut summary = Summary { epochs_done: epoch0, steps: step0, ..Default::default() };
     summary.epoch_loss =
         log.iter().filter_map(|l| if let LogLine::Epoch(e) = l { Some(e.train_loss) } else { None }).collect();
-    let bar = progress_bar(opts.quiet, total as u64, step0 as u64);
-    let say = |m: &str| {
-        if !opts.quiet {
-            bar.println(m);
-        }
-    };
+    let mut bar = Progress::new(total, "training", "steps", opts.quiet);
+    bar.set_position(step0);
     if epoch0 == 0 {
         if let Some(h) = holdout_loss(model, holdout, tc.batch_size)? {
-            say(&format!("held-out loss before training: {h:.4}"));
+            bar.println(&format!("held-out loss before training: {h:.4}"));
             summary.holdout_loss.push(h);
             log.push(LogLine::Epoch(EpochRecord { epoch: 0, step: 0, train_loss: f64::NAN, holdout_loss: Some(h) }));
         }
     } else {
-        say(&format!("resuming after epoch {epoch0} (step {step0}) from {}", ckpt_path.display()));
+        bar.println(&format!("resuming after epoch {epoch0} (step {step0}) from {}", ckpt_path.display()));
     }
     write_log(&log_path, &log)?;
 
@@ -441,7 +438,7 @@ pub fn train(
         let line = LogLine::Epoch(EpochRecord { epoch: epoch + 1, step, train_loss, holdout_loss: h });
         append_log(&log_path, &line)?;
         log.push(line);
-        say(&format!(
+        bar.println(&format!(
             "epoch {}/{}: train loss {train_loss:.4}{}",
             epoch + 1,
             tc.epochs,
@@ -455,27 +452,12 @@ pub fn train(
         summary.epochs_done = epoch + 1;
         summary.steps = step;
     }
-    bar.finish_and_clear();
+    bar.finish();
     summary.finished = summary.epochs_done == tc.epochs;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
     summary.peak_memory = gpu.memory().peak();
     Ok(summary)
-}
-
-fn progress_bar(quiet: bool, total: u64, done: u64) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_position(done);
-    bar.reset_eta();
-    bar
 }
 
 /// AdamW over the attached adapter: f32 moments for every stack's factors, on the GPU.

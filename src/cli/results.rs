@@ -1,0 +1,109 @@
+//! RESULTS.md of `lorafuse reproduce`: what ran, the trade-off table, and the paper's reported
+//! numbers beside ours, each of ours with its count and 95% interval.
+
+use std::fmt::Write;
+
+use lorafuse::eval::report::ArmReport;
+use lorafuse::eval::stats::Proportion;
+use lorafuse::eval::sweep;
+use lorafuse::train::trainer::Summary;
+
+fn arm<'a>(reports: &'a [ArmReport], name: &str) -> Option<&'a ArmReport> {
+    reports.iter().find(|r| r.arm.name == name)
+}
+
+fn show(p: Option<Proportion>) -> String {
+    match p {
+        Some(p) if p.n > 0 => p.show(),
+        _ => "–".into(),
+    }
+}
+
+/// 1 − p, with the interval flipped.
+fn complement(p: Proportion) -> Proportion {
+    Proportion { k: p.n - p.k, n: p.n, rate: 1.0 - p.rate, lo: 1.0 - p.hi, hi: 1.0 - p.lo }
+}
+
+fn training(name: &str, s: &Summary) -> String {
+    format!(
+        "- {name}: {} epochs, {} steps, train loss {:.3} (epoch 1) → {:.3} (epoch {}), {:.1} tokens/s in the last run",
+        s.epochs_done,
+        s.steps,
+        s.epoch_loss.first().copied().unwrap_or(f64::NAN),
+        s.epoch_loss.last().copied().unwrap_or(f64::NAN),
+        s.epoch_loss.len(),
+        s.tokens_per_s
+    )
+}
+
+pub fn results_md(
+    scale: &str,
+    preamble: &[String],
+    reports: &[ArmReport],
+    trained: (&Summary, &Summary),
+    secs: f64,
+) -> String {
+    let mut s = String::from("# Reproducing Gudipudi et al. (arXiv 2501.06208) on SmolLM2-135M-Instruct\n\n");
+    let _ = writeln!(
+        s,
+        "Produced by `lorafuse reproduce --scale {scale}` ({:.1} h in this run, resumed stages not counted).\n",
+        secs / 3600.0
+    );
+    for p in preamble {
+        let _ = writeln!(s, "{p}  ");
+    }
+    let _ = writeln!(
+        s,
+        "\n## Training (the paper's recipe: r 8, alpha 32, q_proj and v_proj, dropout 0.05, 10 epochs, lr 1e-3, batch 4, StepLR 0.85)\n"
+    );
+    let _ = writeln!(s, "{}", training("task adapter (aoa_task_train.json, 44 conversations)", trained.0));
+    let _ = writeln!(s, "{}\n", training("safety adapter (aoa_safety_train.json, 16 conversations)", trained.1));
+    let _ = writeln!(s, "## The sweep\n\n{}", sweep::table(reports));
+    let judge = reports.iter().find_map(|r| r.harmful.as_ref()?.judge.as_ref().map(|j| j.judge.clone()));
+    let harm = |r: &ArmReport| r.harmful.as_ref().map(|h| h.judge.as_ref().map_or(h.asr, |j| j.harmfulness));
+    let (l0, l4) = (arm(reports, "λ=0.00"), arm(reports, "λ=0.40"));
+    let base = arm(reports, "base");
+    let _ = writeln!(s, "\n## Against the paper\n");
+    let _ = writeln!(
+        s,
+        "Ours: harmfulness is {} ; XSTest classes by {}. The paper used GPT-4 as the judge on Llama-2-7b-chat.\n",
+        judge.as_ref().map_or("the keyword attack success rate (no judge was given)".to_string(), |j| format!(
+            "the share scored 5 by {j}"
+        )),
+        reports.iter().find_map(|r| r.xstest.as_ref().map(|x| x.classifier.clone())).unwrap_or_else(|| "–".into())
+    );
+    let _ = writeln!(s, "| quantity | paper | ours |");
+    let _ = writeln!(s, "|---|---|---|");
+    let _ = writeln!(s, "| harmfulness, base model | – | {} |", show(base.and_then(harm)));
+    let _ = writeln!(
+        s,
+        "| harmfulness, task adapter alone (λ=0) | (high; the task erodes safety) | {} |",
+        show(l0.and_then(harm))
+    );
+    let _ = writeln!(s, "| harmfulness at λ=0.4 | 0.02 | {} |", show(l4.and_then(harm)));
+    if let (Some(a), Some(b)) = (l0.and_then(harm), l4.and_then(harm))
+        && a.rate > 0.0
+    {
+        let _ = writeln!(
+            s,
+            "| relative cut, λ=0 → 0.4 | 42% (the paper's headline, over its baselines) | {:.0}% |",
+            100.0 * (a.rate - b.rate) / a.rate
+        );
+    }
+    let safe_ok = |r: &ArmReport| r.xstest.as_ref().map(|x| complement(x.safe_refusal));
+    let _ = writeln!(s, "| XSTest safe-prompt compliance, λ=0 | 0.99 | {} |", show(l0.and_then(safe_ok)));
+    let _ = writeln!(s, "| XSTest safe-prompt compliance, λ=0.4 | 0.58 | {} |", show(l4.and_then(safe_ok)));
+    let mmlu = |r: &ArmReport| r.mmlu.as_ref().map(|m| m.micro);
+    let _ = writeln!(s, "| MMLU, λ=0 | 0.43 | {} |", show(l0.and_then(mmlu)));
+    let _ = writeln!(s, "| MMLU, λ=0.4 | 0.43 | {} |", show(l4.and_then(mmlu)));
+    let accs: Vec<f64> =
+        reports.iter().filter_map(|r| r.mmlu.as_ref()).filter(|m| m.micro.n > 0).map(|m| m.micro.rate).collect();
+    if let (Some(lo), Some(hi)) = (accs.iter().cloned().reduce(f64::min), accs.iter().cloned().reduce(f64::max)) {
+        let _ = writeln!(s, "| MMLU range over all arms | flat | {lo:.3} – {hi:.3} |");
+    }
+    let _ = writeln!(s, "\n## Charts\n");
+    for (file, chart) in sweep::charts(reports) {
+        let _ = writeln!(s, "![{}](sweep/{file})", chart.title);
+    }
+    s
+}
