@@ -84,7 +84,7 @@ pub struct DemoArgs {
     /// Epochs of each adapter.
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f32,
     #[arg(long, default_value = "0,0.5,1")]
     pub lambdas: String,

@@ -107,3 +107,60 @@ pub fn results_md(
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lorafuse::eval::report::{ClassCounts, HarmfulReport, MmluReport, XsTestReport};
+    use lorafuse::eval::run::Arm;
+
+    fn report(name: &str, w: [f32; 2], harmful_k: usize, safe_refused: usize, mmlu_k: usize) -> ArmReport {
+        let counts = ClassCounts { full_compliance: 0, full_refusal: 0, partial_refusal: 0, unparseable: 0 };
+        ArmReport {
+            arm: Arm { name: name.into(), weights: w.to_vec() },
+            harmful: Some(HarmfulReport {
+                prompts: 100,
+                responses: 100,
+                keyword_refusal: Proportion::new(100 - harmful_k, 100),
+                asr: Proportion::new(harmful_k, 100),
+                judge: None,
+            }),
+            xstest: Some(XsTestReport {
+                classifier: "string match".into(),
+                safe: counts.clone(),
+                unsafe_: counts,
+                safe_refusal: Proportion::new(safe_refused, 50),
+                unsafe_compliance: Proportion::new(10, 50),
+                by_type: Default::default(),
+            }),
+            mmlu: Some(MmluReport {
+                micro: Proportion::new(mmlu_k, 40),
+                macro_accuracy: 0.3,
+                subjects: Default::default(),
+            }),
+            task: None,
+        }
+    }
+
+    #[test]
+    fn results_compare_with_the_paper() {
+        let reports = [
+            report("base", [0.0, 0.0], 90, 0, 10),
+            report("λ=0.00", [1.0, 0.0], 80, 5, 11),
+            report("λ=0.40", [0.6, 0.4], 20, 25, 12),
+        ];
+        let s = Summary { epochs_done: 10, steps: 110, epoch_loss: vec![2.0, 1.0], ..Default::default() };
+        let md = results_md("quick", &["Model: m.".into()], &reports, (&s, &s), 7200.0);
+        assert!(md.contains("--scale quick") && md.contains("(2.0 h"), "{md}");
+        assert!(md.contains("| harmfulness at λ=0.4 | 0.02 | 0.200 [0.133, 0.289] (20/100) |"), "{md}");
+        assert!(
+            md.contains("| relative cut, λ=0 → 0.4 | 42% (the paper's headline, over its baselines) | 75% |"),
+            "{md}"
+        );
+        // compliance is the complement of the refusal rate: 45 of 50 at λ=0, 25 of 50 at λ=0.4
+        assert!(md.contains("| XSTest safe-prompt compliance, λ=0 | 0.99 | 0.900"), "{md}");
+        assert!(md.contains("(45/50)") && md.contains("(25/50)"), "{md}");
+        assert!(md.contains("| MMLU range over all arms | flat | 0.250 – 0.300 |"), "{md}");
+        assert!(md.contains("keyword attack success rate (no judge was given)"));
+    }
+}
