@@ -24,3 +24,29 @@ pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
 }
+
+/// Writes a safetensors file atomically: (name, shape, little-endian bytes) in one `dtype`, with
+/// `metadata` in its header.
+pub fn write_safetensors(
+    path: &Path,
+    dtype: safetensors::Dtype,
+    tensors: &[(String, Vec<usize>, &[u8])],
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::file(path, format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::file(path, format!("serializing: {e}")))?;
+    write_atomic(path, data)
+}
+
+/// The metadata PyTorch's safetensors loaders expect.
+pub fn pt_metadata() -> std::collections::HashMap<String, String> {
+    [("format".to_string(), "pt".to_string())].into()
+}

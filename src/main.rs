@@ -2,13 +2,11 @@
 
 mod cli;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use lorafuse::bench::{self, BarProgress};
 use lorafuse::gpu::{BackendChoice, DType, Gpu, GpuOptions, Layout, list_adapters};
 use lorafuse::kernels::matmul::Form;
 use lorafuse::tune;
@@ -89,122 +87,8 @@ enum Command {
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
-        what: BenchCommand,
+        what: cli::bench::BenchCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Matmul variants against the device's ceilings; fused vs sequential vs merged LoRA.
-    Kernels {
-        /// Also write the results as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Also write the Markdown tables (as recorded in BENCHMARKS.md).
-        #[arg(long)]
-        markdown: Option<PathBuf>,
-        /// A short grid (about a minute on lavapipe) instead of the full one.
-        #[arg(long)]
-        quick: bool,
-        /// Weight dtype of the fused-LoRA rows.
-        #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
-        lora_dtype: String,
-    },
-    /// Prefill and decode tokens/s of a model at batch 1 and 32, against llama.cpp on the same
-    /// GGUF (CPU), and peak device memory.
-    Model(ModelBenchArgs),
-    /// Prefill and decode tokens/s with 0, 1, 2, 4 adapters: fused kernel vs sequential
-    /// application vs the merged model.
-    Fuse(FuseBenchArgs),
-    /// LoRA training tokens/s (forward, backward, AdamW) against PyTorch + PEFT on this
-    /// machine's CPU, on the same token ids, and peak device memory.
-    Train(TrainBenchArgs),
-}
-
-#[derive(Args)]
-struct FuseBenchArgs {
-    /// A GGUF file or a Hugging Face model directory.
-    #[arg(long, env = "LORAFUSE_MODEL", default_value = cli::generate::DEFAULT_MODEL)]
-    model: PathBuf,
-    /// Weights of all three modes (the merged model cannot stay 4-bit, so neither do the others).
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    dtype: String,
-    /// Adapter counts, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
-    counts: Vec<usize>,
-    #[arg(long, default_value_t = 8)]
-    r: usize,
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
-    targets: Vec<String>,
-    #[arg(long, default_value_t = 128)]
-    prompt_tokens: usize,
-    #[arg(long, default_value_t = 32)]
-    gen_tokens: usize,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Runs of each measurement, the modes interleaved; the best counts.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    #[arg(long)]
-    json: Option<PathBuf>,
-    #[arg(long)]
-    markdown: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct TrainBenchArgs {
-    #[command(flatten)]
-    model: cli::generate::ModelArgs,
-    /// Tokens a sequence.
-    #[arg(long, default_value_t = 256)]
-    seq: usize,
-    /// Sequences a step.
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
-    #[arg(long, default_value_t = 8)]
-    r: usize,
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
-    targets: Vec<String>,
-    /// Timed steps, after one warm-up step.
-    #[arg(long, default_value_t = 3)]
-    steps: usize,
-    /// Python with torch and peft for the peer (default: .venv-peft/bin/python when present).
-    #[arg(long, env = "LORAFUSE_PEFT_PYTHON")]
-    peer_python: Option<PathBuf>,
-    /// CPU threads for the peer (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long)]
-    json: Option<PathBuf>,
-    #[arg(long)]
-    markdown: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct ModelBenchArgs {
-    #[command(flatten)]
-    model: cli::generate::ModelArgs,
-    #[arg(long, default_value_t = 128)]
-    prompt_tokens: usize,
-    #[arg(long, default_value_t = 32)]
-    gen_tokens: usize,
-    /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,32")]
-    batches: Vec<usize>,
-    /// Python with llama-cpp-python for the peer (default: .venv-bench/bin/python when present).
-    #[arg(long, env = "LORAFUSE_PEER_PYTHON")]
-    peer_python: Option<PathBuf>,
-    /// CPU threads for the peer (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Runs of each measurement; the best counts.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    #[arg(long)]
-    json: Option<PathBuf>,
-    #[arg(long)]
-    markdown: Option<PathBuf>,
 }
 
 fn devices(backend: &str, json: bool) -> Result<()> {
@@ -278,98 +162,6 @@ fn tune_cmd(gpu: &Gpu, clear: bool) -> Result<()> {
     Ok(())
 }
 
-fn bench_kernels(
-    gpu: &Gpu,
-    json: Option<PathBuf>,
-    markdown: Option<PathBuf>,
-    quick: bool,
-    lora_dtype: &str,
-) -> Result<()> {
-    let mut grid = if quick { bench::kernels::Grid::quick() } else { bench::kernels::Grid::standard() };
-    grid.lora_dtype = if lora_dtype == "f16" { DType::F16 } else { DType::F32 };
-    let report = {
-        let mut progress = BarProgress::new();
-        bench::kernels::run(gpu, &grid, &mut progress)?
-    };
-    let md = bench::kernels::markdown(&report);
-    println!("{md}");
-    write_outputs(json.as_ref(), &serde_json::to_string_pretty(&report)?, markdown.as_ref(), &md)
-}
-
-fn write_outputs(json: Option<&PathBuf>, json_text: &str, markdown: Option<&PathBuf>, md: &str) -> Result<()> {
-    if let Some(path) = json {
-        lorafuse::atomic::write_atomic(path, json_text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    if let Some(path) = markdown {
-        lorafuse::atomic::write_atomic(path, md).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-fn bench_model(gpu: &Gpu, args: &ModelBenchArgs) -> Result<()> {
-    let loaded = args.model.load(gpu)?;
-    let default_py = PathBuf::from(".venv-bench/bin/python");
-    let opts = bench::model::Options {
-        prompt_tokens: args.prompt_tokens,
-        gen_tokens: args.gen_tokens,
-        batches: args.batches.clone(),
-        peer_python: args.peer_python.clone().or_else(|| default_py.exists().then_some(default_py)),
-        threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
-        reps: args.reps,
-    };
-    let report = {
-        let mut progress = BarProgress::new();
-        bench::model::run(gpu, &loaded.model, &args.model.model, &opts, &mut progress)?
-    };
-    let md = bench::model::markdown(&report);
-    println!("{md}");
-    write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
-}
-
-fn bench_fuse(gpu: &Gpu, args: &FuseBenchArgs) -> Result<()> {
-    let opts = bench::fuse::Options {
-        counts: args.counts.clone(),
-        r: args.r,
-        targets: args.targets.clone(),
-        prompt_tokens: args.prompt_tokens,
-        gen_tokens: args.gen_tokens,
-        batch: args.batch,
-        reps: args.reps,
-    };
-    let dtype = if args.dtype == "f32" { DType::F32 } else { DType::F16 };
-    let load = lorafuse::model::llama::LoadOptions { dtype, layout: None };
-    let report = {
-        let mut progress = BarProgress::new();
-        bench::fuse::run(gpu, &args.model, load, &opts, &mut progress)?
-    };
-    let md = bench::fuse::markdown(&report);
-    println!("{md}");
-    write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
-}
-
-fn bench_train(gpu: &Gpu, args: &TrainBenchArgs) -> Result<()> {
-    let mut loaded = args.model.load(gpu)?;
-    let default_py = PathBuf::from(".venv-peft/bin/python");
-    let opts = bench::train::Options {
-        seq: args.seq,
-        batch: args.batch,
-        r: args.r,
-        targets: args.targets.clone(),
-        steps: args.steps,
-        peer_python: args.peer_python.clone().or_else(|| default_py.exists().then_some(default_py)),
-        threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
-    };
-    let report = {
-        let mut progress = BarProgress::new();
-        bench::train::run(gpu, &mut loaded.model, &args.model.model, &opts, &mut progress)?
-    };
-    let md = bench::train::markdown(&report);
-    println!("{md}");
-    write_outputs(args.json.as_ref(), &serde_json::to_string_pretty(&report)?, args.markdown.as_ref(), &md)
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&cli.device.backend, json),
@@ -384,12 +176,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),
-        Command::Bench { what: BenchCommand::Kernels { json, markdown, quick, lora_dtype } } => {
-            bench_kernels(&cli.device.open()?, json, markdown, quick, &lora_dtype)
-        }
-        Command::Bench { what: BenchCommand::Model(args) } => bench_model(&cli.device.open()?, &args),
-        Command::Bench { what: BenchCommand::Train(args) } => bench_train(&cli.device.open()?, &args),
-        Command::Bench { what: BenchCommand::Fuse(args) } => bench_fuse(&cli.device.open()?, &args),
+        Command::Bench { what } => cli::bench::run(&cli.device.open()?, &what),
     }
 }
 

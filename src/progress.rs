@@ -13,6 +13,8 @@ pub struct Progress {
     what: String,
     started: Instant,
     last: std::cell::Cell<Instant>,
+    /// Units done before this run (a resumed one): not counted in the rate.
+    first: u64,
 }
 
 const EVERY: Duration = Duration::from_secs(30);
@@ -36,7 +38,14 @@ impl Progress {
         bar.set_length(total as u64);
         bar.set_message(what.to_string());
         let now = Instant::now();
-        Progress { bar, plain, quiet, what: what.to_string(), started: now, last: std::cell::Cell::new(now) }
+        Progress { bar, plain, quiet, what: what.to_string(), started: now, last: std::cell::Cell::new(now), first: 0 }
+    }
+
+    /// Starts at `done` units, done by an earlier run (the ETA counts this run's pace only).
+    pub fn resume_at(&mut self, done: usize) {
+        self.first = done as u64;
+        self.bar.set_position(done as u64);
+        self.bar.reset_eta();
     }
 
     pub fn set_position(&self, done: usize) {

@@ -13,14 +13,6 @@ use lorafuse::model::llama::{Batch, Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
 
-fn logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let cache = model.new_cache(1, tokens.len() + 1).unwrap();
-    let mut b = Batch::default();
-    b.push_sequence(0, 0, tokens, false);
-    b.logits_rows = (0..tokens.len() as u32).collect();
-    model.forward(&b, &cache).unwrap().read_f32(model.gpu()).unwrap()
-}
-
 #[test]
 fn peft_files_round_trip() {
     let seed = seed();

@@ -209,10 +209,6 @@ fn mmlu_picks_the_letter_the_logits_rank_first() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn lorafuse(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse")).args(args).output().unwrap()
-}
-
 #[test]
 fn cli_sweep_runs_end_to_end_on_a_tiny_model() {
     let seed = seed();
@@ -259,7 +255,7 @@ fn cli_sweep_runs_end_to_end_on_a_tiny_model() {
         "--out",
         &out,
     ];
-    let run = lorafuse(&args);
+    let run = run_cli(&args);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     for f in [
@@ -294,10 +290,10 @@ fn cli_sweep_runs_end_to_end_on_a_tiny_model() {
     // the same folder with other settings is refused; with the same ones it resumes
     let mut other = args.to_vec();
     other[10] = "0,1";
-    let again = lorafuse(&other);
+    let again = run_cli(&other);
     let e = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success() && e.contains("other settings"), "{e}");
-    let again = lorafuse(&args);
+    let again = run_cli(&args);
     assert!(again.status.success() && String::from_utf8_lossy(&again.stderr).contains("resuming"));
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -326,7 +322,7 @@ fn cli_demo_runs_end_to_end_on_a_tiny_model() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let run = lorafuse(&args);
+    let run = run_cli(&args);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     for f in
@@ -336,7 +332,7 @@ fn cli_demo_runs_end_to_end_on_a_tiny_model() {
     }
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("| λ=0.50 |") && stdout.contains("chart:"), "{stdout}");
-    let again = lorafuse(&args);
+    let again = run_cli(&args);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success() && stderr.contains("resuming"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();

@@ -15,7 +15,7 @@ use lorafuse::lora::combine::SignMethod;
 use lorafuse::lora::fuse::{FuseOptions, Method, fuse};
 use lorafuse::lora::peft::{Adapter, Factors};
 use lorafuse::model::export::export_hf;
-use lorafuse::model::llama::{Batch, Llama, LoadOptions};
+use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
 
@@ -338,14 +338,6 @@ fn mismatched_adapters_are_errors() {
     assert!(e.contains("different models") && e.contains("q_proj"), "{e}");
 }
 
-fn logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let cache = model.new_cache(1, tokens.len() + 1).unwrap();
-    let mut b = Batch::default();
-    b.push_sequence(0, 0, tokens, false);
-    b.logits_rows = (0..tokens.len() as u32).collect();
-    model.forward(&b, &cache).unwrap().read_f32(model.gpu()).unwrap()
-}
-
 #[test]
 fn runtime_fused_and_merged_models_agree() {
     let gpu = gpu();
@@ -401,10 +393,6 @@ fn quiet_mut() -> impl FnMut(usize, usize) {
     |_, _| {}
 }
 
-fn lorafuse(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse")).args(args).output().unwrap()
-}
-
 #[test]
 fn cli_fuse_writes_adapters_and_merged_models() {
     let seed = seed();
@@ -417,7 +405,7 @@ fn cli_fuse_writes_adapters_and_merged_models() {
     }
     let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
     let (a0, a1, out) = (format!("{}:0.6", p("a0")), format!("{}:-0.4", p("a1")), p("fused"));
-    let run = lorafuse(&["fuse", "--adapter", &a0, "--adapter", &a1, "--method", "svd", "--rank", "5", "--out", &out]);
+    let run = run_cli(&["fuse", "--adapter", &a0, "--adapter", &a1, "--method", "svd", "--rank", "5", "--out", &out]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let f = Adapter::load(&dir.join("fused")).unwrap();
     assert_eq!(f.config.r, 5);
@@ -425,7 +413,7 @@ fn cli_fuse_writes_adapters_and_merged_models() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("fused/fuse_report.json")).unwrap()).unwrap();
     assert_eq!(report["method"], "svd");
     let merged = p("merged");
-    let run = lorafuse(&[
+    let run = run_cli(&[
         "fuse",
         "--adapter",
         &a0,
@@ -441,10 +429,10 @@ fn cli_fuse_writes_adapters_and_merged_models() {
     assert!(!dir.join("merged/adapter_config.json").exists(), "a merged model must not look like an adapter");
     ModelSource::open(&dir.join("merged")).unwrap().config().unwrap();
     // refusals name the problem
-    let run = lorafuse(&["fuse", "--adapter", &a0, "--adapter", &a1, "--method", "linear", "--out", &out]);
+    let run = run_cli(&["fuse", "--adapter", &a0, "--adapter", &a1, "--method", "linear", "--out", &out]);
     let e = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && e.contains("one rank"), "{e}");
-    let run = lorafuse(&["fuse", "--adapter", &p("missing"), "--out", &out]);
+    let run = run_cli(&["fuse", "--adapter", &p("missing"), "--out", &out]);
     let e = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && e.contains("missing"), "{e}");
     std::fs::remove_dir_all(&dir).ok();

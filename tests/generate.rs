@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{default_model, golden, golden_ids, gpu};
+use common::{default_model, golden, golden_ids, gpu, run_cli};
 use lorafuse::gpu::DType;
 use lorafuse::model::chat::Message;
 use lorafuse::model::generate::{Finish, GenerateOptions, generate, prompt_ids};
@@ -74,17 +74,9 @@ fn stop_strings_and_budgets_end_generation() {
     assert!(err.to_string().contains("over the model's context"), "{err}");
 }
 
-fn lorafuse(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse"))
-        .args(args)
-        .env("LORAFUSE_MODEL", default_model())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn cli_generate_answers_and_rejects_bad_prompt_files() {
-    let out = lorafuse(&["generate", "--prompt", "What is the capital of France?", "--json"]);
+    let out = run_cli(&["generate", "--prompt", "What is the capital of France?", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["text"], "The capital of France is Paris.");
@@ -95,7 +87,7 @@ fn cli_generate_answers_and_rejects_bad_prompt_files() {
     let dir = common::tiny::temp_dir("prompts");
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"ok\"}\n\n{\"prompt\": 3}\n").unwrap();
-    let out = lorafuse(&["generate", "--prompts", bad.to_str().unwrap()]);
+    let out = run_cli(&["generate", "--prompts", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:3", bad.display())), "{err}");
@@ -124,7 +116,7 @@ fn cli_generate_with_a_fresh_adapter() {
     let dir = common::tiny::temp_dir("fresh-adapter");
     smollm_adapter(0.0).save(&dir).unwrap();
     let spec = format!("{}:0.5", dir.display());
-    let out = lorafuse(&["generate", "--prompt", "What is the capital of France?", "--json", "--adapter", &spec]);
+    let out = run_cli(&["generate", "--prompt", "What is the capital of France?", "--json", "--adapter", &spec]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["text"], "The capital of France is Paris.");
@@ -150,7 +142,7 @@ fn cli_generate_per_prompt_adapter_mixes() {
     )
     .unwrap();
     let texts = |args: &[&str]| -> Vec<String> {
-        let out = lorafuse(&[&["generate", "--json", "--max-new-tokens", "12"], args].concat());
+        let out = run_cli(&[&["generate", "--json", "--max-new-tokens", "12"], args].concat());
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -165,7 +157,7 @@ fn cli_generate_per_prompt_adapter_mixes() {
     }
     assert_ne!(together[0], together[2], "the adapter at 1.5 changes nothing: the test cannot tell mixes apart");
     std::fs::write(&file, format!("{{\"prompt\": \"{q}\", \"adapter_weights\": [0.1, 0.2]}}\n")).unwrap();
-    let out = lorafuse(&["generate", "--prompts", &f, "--adapter", &ad]);
+    let out = run_cli(&["generate", "--prompts", &f, "--adapter", &ad]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("prompts.jsonl:1") && err.contains("2 weights for 1"), "{err}");
     std::fs::remove_dir_all(&dir).ok();

@@ -20,15 +20,6 @@ fn layouts() -> Vec<Layout> {
     v
 }
 
-/// Logits of every position of one sequence, from one forward pass.
-fn gpu_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let cache = model.new_cache(1, tokens.len() + 1).unwrap();
-    let mut b = Batch::default();
-    b.push_sequence(0, 0, tokens, false);
-    b.logits_rows = (0..tokens.len() as u32).collect();
-    model.forward(&b, &cache).unwrap().read_f32(model.gpu()).unwrap()
-}
-
 fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.below(vocab) as u32).collect()
 }
@@ -53,7 +44,7 @@ fn tiny_models_match_the_cpu_reference() {
         for layout in layouts() {
             for (dtype, tol) in [(DType::F32, 1e-4), (DType::F16, 5e-3)] {
                 let model = Llama::load(gpu, &src, LoadOptions { dtype, layout: Some(layout) }).unwrap();
-                let got = gpu_logits(&model, &tokens);
+                let got = logits(&model, &tokens);
                 assert_close(&format!("tiny model {si} ({}, {dtype} weights)", layout.name()), &got, &want, tol, seed);
             }
         }
@@ -80,15 +71,15 @@ fn four_bit_gguf_runs_quantized() {
     if Variant::candidates(gpu, Form::Nt, Layout::Texture).is_empty() {
         // no texture kernels: 4-bit weights are expanded, which must still match
         let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: None }).unwrap();
-        assert_close("q4 fallback", &gpu_logits(&model, &tokens), &want, 5e-3, seed);
+        assert_close("q4 fallback", &logits(&model, &tokens), &want, 5e-3, seed);
     } else {
         let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: Some(Layout::Texture) }).unwrap();
         assert!(model.layers[0].qkv.w.dtype() == DType::Q4 && model.layers[1].down.w.dtype() == DType::Q4);
         // the f16 LM head is the only rounding left
-        assert_close("4-bit weights in the kernels", &gpu_logits(&model, &tokens), &want, 2e-3, seed);
+        assert_close("4-bit weights in the kernels", &logits(&model, &tokens), &want, 2e-3, seed);
         let f32_model =
             Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(Layout::Texture) }).unwrap();
-        assert_close("the same file, f32 weights", &gpu_logits(&f32_model, &tokens), &want, 1e-4, seed);
+        assert_close("the same file, f32 weights", &logits(&f32_model, &tokens), &want, 1e-4, seed);
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -144,7 +135,7 @@ fn kv_cache_decode_equals_full_recompute() {
     for layout in layouts() {
         let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(layout) }).unwrap();
         let tokens = random_tokens(&mut rng, 14, spec.vocab);
-        let full = gpu_logits(&model, &tokens);
+        let full = logits(&model, &tokens);
         let v = spec.vocab;
         let cache = model.new_cache(1, 16).unwrap();
         let prefill = 5;
@@ -193,7 +184,7 @@ fn ragged_batch_equals_one_sequence_at_a_time() {
     for (s, p) in prompts.iter().enumerate() {
         let mut seq = p.clone();
         seq.push(next[s]);
-        let alone = gpu_logits(&model, &seq);
+        let alone = logits(&model, &seq);
         let want_first: Vec<f64> = alone[(p.len() - 1) * v..p.len() * v].iter().map(|&x| x as f64).collect();
         let want_second: Vec<f64> = alone[p.len() * v..].iter().map(|&x| x as f64).collect();
         assert_close(&format!("sequence {s}, prefill"), &first[s * v..(s + 1) * v], &want_first, 1e-5, seed);

@@ -14,7 +14,7 @@ use lorafuse::gpu::DType;
 use lorafuse::kernels::cross_entropy::MASKED;
 use lorafuse::lora::attach::Site;
 use lorafuse::lora::peft::Adapter;
-use lorafuse::model::llama::{Batch, Llama, LoadOptions};
+use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
 use lorafuse::train::data::Encoded;
@@ -65,14 +65,6 @@ fn run(
 ) -> Summary {
     let opts = RunOptions { out: out.to_path_buf(), resume, stop_after: stop, base_model: None, quiet: true };
     train(model, tc, data, &[], &opts).unwrap()
-}
-
-fn logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let cache = model.new_cache(1, tokens.len() + 1).unwrap();
-    let mut b = Batch::default();
-    b.push_sequence(0, 0, tokens, false);
-    b.logits_rows = (0..tokens.len() as u32).collect();
-    model.forward(&b, &cache).unwrap().read_f32(model.gpu()).unwrap()
 }
 
 fn to_f64(v: &[f32]) -> Vec<f64> {
@@ -276,14 +268,6 @@ fn masked_positions_add_no_gradient() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn lorafuse(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse"))
-        .args(args)
-        .env("LORAFUSE_MODEL", default_model())
-        .output()
-        .unwrap()
-}
-
 /// `lorafuse train` on the default model: two short conversations, one step; the adapter loads
 /// in `generate --adapter`; bad data and options are errors that name the problem.
 #[test]
@@ -302,7 +286,7 @@ fn cli_train_writes_a_peft_adapter() {
     .unwrap();
     let out = dir.join("adapter");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let run = lorafuse(&["train", "--data", d, "--out", o, "--epochs", "1", "--batch-size", "2", "--lr", "1e-2"]);
+    let run = run_cli(&["train", "--data", d, "--out", o, "--epochs", "1", "--batch-size", "2", "--lr", "1e-2"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("trained 1 epochs (1 steps)"), "{stderr}");
@@ -313,21 +297,21 @@ fn cli_train_writes_a_peft_adapter() {
         serde_json::from_str(&std::fs::read_to_string(out.join("train_summary.json")).unwrap()).unwrap();
     assert_eq!(summary["summary"]["steps"], 1);
     assert!(summary["summary"]["epoch_loss"][0].as_f64().is_some_and(f64::is_finite), "{summary}");
-    let generated = lorafuse(&["generate", "--adapter", o, "--prompt", "Say hi.", "--max-new-tokens", "3"]);
+    let generated = run_cli(&["generate", "--adapter", o, "--prompt", "Say hi.", "--max-new-tokens", "3"]);
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
     // a finished run resumed trains nothing more; one restarted over it is refused
     let args = ["train", "--data", d, "--out", o, "--epochs", "1", "--batch-size", "2", "--lr", "1e-2"];
-    let again = lorafuse(&[&args[..], &["--resume"]].concat());
+    let again = run_cli(&[&args[..], &["--resume"]].concat());
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success() && stderr.contains("trained 1 epochs (1 steps)"), "{stderr}");
-    let again = lorafuse(&args);
+    let again = run_cli(&args);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
 
-    let bad = lorafuse(&["train", "--data", d, "--out", o, "--targets", "q_proj,lm_head"]);
+    let bad = run_cli(&["train", "--data", d, "--out", o, "--targets", "q_proj,lm_head"]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("lm_head"), "{err}");
     std::fs::write(&data, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n{not json\n").unwrap();
-    let bad = lorafuse(&["train", "--data", d, "--out", dir.join("bad").to_str().unwrap()]);
+    let bad = run_cli(&["train", "--data", d, "--out", dir.join("bad").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("chat.jsonl") && err.contains("line 1"), "{err}");
     std::fs::remove_dir_all(&dir).ok();

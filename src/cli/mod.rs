@@ -1,5 +1,6 @@
 //! Subcommands of the `lorafuse` binary that need more than a few lines.
 
+pub mod bench;
 pub mod eval;
 pub mod fuse;
 pub mod generate;

@@ -8,7 +8,8 @@ use clap::Subcommand;
 
 use lorafuse::gpu::{Gpu, Profile, profiler};
 
-use crate::cli::generate::{GenerateArgs, ModelArgs, run_generate};
+use crate::cli::bench::StepShape;
+use crate::cli::generate::{GenerateArgs, run_generate};
 
 #[derive(Subcommand)]
 pub enum ProfileCommand {
@@ -24,17 +25,7 @@ pub enum ProfileCommand {
     /// train` runs them, after one untimed warm-up step.
     Train {
         #[command(flatten)]
-        model: ModelArgs,
-        /// Tokens a sequence.
-        #[arg(long, default_value_t = 256)]
-        seq: usize,
-        /// Sequences a step.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        #[arg(long, default_value_t = 8)]
-        r: usize,
-        #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
-        targets: Vec<String>,
+        shape: StepShape,
         /// Steps profiled.
         #[arg(long, default_value_t = 1)]
         steps: usize,
@@ -51,10 +42,10 @@ pub fn run(gpu: &Gpu, cmd: &ProfileCommand) -> Result<()> {
             run_generate(gpu, args, Some(&mut profile))?;
             trace
         }
-        ProfileCommand::Train { model, seq, batch, r, targets, steps, trace } => {
-            let mut m = model.load(gpu)?;
-            let seqs = lorafuse::bench::train::bench_sequences(*seq, *batch, m.model.cfg.vocab);
-            let runner = lorafuse::bench::train::Runner::new(&mut m.model, *r, targets, &seqs)?;
+        ProfileCommand::Train { shape, steps, trace } => {
+            let mut m = shape.model.load(gpu)?;
+            let seqs = lorafuse::bench::train::bench_sequences(shape.seq, shape.batch, m.model.cfg.vocab);
+            let runner = lorafuse::bench::train::Runner::new(&mut m.model, shape.r, &shape.targets, &seqs)?;
             runner.step(&m.model, 1)?;
             let t0 = std::time::Instant::now();
             let (_, captured) = gpu.capture(|| (0..*steps).try_for_each(|t| runner.step(&m.model, t + 2).map(drop)))?;

@@ -180,18 +180,10 @@ impl Adapter {
             tensors.push((format!("{p}.lora_A.weight"), vec![self.config.r, f.inp], le(&f.a)));
             tensors.push((format!("{p}.lora_B.weight"), vec![f.out, self.config.r], le(&f.b)));
         }
-        let views = tensors
-            .iter()
-            .map(|(n, s, b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| Error::Invalid(format!("tensor {n}: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let meta: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let data = safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Invalid(format!("serializing the adapter: {e}")))?;
-        crate::atomic::write_atomic(&dir.join("adapter_model.safetensors"), data)?;
+        let refs: Vec<(String, Vec<usize>, &[u8])> =
+            tensors.iter().map(|(n, s, b)| (n.clone(), s.clone(), b.as_slice())).collect();
+        let path = dir.join("adapter_model.safetensors");
+        crate::atomic::write_safetensors(&path, safetensors::Dtype::F32, &refs, crate::atomic::pt_metadata())?;
         let cfg = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Invalid(e.to_string()))?;
         crate::atomic::write_atomic(&dir.join("adapter_config.json"), &cfg)
     }

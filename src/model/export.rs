@@ -159,18 +159,9 @@ pub fn export_hf(
         } else {
             format!("model-{:05}-of-{count:05}.safetensors", s + 1)
         };
-        let views = tensors
-            .iter()
-            .map(|(n, shape, b)| {
-                safetensors::tensor::TensorView::new(dtype, shape.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| Error::Invalid(format!("tensor {n}: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let meta: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let data = safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Invalid(format!("serializing {file}: {e}")))?;
-        crate::atomic::write_atomic(&dir.join(&file), data)?;
+        let refs: Vec<(String, Vec<usize>, &[u8])> =
+            tensors.iter().map(|(n, shape, b)| (n.clone(), shape.clone(), b.as_slice())).collect();
+        crate::atomic::write_safetensors(&dir.join(&file), dtype, &refs, crate::atomic::pt_metadata())?;
         for (n, ..) in tensors {
             index.insert(n.clone(), serde_json::Value::String(file.clone()));
         }

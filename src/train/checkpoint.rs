@@ -31,18 +31,10 @@ pub type Named = (String, Vec<usize>, Vec<f32>);
 pub type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
 pub fn save(path: &Path, meta: &Meta, tensors: &[Named]) -> Result<()> {
-    let views = tensors
-        .iter()
-        .map(|(n, shape, v)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
-                .map(|t| (n.clone(), t))
-                .map_err(|e| Error::Invalid(format!("checkpoint tensor {n}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string(meta).map_err(|e| Error::Invalid(e.to_string()))?;
-    let data = safetensors::serialize(views, Some(HashMap::from([(KEY.to_string(), json)])))
-        .map_err(|e| Error::Invalid(format!("serializing the checkpoint: {e}")))?;
-    crate::atomic::write_atomic(path, data)
+    let refs: Vec<(String, Vec<usize>, &[u8])> =
+        tensors.iter().map(|(n, shape, v)| (n.clone(), shape.clone(), bytemuck::cast_slice(v))).collect();
+    crate::atomic::write_safetensors(path, safetensors::Dtype::F32, &refs, HashMap::from([(KEY.to_string(), json)]))
 }
 
 /// Reads a checkpoint: its metadata and tensors by name.

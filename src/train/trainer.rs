@@ -365,7 +365,7 @@ pub fn train(
     summary.epoch_loss =
         log.iter().filter_map(|l| if let LogLine::Epoch(e) = l { Some(e.train_loss) } else { None }).collect();
     let mut bar = Progress::new(total, "training", "steps", opts.quiet);
-    bar.set_position(step0);
+    bar.resume_at(step0);
     if epoch0 == 0 {
         if let Some(h) = holdout_loss(model, holdout, tc.batch_size)? {
             bar.println(&format!("held-out loss before training: {h:.4}"));

@@ -116,4 +116,19 @@ pub fn golden_ids(g: &serde_json::Value, key: &str) -> Vec<u32> {
     g[key].as_array().unwrap_or_else(|| panic!("golden.{key}")).iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
 
+/// Logits of every position of one sequence, from one forward pass of the GPU model.
+pub fn logits(model: &lorafuse::model::llama::Llama, tokens: &[u32]) -> Vec<f32> {
+    let cache = model.new_cache(1, tokens.len() + 1).unwrap();
+    let mut b = lorafuse::model::llama::Batch::default();
+    b.push_sequence(0, 0, tokens, false);
+    b.logits_rows = (0..tokens.len() as u32).collect();
+    model.forward(&b, &cache).unwrap().read_f32(model.gpu()).unwrap()
+}
+
+/// The lorafuse binary with `args`, the default model as LORAFUSE_MODEL (a test's --model wins).
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse")).args(args).env("LORAFUSE_MODEL", model).output().unwrap()
+}
+
 pub mod tiny;
