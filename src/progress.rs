@@ -94,16 +94,33 @@ impl Progress {
             return;
         }
         let secs = self.started.elapsed().as_secs_f64();
-        let eta = if pos > 0 && len > pos {
-            format!(", ETA {:.0} s", secs / pos as f64 * (len - pos) as f64)
-        } else {
-            String::new()
-        };
+        let eta = eta(secs, self.first, pos, len).map_or(String::new(), |e| format!(", ETA {e:.0} s"));
         eprintln!("{}: {pos}/{len}, {secs:.0} s elapsed{eta}", self.what);
     }
 
     pub fn finish(&self) {
         self.tick(true);
         self.bar.finish_and_clear();
+    }
+}
+
+/// Seconds left at this run's pace: `secs` spent on the units after `first` (a resumed run's
+/// earlier units took no time here); None before the first unit of this run or at the end.
+fn eta(secs: f64, first: u64, pos: u64, len: u64) -> Option<f64> {
+    let done = pos.saturating_sub(first);
+    (done > 0 && len > pos).then(|| secs / done as f64 * (len - pos) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eta;
+
+    #[test]
+    fn eta_counts_this_runs_units_only() {
+        // 4 steps in 320 s after resuming at 55 of 110: 51 left at 80 s each
+        assert_eq!(eta(320.0, 55, 59, 110), Some(4080.0));
+        assert_eq!(eta(100.0, 0, 10, 20), Some(100.0));
+        assert_eq!(eta(5.0, 55, 55, 110), None);
+        assert_eq!(eta(5.0, 0, 20, 20), None);
     }
 }
