@@ -149,6 +149,10 @@ fn resume_equals_uninterrupted() {
     let s3 = run(&mut load(&src), &tc, &data, &parts, true, None);
     assert!(s3.finished && s3.steps == 6);
     assert_eq!(s3.epoch_loss, s.epoch_loss, "epoch losses (seed {seed})");
+    // the totals count every invocation's steps; a rerun of the finished run trains nothing
+    assert!(s.all_tokens > 0 && s3.all_tokens == s.all_tokens && s3.tokens < s.tokens);
+    let s4 = run(&mut load(&src), &tc, &data, &parts, true, None);
+    assert!(s4.finished && s4.tokens == 0 && s4.all_tokens == s.all_tokens && s4.all_seconds > 0.0);
     for f in ["adapter_model.safetensors", "checkpoint.safetensors"] {
         assert!(
             std::fs::read(whole.join(f)).unwrap() == std::fs::read(parts.join(f)).unwrap(),

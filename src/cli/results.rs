@@ -26,13 +26,15 @@ fn complement(p: Proportion) -> Proportion {
 
 fn training(name: &str, s: &Summary) -> String {
     format!(
-        "- {name}: {} epochs, {} steps, train loss {:.3} (epoch 1) → {:.3} (epoch {}), {:.1} tokens/s in the last run",
+        "- {name}: {} epochs, {} steps, train loss {:.3} (epoch 1) → {:.3} (epoch {}); {} tokens in {:.0} min of steps ({:.1} tokens/s, every run of it counted)",
         s.epochs_done,
         s.steps,
         s.epoch_loss.first().copied().unwrap_or(f64::NAN),
         s.epoch_loss.last().copied().unwrap_or(f64::NAN),
         s.epoch_loss.len(),
-        s.tokens_per_s
+        s.all_tokens,
+        s.all_seconds / 60.0,
+        s.all_tokens as f64 / s.all_seconds.max(1e-9)
     )
 }
 

@@ -205,9 +205,13 @@ pub struct Summary {
     pub epoch_loss: Vec<f64>,
     /// Held-out loss before training (when not resumed) and after each epoch.
     pub holdout_loss: Vec<f64>,
+    /// Tokens and wall seconds of this invocation (0 when it found the run finished).
     pub tokens: u64,
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// Tokens and step seconds of every step in the log, earlier (resumed) invocations' too.
+    pub all_tokens: u64,
+    pub all_seconds: f64,
     pub peak_memory: u64,
 }
 
@@ -456,6 +460,12 @@ pub fn train(
     summary.finished = summary.epochs_done == tc.epochs;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
+    for l in &log {
+        if let LogLine::Step(s) = l {
+            summary.all_tokens += s.tokens as u64;
+            summary.all_seconds += s.seconds;
+        }
+    }
     summary.peak_memory = gpu.memory().peak();
     Ok(summary)
 }
