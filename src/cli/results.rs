@@ -48,7 +48,10 @@ pub fn results_md(
     let mut s = String::from("# Reproducing Gudipudi et al. (arXiv 2501.06208) on SmolLM2-135M-Instruct\n\n");
     let _ = writeln!(
         s,
-        "Produced by `lorafuse reproduce --scale {scale}` ({:.1} h in this run, resumed stages not counted).\n",
+        "Produced by `lorafuse reproduce --scale {scale}`: the adapters' training steps took {:.1} h (every run \
+         of them counted), and the invocation that wrote this file {:.1} h (a resumed invocation counts only \
+         its own part).\n",
+        (trained.0.all_seconds + trained.1.all_seconds) / 3600.0,
         secs / 3600.0
     );
     for p in preamble {
@@ -151,9 +154,17 @@ mod tests {
             report("λ=0.00", [1.0, 0.0], 80, 5, 11),
             report("λ=0.40", [0.6, 0.4], 20, 25, 12),
         ];
-        let s = Summary { epochs_done: 10, steps: 110, epoch_loss: vec![2.0, 1.0], ..Default::default() };
+        let s = Summary {
+            epochs_done: 10,
+            steps: 110,
+            epoch_loss: vec![2.0, 1.0],
+            all_tokens: 36000,
+            all_seconds: 3600.0,
+            ..Default::default()
+        };
         let md = results_md("quick", &["Model: m.".into()], &reports, (&s, &s), 7200.0);
-        assert!(md.contains("--scale quick") && md.contains("(2.0 h"), "{md}");
+        assert!(md.contains("--scale quick") && md.contains("took 2.0 h") && md.contains("this file 2.0 h"), "{md}");
+        assert!(md.contains("36000 tokens in 60 min of steps (10.0 tokens/s"), "{md}");
         assert!(md.contains("| harmfulness at λ=0.4 | 0.02 | 0.200 [0.133, 0.289] (20/100) |"), "{md}");
         assert!(
             md.contains("| relative cut, λ=0 → 0.4 | 42% (the paper's headline, over its baselines) | 75% |"),
