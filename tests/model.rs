@@ -175,6 +175,16 @@ fn ragged_batch_equals_one_sequence_at_a_time() {
         b.push_sequence(s as u32, 0, p, true);
     }
     let first = model.forward(&b, &cache).unwrap().read_f32(gpu).unwrap();
+    // the same batch in pieces of 5 rows (what a batch over the device's binding limit runs
+    // as): sequences cut across pieces, a piece that wants no logits, logits in the batch's order
+    let pieces_cache = model.new_cache(3, 16).unwrap();
+    let mut shuffled = b.clone();
+    shuffled.logits_rows.reverse();
+    let pieces = model.forward_in_pieces(&shuffled, &pieces_cache, 5).unwrap().read_f32(gpu).unwrap();
+    for s in 0..3 {
+        let want: Vec<f64> = first[s * v..(s + 1) * v].iter().map(|&x| x as f64).collect();
+        assert_close(&format!("sequence {s}, in pieces"), &pieces[(2 - s) * v..(3 - s) * v], &want, 1e-5, seed);
+    }
     let mut b = Batch::default();
     for (s, p) in prompts.iter().enumerate() {
         b.push_sequence(s as u32, p.len() as u32, &next[s..s + 1], true);

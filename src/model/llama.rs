@@ -403,10 +403,63 @@ impl Llama {
     /// Runs `batch` and returns its logits [batch.logits_rows.len(), vocab] (submitted, not
     /// waited for: read the tensor to wait).
     pub fn forward(&self, batch: &Batch, cache: &KvCache) -> Result<Tensor> {
+        let limit = self.max_rows();
+        if batch.rows() > limit {
+            return self.forward_in_pieces(batch, cache, limit);
+        }
         let mut rec = Recorder::new(&self.gpu);
         let logits = self.record_forward(&mut rec, batch, cache)?;
         rec.submit()?;
         Ok(logits)
+    }
+
+    /// The most rows one forward pass takes: its widest activation ([rows, 2·FFN] for
+    /// SmolLM2) must fit one storage binding.
+    pub fn max_rows(&self) -> usize {
+        let c = &self.cfg;
+        let width = (2 * c.intermediate).max((c.heads + 2 * c.kv_heads) * c.head_dim).max(c.hidden);
+        ((self.gpu.caps().max_binding() / (4 * width as u64)) as usize).max(1)
+    }
+
+    /// A batch over `limit` rows run as contiguous pieces in order: every row still sees the
+    /// earlier rows of its sequence, which the earlier pieces left in the KV cache. The logits
+    /// come back in the batch's order.
+    pub fn forward_in_pieces(&self, batch: &Batch, cache: &KvCache, limit: usize) -> Result<Tensor> {
+        self.check_batch(batch, cache)?;
+        let (r, vocab) = (batch.rows(), self.cfg.vocab);
+        let per_row = if batch.adapter_weights.is_empty() { 0 } else { batch.adapter_weights.len() / r };
+        let mut out = vec![0f32; batch.logits_rows.len() * vocab];
+        for start in (0..r).step_by(limit) {
+            let end = (start + limit).min(r);
+            // (index in the batch's logits, row in the piece)
+            let wanted: Vec<(usize, u32)> = (batch.logits_rows.iter().enumerate())
+                .filter(|(_, row)| (start..end).contains(&(**row as usize)))
+                .map(|(i, &row)| (i, row - start as u32))
+                .collect();
+            let piece = Batch {
+                tokens: batch.tokens[start..end].to_vec(),
+                slots: batch.slots[start..end].to_vec(),
+                positions: batch.positions[start..end].to_vec(),
+                // a pass needs a logits row: a piece that wants none computes its last, unread
+                logits_rows: if wanted.is_empty() {
+                    vec![(end - start - 1) as u32]
+                } else {
+                    wanted.iter().map(|w| w.1).collect()
+                },
+                adapter_weights: batch.adapter_weights[start * per_row..end * per_row].to_vec(),
+            };
+            let mut rec = Recorder::new(&self.gpu);
+            let logits = self.record_forward(&mut rec, &piece, cache)?;
+            rec.submit()?;
+            if wanted.is_empty() {
+                continue;
+            }
+            let l = logits.read_f32(&self.gpu)?;
+            for (k, (i, _)) in wanted.iter().enumerate() {
+                out[i * vocab..(i + 1) * vocab].copy_from_slice(&l[k * vocab..(k + 1) * vocab]);
+            }
+        }
+        Tensor::from_f32(&self.gpu, &[batch.logits_rows.len(), vocab], &out, "logits")
     }
 
     /// `forward`, with every launch timed into `profile` under `phase` (waits for the GPU).
