@@ -12,7 +12,7 @@ use crate::eval::prompts::HarmfulPrompt;
 use crate::eval::records::{Record, Records, key};
 use crate::eval::xstest;
 use crate::model::chat::{ChatTemplate, Message};
-use crate::model::generate::{GenerateOptions, generate, prompt_ids};
+use crate::model::generate::{GenerateOptions, cache_groups, generate, prompt_ids};
 use crate::model::llama::{Batch, Llama};
 use crate::model::tokenizer::Tokenizer;
 use crate::progress::Progress;
@@ -305,32 +305,37 @@ fn mmlu_answers(
                 s.model.cfg.max_positions
             )));
         }
-        let cache = s.model.new_cache(ids.len(), longest)?;
-        let mut b = Batch::default();
-        for (slot, ((a, ..), p)) in chunk.iter().zip(&ids).enumerate() {
-            b.push_sequence(slot as u32, 0, p, true);
-            for _ in 0..p.len() {
-                b.adapter_weights.extend_from_slice(&a.weights);
-            }
-        }
-        let logits = s.model.forward(&b, &cache)?.read_f32(s.model.gpu())?;
-        let new = chunk
-            .iter()
-            .enumerate()
-            .map(|(row, (a, sub, i))| {
-                let l = &logits[row * vocab..(row + 1) * vocab];
-                let q = &sub.test[*i];
-                Record::Mmlu {
-                    arm: a.name.clone(),
-                    id: format!("{}/{i}", sub.name),
-                    subject: sub.name.clone(),
-                    pred: predict(choices.map(|t| l[t as usize])),
-                    answer: q.answer,
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        for g in cache_groups(&lens, 0, s.model.cache_capacity()) {
+            let (items, ids) = (&chunk[g.clone()], &ids[g]);
+            let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
+            let cache = s.model.new_cache(ids.len(), longest)?;
+            let mut b = Batch::default();
+            for (slot, ((a, ..), p)) in items.iter().zip(ids).enumerate() {
+                b.push_sequence(slot as u32, 0, p, true);
+                for _ in 0..p.len() {
+                    b.adapter_weights.extend_from_slice(&a.weights);
                 }
-            })
-            .collect();
-        records.append(new)?;
-        progress.inc(chunk.len());
+            }
+            let logits = s.model.forward(&b, &cache)?.read_f32(s.model.gpu())?;
+            let new = items
+                .iter()
+                .enumerate()
+                .map(|(row, (a, sub, i))| {
+                    let l = &logits[row * vocab..(row + 1) * vocab];
+                    let q = &sub.test[*i];
+                    Record::Mmlu {
+                        arm: a.name.clone(),
+                        id: format!("{}/{i}", sub.name),
+                        subject: sub.name.clone(),
+                        pred: predict(choices.map(|t| l[t as usize])),
+                        answer: q.answer,
+                    }
+                })
+                .collect();
+            records.append(new)?;
+            progress.inc(items.len());
+        }
     }
     progress.finish();
     Ok(())

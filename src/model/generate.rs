@@ -2,6 +2,7 @@
 //! still running, each step one forward pass with one row per sequence. Stops on the model's
 //! end tokens, on stop strings, or at the token budget.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -114,10 +115,72 @@ struct Running {
     rng: Rng,
 }
 
-/// Generates a completion for every prompt (all in one batch). `on_text(i, piece)` receives the
-/// text of prompt i as it is produced (for streaming). With `profile`, every launch is timed
-/// into it (phases "prefill" and "decode"); that waits for the GPU after each step.
+/// Contiguous groups of sequences (lengths `lens`, each growing by `extra` positions) whose KV
+/// cache, [group size × longest] positions, fits `capacity`. A sequence too long for any cache
+/// gets a group of its own (and the cache's clear error).
+pub fn cache_groups(lens: &[usize], extra: usize, capacity: usize) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut longest) = (0, 0);
+    for (i, &len) in lens.iter().enumerate() {
+        let l = longest.max(len + extra);
+        if i > start && (i + 1 - start) * l > capacity {
+            groups.push(start..i);
+            (start, longest) = (i, len + extra);
+        } else {
+            longest = l;
+        }
+    }
+    if start < lens.len() {
+        groups.push(start..lens.len());
+    }
+    groups
+}
+
+/// Generates a completion for every prompt: one batch, or as many as the KV cache needs to fit
+/// the device's binding limit. `on_text(i, piece)` receives the text of prompt i as it is
+/// produced (for streaming). With `profile`, every launch is timed into it (phases "prefill"
+/// and "decode"); that waits for the GPU after each step.
 pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    mut profile: Option<&mut Profile>,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<(Vec<Completion>, Stats)> {
+    if !opts.mixes.is_empty() && opts.mixes.len() != prompts.len() {
+        return Err(Error::Invalid(format!("{} adapter mixes for {} prompts", opts.mixes.len(), prompts.len())));
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(Error::Invalid(format!("prompt {i} has no tokens")));
+    }
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let max_len = longest + opts.max_new_tokens;
+    if max_len > model.cfg.max_positions {
+        let i = lens.iter().position(|&l| l == longest).unwrap_or(0);
+        return Err(Error::Invalid(format!(
+            "prompt {i} has {longest} tokens; with {} new ones that is {max_len}, over the model's context of {}",
+            opts.max_new_tokens, model.cfg.max_positions
+        )));
+    }
+    let (mut completions, mut stats) = (Vec::with_capacity(prompts.len()), Stats::default());
+    for g in cache_groups(&lens, opts.max_new_tokens, model.cache_capacity()) {
+        let gopts = GenerateOptions {
+            mixes: if opts.mixes.is_empty() { Vec::new() } else { opts.mixes[g.clone()].to_vec() },
+            ..opts.clone()
+        };
+        let (done, s) = generate_batch(model, tok, &prompts[g.clone()], &gopts, profile.as_deref_mut(), |i, t| {
+            on_text(g.start + i, t)
+        })?;
+        completions.extend(done);
+        stats.add(&s);
+    }
+    Ok((completions, stats))
+}
+
+/// `generate` in one batch.
+fn generate_batch(
     model: &Llama,
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
@@ -133,24 +196,7 @@ pub fn generate(
         logits.read_f32(model.gpu())
     };
     let mut stats = Stats::default();
-    if prompts.is_empty() {
-        return Ok((Vec::new(), stats));
-    }
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(Error::Invalid(format!("prompt {i} has no tokens")));
-    }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_len = longest + opts.max_new_tokens;
-    if max_len > model.cfg.max_positions {
-        let i = prompts.iter().position(|p| p.len() == longest).unwrap_or(0);
-        return Err(Error::Invalid(format!(
-            "prompt {i} has {longest} tokens; with {} new ones that is {max_len}, over the model's context of {}",
-            opts.max_new_tokens, model.cfg.max_positions
-        )));
-    }
-    if !opts.mixes.is_empty() && opts.mixes.len() != prompts.len() {
-        return Err(Error::Invalid(format!("{} adapter mixes for {} prompts", opts.mixes.len(), prompts.len())));
-    }
+    let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
     let mix_rows = |b: &mut Batch, prompt: usize, rows: usize| {
         if let Some(m) = opts.mixes.get(prompt) {
             for _ in 0..rows {
@@ -242,4 +288,23 @@ pub fn generate(
     stats.decode_secs = decode_start.elapsed().as_secs_f64();
     let completions = done.into_iter().map(|c| c.expect("every prompt finishes")).collect();
     Ok((completions, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_groups;
+
+    #[test]
+    fn cache_groups_fit_the_capacity_and_cover_every_sequence() {
+        // capacity 100 positions, 4 new tokens each
+        let lens = [10, 20, 16, 46, 3, 200, 5];
+        let groups = cache_groups(&lens, 4, 100);
+        assert_eq!(groups, vec![0..3, 3..5, 5..6, 6..7]);
+        for g in &groups[..2] {
+            let longest = lens[g.clone()].iter().max().unwrap() + 4;
+            assert!(g.len() * longest <= 100, "{g:?}");
+        }
+        assert!(cache_groups(&[], 4, 100).is_empty());
+        assert_eq!(cache_groups(&[1; 10], 0, 1_000), vec![0..10]);
+    }
 }

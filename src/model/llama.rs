@@ -381,6 +381,12 @@ impl Llama {
         layers + self.embed.bytes() + self.norm.bytes() + self.lm_head.bytes()
     }
 
+    /// Slots × positions one KV cache holds: each layer's K (and V) is one storage binding.
+    pub fn cache_capacity(&self) -> usize {
+        let per_position = (4 * self.cfg.kv_heads * self.cfg.head_dim) as u64;
+        (self.gpu.caps().max_binding() / per_position.max(1)) as usize
+    }
+
     /// A cache for `slots` sequences of up to `max_len` positions.
     pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
         if max_len > self.cfg.max_positions {
@@ -403,14 +409,7 @@ impl Llama {
     /// Runs `batch` and returns its logits [batch.logits_rows.len(), vocab] (submitted, not
     /// waited for: read the tensor to wait).
     pub fn forward(&self, batch: &Batch, cache: &KvCache) -> Result<Tensor> {
-        let limit = self.max_rows();
-        if batch.rows() > limit {
-            return self.forward_in_pieces(batch, cache, limit);
-        }
-        let mut rec = Recorder::new(&self.gpu);
-        let logits = self.record_forward(&mut rec, batch, cache)?;
-        rec.submit()?;
-        Ok(logits)
+        self.forward_in_pieces(batch, cache, self.max_rows())
     }
 
     /// The most rows one forward pass takes: its widest activation ([rows, 2·FFN] for
@@ -421,10 +420,47 @@ impl Llama {
         ((self.gpu.caps().max_binding() / (4 * width as u64)) as usize).max(1)
     }
 
-    /// A batch over `limit` rows run as contiguous pieces in order: every row still sees the
-    /// earlier rows of its sequence, which the earlier pieces left in the KV cache. The logits
-    /// come back in the batch's order.
+    /// `forward` with at most `limit` rows a pass.
     pub fn forward_in_pieces(&self, batch: &Batch, cache: &KvCache, limit: usize) -> Result<Tensor> {
+        self.run_in_pieces(batch, cache, limit, |piece| {
+            let mut rec = Recorder::new(&self.gpu);
+            let logits = self.record_forward(&mut rec, piece, cache)?;
+            rec.submit()?;
+            Ok(logits)
+        })
+    }
+
+    /// `forward`, with every launch timed into `profile` under `phase` (waits for the GPU).
+    pub fn forward_profiled(
+        &self,
+        batch: &Batch,
+        cache: &KvCache,
+        profile: &mut Profile,
+        phase: &str,
+    ) -> Result<Tensor> {
+        self.run_in_pieces(batch, cache, self.max_rows(), |piece| {
+            let mut rec = Recorder::profiled(&self.gpu);
+            let logits = self.record_forward(&mut rec, piece, cache)?;
+            let submitted = std::time::Instant::now();
+            profile.add(phase, submitted, rec.run()?);
+            Ok(logits)
+        })
+    }
+
+    /// Runs `batch` through `pass` whole, or, over `limit` rows, as contiguous pieces in order:
+    /// every row still sees the earlier rows of its sequence, which the earlier pieces left in
+    /// the KV cache. The logits come back in the batch's order.
+    fn run_in_pieces(
+        &self,
+        batch: &Batch,
+        cache: &KvCache,
+        limit: usize,
+        mut pass: impl FnMut(&Batch) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let limit = limit.max(1);
+        if batch.rows() <= limit {
+            return pass(batch);
+        }
         self.check_batch(batch, cache)?;
         let (r, vocab) = (batch.rows(), self.cfg.vocab);
         let per_row = if batch.adapter_weights.is_empty() { 0 } else { batch.adapter_weights.len() / r };
@@ -448,9 +484,7 @@ impl Llama {
                 },
                 adapter_weights: batch.adapter_weights[start * per_row..end * per_row].to_vec(),
             };
-            let mut rec = Recorder::new(&self.gpu);
-            let logits = self.record_forward(&mut rec, &piece, cache)?;
-            rec.submit()?;
+            let logits = pass(&piece)?;
             if wanted.is_empty() {
                 continue;
             }
@@ -460,21 +494,6 @@ impl Llama {
             }
         }
         Tensor::from_f32(&self.gpu, &[batch.logits_rows.len(), vocab], &out, "logits")
-    }
-
-    /// `forward`, with every launch timed into `profile` under `phase` (waits for the GPU).
-    pub fn forward_profiled(
-        &self,
-        batch: &Batch,
-        cache: &KvCache,
-        profile: &mut Profile,
-        phase: &str,
-    ) -> Result<Tensor> {
-        let mut rec = Recorder::profiled(&self.gpu);
-        let logits = self.record_forward(&mut rec, batch, cache)?;
-        let submitted = std::time::Instant::now();
-        profile.add(phase, submitted, rec.run()?);
-        Ok(logits)
     }
 
     /// Records the forward pass of `batch` into `rec` and returns the logits tensor it fills.
