@@ -13,6 +13,5 @@ pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod train;
-pub mod tune;
 
 pub use error::{Error, Result};

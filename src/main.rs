@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use lorafuse::gpu::{BackendChoice, DType, Gpu, GpuOptions, Layout, list_adapters};
 use lorafuse::kernels::matmul::Form;
-use lorafuse::tune;
+use lorafuse::kernels::matmul::tune::{self, Problem};
 
 #[derive(Parser)]
 #[command(name = "lorafuse", version, about = "LoRA training, fusion and safety evaluation on any GPU wgpu reaches")]
@@ -53,7 +53,7 @@ enum Command {
         json: bool,
     },
     /// Time the kernel variants for the common shape classes now and cache the choices
-    /// (otherwise each class is timed on first use).
+    /// (otherwise a command's warm-up times the classes it needs, on its first run).
     Tune {
         /// Forget this device's cached choices first.
         #[arg(long)]
@@ -127,35 +127,37 @@ fn devices(backend: &str, json: bool) -> Result<()> {
 
 fn tune_cmd(gpu: &Gpu, clear: bool) -> Result<()> {
     if clear {
-        gpu.tuner().clear();
+        tune::tuner(gpu).lock().clear();
     }
-    let layout = tune::preferred_layout(gpu)?;
+    let layout = tune::tune_layout(gpu, false)?;
     println!("weight layout: {}", layout.name());
     // SmolLM2-135M's projections (576 ↔ 1536) and a 2048-wide model; decode, prefill and
     // training row counts.
     let nk = [(576, 576), (1536, 576), (576, 1536), (2048, 2048)];
-    let mut rows = Vec::new();
+    let mut problems = Vec::new();
     for dtype in [DType::F32, DType::F16] {
         for m in [1, 8, 32, 128, 512, 2048] {
             for &(n, k) in &nk {
-                rows.push((Form::Nt, layout, dtype, m, n, k));
+                problems.push(Problem { form: Form::Nt, layout, dtype, m, n, k });
             }
         }
         for m in [128, 1024] {
             for &(n, k) in &nk {
-                rows.push((Form::Nn, layout, dtype, m, n, k));
+                problems.push(Problem { form: Form::Nn, layout, dtype, m, n, k });
             }
         }
     }
     for &(n, k) in &nk {
-        rows.push((Form::Tn, Layout::Buffer, DType::F32, 16, n, k.max(1024)));
+        problems.push(Problem { form: Form::Tn, layout: Layout::Buffer, dtype: DType::F32, m: 16, n, k: k.max(1024) });
     }
+    tune::tune_now(gpu, &problems, false)?;
     println!("{:<5} {:<8} {:<5} {:>6} {:>6} {:>6}  variant", "form", "layout", "dtype", "M", "N", "K");
-    for (form, layout, dtype, m, n, k) in rows {
-        let v = tune::select(gpu, form, layout, dtype, m, n, k)?;
+    for p in problems {
+        let v = tune::lookup(gpu, &p)?;
+        let (form, layout, dtype, m, n, k) = (p.form, p.layout, p.dtype, p.m, p.n, p.k);
         println!("{:<5} {:<8} {:<5} {m:>6} {n:>6} {k:>6}  {v}", form.name(), layout.name(), dtype.name());
     }
-    match gpu.tuner().path() {
+    match tune::tuner(gpu).lock().path() {
         Some(p) => println!("choices cached in {}", p.display()),
         None => println!("no cache folder (set LORAFUSE_CACHE_DIR or HOME): choices not saved"),
     }

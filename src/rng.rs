@@ -29,6 +29,11 @@ impl Rng {
         ((self.uniform() * 2.0 - 1.0) * bound as f64) as f32
     }
 
+    /// `n` values uniform in [-bound, bound).
+    pub fn vec(&mut self, n: usize, bound: f32) -> Vec<f32> {
+        (0..n).map(|_| self.symmetric(bound)).collect()
+    }
+
     /// A uniform index below `n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize

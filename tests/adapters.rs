@@ -9,7 +9,8 @@ use common::tiny::*;
 use common::*;
 use lorafuse::gpu::DType;
 use lorafuse::lora::peft::Adapter;
-use lorafuse::model::llama::{Batch, Llama, LoadOptions};
+use lorafuse::model::batch::Batch;
+use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
 

@@ -9,7 +9,7 @@ use lorafuse::gpu::{DType, Recorder, Tensor};
 use lorafuse::kernels::cross_entropy::{MASKED, cross_entropy, cross_entropy_ref};
 use lorafuse::kernels::dropout::{Dropout, dropout, dropout_ref, keep_ref};
 use lorafuse::kernels::elementwise::{swiglu_backward, swiglu_backward_ref, swiglu_ref};
-use lorafuse::kernels::optimizer::{AdamW, adamw, adamw_ref, sumsq, sumsq_partials};
+use lorafuse::kernels::optimizer::{AdamW, AdamwState, HostAdamw, adamw, adamw_ref, sumsq, sumsq_partials};
 use lorafuse::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_backward_ref, rmsnorm_ref};
 use lorafuse::kernels::rope::{RopeTable, rope_backward, rope_ref};
 
@@ -216,9 +216,11 @@ fn adamw_and_gradient_norm_match_reference() {
             assert!((norm - want_norm).abs() <= 1e-5 * want_norm.max(1.0), "norm {norm} vs {want_norm}");
             let scale = (1.0 / norm).min(1.0) as f32;
             let mut rec = Recorder::new(gpu);
-            adamw(&mut rec, &hp, step, scale, &p, &gt, Some(&mt), &m, &v).unwrap();
+            let state = AdamwState { param: &p, grad: &gt, mask: Some(&mt), m: &m, v: &v };
+            adamw(&mut rec, &hp, step, scale, &state).unwrap();
             rec.run().unwrap();
-            adamw_ref(&hp, step, scale as f64, &mut rp, &g, Some(&mask), &mut rm, &mut rv);
+            let host = HostAdamw { param: &mut rp, grad: &g, mask: Some(&mask), m: &mut rm, v: &mut rv };
+            adamw_ref(&hp, step, scale as f64, host);
             assert_close(&format!("AdamW n={n} step {step}"), &p.read_f32(gpu).unwrap(), &rp, 1e-6, seed);
             assert_close(&format!("AdamW moment 1, n={n}"), &m.read_f32(gpu).unwrap(), &rm, 1e-5, seed);
         }
@@ -273,7 +275,7 @@ fn dropout_matches_reference_and_keeps_its_share() {
 #[test]
 fn attention_backward_matches_reference_and_finite_differences() {
     use lorafuse::kernels::attention::{
-        Saved, Spans, attention, attention_backward, attention_backward_ref, attention_ref,
+        Attention, Heads, Saved, Spans, attention, attention_backward, attention_backward_ref, attention_ref,
     };
     use lorafuse::kernels::rope::{Cache, Rows};
     let gpu = gpu();
@@ -298,7 +300,7 @@ fn attention_backward_matches_reference_and_finite_differences() {
                     slot.push(s as u32);
                 }
             }
-            attention_ref(q, &kc, &vc, &pos, &slot, heads, kv, max_len, hd).0
+            attention_ref(q, &kc, &vc, (&pos, &slot), Heads { heads, kv_heads: kv, hd }, max_len).0
         };
     {
         let (heads, kv, hd) = (2, 1, 4);
@@ -308,7 +310,7 @@ fn attention_backward_matches_reference_and_finite_differences() {
         let k = rng.vec(r * kv * hd);
         let v = rng.vec(r * kv * hd);
         let dout = rng.vec(r * heads * hd);
-        let (dq, dk, dv) = attention_backward_ref(&q, &k, &v, &dout, &spans, heads, kv, hd);
+        let (dq, dk, dv) = attention_backward_ref(&q, &k, &v, &dout, &spans, Heads { heads, kv_heads: kv, hd });
         let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
             forward(q, k, v, &spans, heads, kv, hd).iter().zip(&dout).map(|(a, b)| a * *b as f64).sum()
         };
@@ -378,13 +380,11 @@ fn attention_backward_matches_reference_and_finite_differences() {
             Tensor::from_u32(gpu, &[slots], &lens_u, "len").unwrap(),
         );
         let mut rec = Recorder::new(gpu);
-        attention(&mut rec, &qkvt, heads, &cache, &rows, &out, Some(&lse)).unwrap();
+        let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows };
+        attention(&mut rec, &at, &out, Some(&lse)).unwrap();
         attention_backward(
             &mut rec,
-            &qkvt,
-            heads,
-            &cache,
-            &rows,
+            &at,
             &Spans { start: &sst, len: &slt },
             &Saved { out: &out, lse: &lse },
             &t(&[r, nq], &dout, "dout"),
@@ -394,7 +394,7 @@ fn attention_backward_matches_reference_and_finite_differences() {
         .unwrap();
         rec.run().unwrap();
         let got = dqkv.read_f32(gpu).unwrap();
-        let (dq, dk, dv) = attention_backward_ref(&q, &k, &v, &dout, &spans, heads, kv, hd);
+        let (dq, dk, dv) = attention_backward_ref(&q, &k, &v, &dout, &spans, Heads { heads, kv_heads: kv, hd });
         let want: Vec<f64> = (0..r)
             .flat_map(|row| {
                 dq[row * nq..(row + 1) * nq]

@@ -15,7 +15,8 @@ use lorafuse::eval::report::arm_report;
 use lorafuse::eval::run::{self, Arm, Evaluated, Sets};
 use lorafuse::eval::{mmlu, prompts, xstest};
 use lorafuse::gpu::DType;
-use lorafuse::model::llama::{Batch, Llama, LoadOptions};
+use lorafuse::model::batch::Batch;
+use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::source::ModelSource;
 
 fn shared(p: &str) -> PathBuf {

@@ -5,7 +5,8 @@ mod common;
 
 use common::{default_model, golden, golden_ids, gpu};
 use lorafuse::gpu::DType;
-use lorafuse::model::llama::{Batch, Llama, LoadOptions};
+use lorafuse::model::batch::Batch;
+use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::source::ModelSource;
 
 fn argmax(v: &[f32]) -> u32 {

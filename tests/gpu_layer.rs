@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use lorafuse::gpu::{Clock, DType, Gpu, GpuOptions, Layout, Matrix, Recorder, Tensor, TexMatrix};
+use lorafuse::kernels::matmul::pack;
 use lorafuse::kernels::matmul::{Form, MatmulOpts, Variant, matmul, matmul_ref};
-use lorafuse::kernels::pack;
 
 #[test]
 fn device_uses_the_adapters_own_limits() {
@@ -190,7 +190,6 @@ fn profiler_times_each_launch() {
     assert_eq!(clock == Clock::Gpu, gpu.caps().timestamps);
     // The same device without timestamp queries falls back to the wall clock.
     let mut opts = GpuOptions::from_env().unwrap();
-    opts.tune_cache = None;
     opts.disabled.timestamps = true;
     let plain = Gpu::new(&opts).unwrap();
     assert_eq!(run(&plain), Clock::Wall);
@@ -240,11 +239,10 @@ fn capture_collects_every_submission() {
 #[test]
 fn without_subgroups_buffer_kernels_serve() {
     let mut opts = GpuOptions::from_env().unwrap();
-    opts.tune_cache = None;
     opts.disabled.subgroups = true;
     let g = Gpu::new(&opts).unwrap();
     assert!(Variant::candidates(&g, Form::Nt, Layout::Texture).is_empty());
-    assert_eq!(lorafuse::tune::preferred_layout(&g).unwrap(), Layout::Buffer);
+    assert_eq!(lorafuse::kernels::matmul::tune::preferred_layout(&g), Layout::Buffer);
     let seed = seed();
     let mut rng = Rng::new(seed);
     let (m, k, n) = (33, 45, 37);

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use lorafuse::gpu::{DType, Recorder, Tensor};
-use lorafuse::kernels::attention::{attention, attention_ref};
+use lorafuse::kernels::attention::{Attention, Heads, attention, attention_ref};
 use lorafuse::kernels::elementwise::{add_bias, swiglu, swiglu_ref};
 use lorafuse::kernels::embedding::{gather, gather_ref};
 use lorafuse::kernels::rmsnorm::{rmsnorm, rmsnorm_ref};
@@ -228,10 +228,11 @@ fn attention_over_ragged_rows() {
         out.poison(gpu);
         lse.poison(gpu);
         let mut rec = Recorder::new(gpu);
-        attention(&mut rec, &qt, heads, &Cache { k: &kt, v: &vt }, &Rows { pos: &pt, slot: &st }, &out, Some(&lse))
-            .unwrap();
+        let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
+        attention(&mut rec, &Attention { qkv: &qt, heads, cache: &cache, rows: &rows }, &out, Some(&lse)).unwrap();
         rec.run().unwrap();
-        let (want, want_lse) = attention_ref(&q, &kc, &vc, &pos, &slot, heads, kv_heads, max_len, hd);
+        let shape = Heads { heads, kv_heads, hd };
+        let (want, want_lse) = attention_ref(&q, &kc, &vc, (&pos, &slot), shape, max_len);
         let what = format!("attention H={heads} G={kv_heads} d={hd} rows={r} max_len={max_len}");
         assert_close(&what, &out.read_f32(gpu).unwrap(), &want, 1e-5, seed);
         assert_close(&format!("{what} lse"), &lse.read_f32(gpu).unwrap(), &want_lse, 1e-6, seed);

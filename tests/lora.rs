@@ -77,7 +77,8 @@ fn fused_forward_matches_reference() {
                     t.poison(gpu);
                     y.poison(gpu);
                     let mut rec = Recorder::new(gpu);
-                    lora_forward(&mut rec, &xt, &wm, &stack, &ct, &t, &y, Some(v)).unwrap();
+                    let f = FusedLinear { w: &wm, lora: &stack, coef: &ct, t: &t };
+                    lora_forward(&mut rec, &f, &xt, &y, Some(v)).unwrap();
                     rec.run().unwrap();
                     let seg = stack.seg_host();
                     let rs = RefStack {
@@ -159,8 +160,9 @@ fn fused_backward_matches_reference() {
                 }
                 let tv = tn[(vi + ci) % tn.len()];
                 let mut rec = Recorder::new(gpu);
-                let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db, accumulate };
-                lora_backward(&mut rec, &dyt, &xt, &wm, &stack, &ct, &tt, &g, &grads, Some(v), Some(tv)).unwrap();
+                let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db, g: &g, accumulate };
+                let f = FusedLinear { w: &wm, lora: &stack, coef: &ct, t: &tt };
+                lora_backward(&mut rec, &f, &dyt, &xt, &grads, Some(v), Some(tv)).unwrap();
                 rec.run().unwrap();
                 let (want_dx, mut want_da, mut want_db) = lora_backward_ref(c.m, &dy, &x, &w, &rs);
                 if accumulate {
@@ -204,8 +206,9 @@ fn backward_is_deterministic() {
             let da = Tensor::zeros(gpu, &[stack.rp(), c.k], DType::F32, "da").unwrap();
             let db = Tensor::zeros(gpu, &[c.n, stack.rp()], DType::F32, "db").unwrap();
             let mut rec = Recorder::new(gpu);
-            let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db, accumulate: false };
-            lora_backward(&mut rec, &dyt, &xt, &wm, &stack, &ct, &tt, &g, &grads, None, None).unwrap();
+            let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db, g: &g, accumulate: false };
+            let f = FusedLinear { w: &wm, lora: &stack, coef: &ct, t: &tt };
+            lora_backward(&mut rec, &f, &dyt, &xt, &grads, None, None).unwrap();
             rec.run().unwrap();
             [dx, da, db].map(|t| t.read_f32(gpu).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
         };
@@ -250,21 +253,25 @@ fn sequential_and_merged_match_fused() {
                 let what = format!("{} {dtype} m={} ranks={:?}", layout.name(), c.m, c.ranks);
 
                 // sequential: separate A_i, B_i, one shrink and one expand-and-add per adapter
-                let seq: Vec<SeqAdapter> = ads
+                let factors: Vec<(Matrix, Matrix)> = ads
                     .iter()
-                    .zip(&weights)
-                    .map(|(ad, &wt)| SeqAdapter {
-                        a: Matrix::from_host(gpu, layout, ad.rank, c.k, &ad.a, DType::F32, "a").unwrap(),
-                        b: Matrix::from_host(gpu, layout, c.n, ad.rank, &ad.b, DType::F32, "b").unwrap(),
-                        weight: wt * ad.scale,
+                    .map(|ad| {
+                        (
+                            Matrix::from_host(gpu, layout, ad.rank, c.k, &ad.a, DType::F32, "a").unwrap(),
+                            Matrix::from_host(gpu, layout, c.n, ad.rank, &ad.b, DType::F32, "b").unwrap(),
+                        )
                     })
+                    .collect();
+                let seq: Vec<SeqAdapter> = (factors.iter().zip(&ads).zip(&weights))
+                    .map(|((f, ad), &wt)| SeqAdapter { a: &f.0, b: &f.1, weight: wt * ad.scale })
                     .collect();
                 let ts: Vec<Tensor> =
                     ads.iter().map(|ad| Tensor::zeros(gpu, &[c.m, ad.rank], DType::F32, "t").unwrap()).collect();
                 let y = Tensor::zeros(gpu, &[c.m, c.n], DType::F32, "y").unwrap();
                 y.poison(gpu);
                 let mut rec = Recorder::new(gpu);
-                lora_sequential(&mut rec, &xt, &wm, &seq, &ts, &y).unwrap();
+                let sequential = Sequential { w: &wm, adapters: &seq, ts: &ts, accumulate: false };
+                lora_sequential(&mut rec, &sequential, &xt, &y).unwrap();
                 rec.run().unwrap();
                 assert_close(&format!("sequential {what}"), &y.read_f32(gpu).unwrap(), &want, TOL, s);
 
@@ -351,7 +358,7 @@ fn zero_b_and_no_adapters_equal_base() {
             let y = Tensor::zeros(gpu, &[m, n], DType::F32, "y").unwrap();
             y.poison(gpu);
             let mut rec = Recorder::new(gpu);
-            lora_forward(&mut rec, &xt, &wm, &stack, &ct, &t, &y, None).unwrap();
+            lora_forward(&mut rec, &FusedLinear { w: &wm, lora: &stack, coef: &ct, t: &t }, &xt, &y, None).unwrap();
             rec.run().unwrap();
             assert_close(
                 &format!("{} adapters, {} layout", ads.len(), layout.name()),
@@ -378,7 +385,7 @@ fn mismatched_adapters_are_errors() {
     let t = Tensor::zeros(gpu, &[2, 4], DType::F32, "t").unwrap();
     let y = Tensor::zeros(gpu, &[2, 8], DType::F32, "y").unwrap();
     let mut rec = Recorder::new(gpu);
-    let err = lora_forward(&mut rec, &x, &w, &stack, &ct, &t, &y, None).unwrap_err();
+    let err = lora_forward(&mut rec, &FusedLinear { w: &w, lora: &stack, coef: &ct, t: &t }, &x, &y, None).unwrap_err();
     assert!(err.to_string().contains("adapters for [7, 10]"), "{err}");
     assert!(Mix::All(vec![1.0, 2.0]).coef_tensor(gpu, 2, &stack).is_err());
 }

@@ -52,7 +52,7 @@ fn sweep(form: Form, layout: Layout) {
     // Vulkan adapter among them); storage-buffer kernels exist everywhere.
     let expected = match layout {
         Layout::Buffer => true,
-        Layout::Texture => form != Form::Tn && lorafuse::kernels::matmul_texture::subgroup_size(gpu).is_some(),
+        Layout::Texture => form != Form::Tn && lorafuse::gpu::texture::subgroup_size(gpu).is_some(),
     };
     assert_eq!(!variants.is_empty(), expected, "{form} variants for {} operands: {variants:?}", layout.name());
     let dtypes: &[DType] = if form == Form::Tn { &[DType::F32] } else { &[DType::F32, DType::F16] };
@@ -94,7 +94,7 @@ fn nt_texture_variants() {
 fn q4_sweep(form: Form) {
     let gpu = gpu();
     let variants = Variant::candidates(gpu, form, Layout::Texture);
-    if lorafuse::kernels::matmul_texture::subgroup_size(gpu).is_some_and(|sg| sg % 8 == 0) {
+    if lorafuse::gpu::texture::subgroup_size(gpu).is_some_and(|sg| sg % 8 == 0) {
         assert!(!variants.is_empty());
     }
     let seed = seed();

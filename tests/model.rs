@@ -8,7 +8,9 @@ use common::tiny::*;
 use common::*;
 use lorafuse::gpu::{DType, Layout};
 use lorafuse::kernels::matmul::{Form, Variant};
-use lorafuse::model::llama::{Batch, Llama, LoadOptions};
+use lorafuse::lora::attach::Site;
+use lorafuse::model::batch::Batch;
+use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
 
@@ -74,7 +76,7 @@ fn four_bit_gguf_runs_quantized() {
         assert_close("q4 fallback", &logits(&model, &tokens), &want, 5e-3, seed);
     } else {
         let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: Some(Layout::Texture) }).unwrap();
-        assert!(model.layers[0].qkv.w.dtype() == DType::Q4 && model.layers[1].down.w.dtype() == DType::Q4);
+        assert!(model.weight_dtype(0, Site::Qkv) == DType::Q4 && model.weight_dtype(1, Site::Down) == DType::Q4);
         // the f16 LM head is the only rounding left
         assert_close("4-bit weights in the kernels", &logits(&model, &tokens), &want, 2e-3, seed);
         let f32_model =

@@ -11,16 +11,17 @@ use std::path::Path;
 use common::tiny::*;
 use common::*;
 use lorafuse::gpu::DType;
-use lorafuse::kernels::cross_entropy::MASKED;
 use lorafuse::lora::attach::Site;
 use lorafuse::lora::peft::Adapter;
+use lorafuse::model::batch::{Encoded, MASKED, TrainBatch};
 use lorafuse::model::llama::{Llama, LoadOptions};
+use lorafuse::model::loss::StepOptions;
+use lorafuse::model::params::LoraGradients;
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
-use lorafuse::train::data::Encoded;
+use lorafuse::train::config::{TrainConfig, fresh_adapter};
 use lorafuse::train::schedule::Schedule;
-use lorafuse::train::step::{LoraGradients, StepOptions, TrainBatch, forward_backward};
-use lorafuse::train::trainer::{RunOptions, Summary, TrainConfig, fresh_adapter, train};
+use lorafuse::train::trainer::{RunOptions, Summary, train};
 
 const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
@@ -197,7 +198,7 @@ fn fresh_adapter_is_peft_init_and_changes_nothing() {
     let tokens: Vec<u32> = (0..11).map(|_| rng.below(spec().vocab) as u32).collect();
     let base = logits(&model, &tokens);
     let tc = TrainConfig { targets: ALL.iter().map(|s| s.to_string()).collect(), seed, ..TrainConfig::default() };
-    let fresh = fresh_adapter(&model.cfg, &tc, None).unwrap();
+    let fresh = fresh_adapter(model.cfg(), &tc, None).unwrap();
     for ((layer, t), f) in &fresh.factors {
         assert!(f.b.iter().all(|&b| b == 0.0), "layer {layer} {t}: B is not zero");
         // Kaiming-uniform with a = √5: U(-1/√in, 1/√in); the spread shows it is not constant
@@ -214,7 +215,7 @@ fn fresh_adapter_is_peft_init_and_changes_nothing() {
 /// Sums the squares of every gradient of the attached adapter, and returns them all, in order.
 fn read_grads(model: &Llama, grads: &LoraGradients) -> Vec<f32> {
     let mut all = Vec::new();
-    for layer in 0..model.cfg.layers {
+    for layer in 0..model.cfg().layers {
         for site in Site::ALL {
             if let Some((da, db)) = grads.get(layer, site) {
                 all.extend(da.read_f32(model.gpu()).unwrap());
@@ -236,12 +237,12 @@ fn masked_positions_add_no_gradient() {
         seed,
         ..TrainConfig::default()
     };
-    let mut ad = fresh_adapter(&model.cfg, &tc, None).unwrap();
+    let mut ad = fresh_adapter(model.cfg(), &tc, None).unwrap();
     for f in ad.factors.values_mut() {
         f.b = rng.vec(f.b.len()).iter().map(|x| x * 0.1).collect();
     }
     model.attach(&[ad], &[1.0]).unwrap();
-    let grads = LoraGradients::new(gpu(), model.adapters().unwrap()).unwrap();
+    let grads = LoraGradients::new(&model).unwrap();
     let vocab = spec().vocab;
     let tokens: Vec<u32> = (0..12).map(|_| rng.below(vocab) as u32).collect();
     let labels: Vec<u32> = (0..12).map(|_| rng.below(vocab) as u32).collect();
@@ -253,7 +254,7 @@ fn masked_positions_add_no_gradient() {
         let mut b = TrainBatch::default();
         b.push(&tokens, &targets);
         let so = StepOptions { loss_scale: 1.0, accumulate: false, dropout: None };
-        let loss = forward_backward(&model, &b, &grads, &so).unwrap();
+        let loss = model.forward_backward(&b, &grads, &so).unwrap();
         (loss, read_grads(&model, &grads))
     };
     // nothing labelled: zero loss, every gradient exactly zero

@@ -8,15 +8,16 @@ mod common;
 use common::tiny::*;
 use common::*;
 use lorafuse::gpu::{DType, Layout};
-use lorafuse::kernels::cross_entropy::MASKED;
-use lorafuse::kernels::dropout::Dropout;
 use lorafuse::kernels::matmul::{Form, Variant};
 use lorafuse::lora::attach::place;
 use lorafuse::lora::peft::Adapter;
+use lorafuse::model::Dropout;
+use lorafuse::model::batch::{MASKED, TrainBatch};
 use lorafuse::model::llama::{Llama, LoadOptions};
+use lorafuse::model::loss::StepOptions;
+use lorafuse::model::params::LoraGradients;
 use lorafuse::model::reference::HostLlama;
 use lorafuse::model::source::ModelSource;
-use lorafuse::train::step::{LoraGradients, StepOptions, TrainBatch, forward_backward};
 
 /// Σ −log p(target) over the labelled positions of each sequence, f64 on the host.
 fn host_loss(host: &HostLlama, batch: &TrainBatch) -> f64 {
@@ -93,9 +94,9 @@ fn check_against_reference(p: Option<f32>) {
     for layout in layouts {
         let mut model = Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(layout) }).unwrap();
         model.attach(std::slice::from_ref(&ad), &[1.0]).unwrap();
-        let grads = LoraGradients::new(gpu, model.adapters().unwrap()).unwrap();
+        let grads = LoraGradients::new(&model).unwrap();
         let opts = StepOptions { loss_scale: scale, accumulate: false, dropout: drop };
-        let loss = forward_backward(&model, &batch, &grads, &opts).unwrap();
+        let loss = model.forward_backward(&batch, &grads, &opts).unwrap();
         assert!(
             (loss - want_loss).abs() <= 1e-4 * want_loss.abs(),
             "{}: loss {loss} vs reference {want_loss}",

@@ -56,10 +56,10 @@ pub struct Report {
 pub fn random_adapter(model: &Llama, r: usize, targets: &[String], seed: u64) -> Result<Adapter> {
     let mut rng = Rng::new(seed, 0);
     let mut factors = BTreeMap::new();
-    for layer in 0..model.cfg.layers {
+    for layer in 0..model.cfg().layers {
         for t in targets {
             let (_, rows, inp, _) =
-                place(&model.cfg, t).ok_or_else(|| Error::Invalid(format!("unknown target module '{t}'")))?;
+                place(model.cfg(), t).ok_or_else(|| Error::Invalid(format!("unknown target module '{t}'")))?;
             let a = (0..r * inp).map(|_| rng.symmetric(1.0 / (inp as f32).sqrt())).collect();
             let b = (0..rows.len() * r).map(|_| rng.symmetric(0.01)).collect();
             factors.insert((layer, t.clone()), Factors { a, b, inp, out: rows.len() });
@@ -78,7 +78,7 @@ pub fn run(
 ) -> Result<Report> {
     let src = ModelSource::open(model_path)?;
     let mut model = Llama::load(gpu, &src, load)?;
-    let prompt = bench_prompt(opts.prompt_tokens, model.cfg.vocab);
+    let prompt = bench_prompt(opts.prompt_tokens, model.cfg().vocab);
     let work_dir = std::env::temp_dir().join(format!("lorafuse-bench-fuse-{}", std::process::id()));
     let rows_total: usize = opts.counts.iter().map(|&n| if n == 0 { 1 } else { 3 }).sum();
     progress.start("adapter fusion throughput", rows_total);

@@ -6,14 +6,16 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::bench::{Progress, fill};
+use crate::bench::Progress;
 use crate::error::Result;
-use crate::gpu::Recorder;
-use crate::gpu::{DType, Gpu, Layout, Matrix, Tensor};
+use crate::gpu::{DType, Gpu, Layout, Matrix, Op, Recorder, Tensor, time_ops};
 use crate::kernels::ceiling::{self, Ceilings};
-use crate::kernels::lora::{HostAdapter, LoraStack, Mix, SeqAdapter, lora_forward, lora_merge, lora_sequential};
+use crate::kernels::lora::{
+    FusedLinear, HostAdapter, LoraStack, Mix, SeqAdapter, Sequential, lora_forward, lora_merge, lora_sequential,
+};
+use crate::kernels::matmul::tune;
 use crate::kernels::matmul::{Form, MatmulOpts, Variant, matmul};
-use crate::tune::{self, time_ops};
+use crate::rng::Rng;
 
 /// What to measure. `standard()` is the grid; `quick()` a minute-long subset.
 #[derive(Clone, Debug)]
@@ -172,19 +174,18 @@ fn bench_matmuls(gpu: &Gpu, grid: &Grid, ceiling: &Ceilings, progress: &mut dyn 
     let mut rows = Vec::new();
     for (form, m, k, n, dtype, layout, variants) in jobs {
         let (sa, sb) = shapes(form, m, k, n);
-        let a = Tensor::from_f32(gpu, &sa, &fill(sa[0] * sa[1], 1), "bench a")?;
-        let b = Matrix::from_host(gpu, layout, sb[0], sb[1], &fill(sb[0] * sb[1], 2), dtype, "bench b")?;
+        let a = Tensor::from_f32(gpu, &sa, &Rng::new(1, 0).vec(sa[0] * sa[1], 0.5), "bench a")?;
+        let b =
+            Matrix::from_host(gpu, layout, sb[0], sb[1], &Rng::new(2, 0).vec(sb[0] * sb[1], 0.5), dtype, "bench b")?;
         let y = Tensor::zeros(gpu, &[m, n], DType::F32, "bench y")?;
         let opts: Vec<MatmulOpts> =
             variants.iter().map(|&v| MatmulOpts { variant: Some(v), ..Default::default() }).collect();
         let (a, b, y) = (&a, &b, &y);
-        let mut ops: Vec<Box<tune::Op>> = opts
-            .iter()
-            .map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<tune::Op>)
-            .collect();
-        let mut refs: Vec<&mut tune::Op> = ops.iter_mut().map(|o| o.as_mut()).collect();
+        let mut ops: Vec<Box<Op>> =
+            opts.iter().map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<Op>).collect();
+        let mut refs: Vec<&mut Op> = ops.iter_mut().map(|o| o.as_mut()).collect();
         let times = time_ops(gpu, grid.reps, &mut refs)?;
-        let pick = tune::select(gpu, form, layout, dtype, m, n, k).ok();
+        let pick = tune::lookup(gpu, &tune::Problem { form, layout, dtype, m, n, k }).ok();
         for (&v, ms) in variants.iter().zip(times) {
             let flops = form.flops(m, n, k) as f64;
             let bytes = (4 * (m * k + m * n)) as f64 + dtype.bytes_for(n * k) as f64;
@@ -214,7 +215,7 @@ fn bench_matmuls(gpu: &Gpu, grid: &Grid, ceiling: &Ceilings, progress: &mut dyn 
 }
 
 fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec<LoraRow>> {
-    let layout = tune::preferred_layout(gpu)?;
+    let layout = tune::preferred_layout(gpu);
     let dtype = grid.lora_dtype;
     let mut jobs = Vec::new();
     for &h in &grid.lora_hidden {
@@ -232,7 +233,7 @@ fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec
     for (h, m, r, na) in jobs {
         let (k, n) = (h, h);
         if base.as_ref().map(|(bh, _, _)| *bh != h).unwrap_or(true) {
-            let w = fill(n * k, 3);
+            let w = Rng::new(3, 0).vec(n * k, 0.5);
             let wm = Matrix::from_host(gpu, layout, n, k, &w, dtype, "bench w")?;
             let wb = match dtype {
                 DType::F16 => Tensor::from_f32_as_f16(gpu, &[n, k], &w, "bench w buffer")?,
@@ -244,31 +245,37 @@ fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec
         let ads: Vec<HostAdapter> = (0..na)
             .map(|i| HostAdapter {
                 rank: r,
-                a: fill(r * k, 10 + i as u64),
-                b: fill(n * r, 20 + i as u64),
+                a: Rng::new(10 + i as u64, 0).vec(r * k, 0.5),
+                b: Rng::new(20 + i as u64, 0).vec(n * r, 0.5),
                 scale: 32.0 / r as f32,
             })
             .collect();
         let weights: Vec<f32> = (0..na).map(|i| 1.0 / (i + 1) as f32).collect();
-        let x = Tensor::from_f32(gpu, &[m, k], &fill(m * k, 4), "bench x")?;
+        let x = Tensor::from_f32(gpu, &[m, k], &Rng::new(4, 0).vec(m * k, 0.5), "bench x")?;
         let y = Tensor::zeros(gpu, &[m, n], DType::F32, "bench y")?;
         let stack = LoraStack::new(gpu, layout, k, n, &ads)?;
         let coef = Mix::All(weights.clone()).coef_tensor(gpu, m, &stack)?;
         let t = Tensor::zeros(gpu, &[m, stack.rp()], DType::F32, "bench t")?;
 
-        let seq: Vec<SeqAdapter> = ads
+        let factors: Vec<(Matrix, Matrix)> = ads
             .iter()
-            .zip(&weights)
-            .map(|(ad, &wt)| {
-                Ok(SeqAdapter {
-                    a: Matrix::from_host(gpu, layout, r, k, &ad.a, DType::F32, "seq a")?,
-                    b: Matrix::from_host(gpu, layout, n, r, &ad.b, DType::F32, "seq b")?,
-                    weight: wt * ad.scale,
-                })
+            .map(|ad| {
+                Ok((
+                    Matrix::from_host(gpu, layout, r, k, &ad.a, DType::F32, "seq a")?,
+                    Matrix::from_host(gpu, layout, n, r, &ad.b, DType::F32, "seq b")?,
+                ))
             })
             .collect::<Result<_>>()?;
+        let seq: Vec<SeqAdapter> = factors
+            .iter()
+            .zip(&ads)
+            .zip(&weights)
+            .map(|((f, ad), &wt)| SeqAdapter { a: &f.0, b: &f.1, weight: wt * ad.scale })
+            .collect();
         let ts: Vec<Tensor> =
             (0..na).map(|_| Tensor::zeros(gpu, &[m, r], DType::F32, "seq t")).collect::<Result<_>>()?;
+        let sequential = Sequential { w: wm, adapters: &seq, ts: &ts, accumulate: false };
+        let fused = FusedLinear { w: wm, lora: &stack, coef: &coef, t: &t };
         let merged = Tensor::zeros(gpu, &[n, k], DType::F32, "merged w")?;
         let mut rec = crate::gpu::Recorder::new(gpu);
         lora_merge(&mut rec, wb, &stack, &weights, &merged)?;
@@ -277,8 +284,8 @@ fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec
 
         let plain = MatmulOpts::default();
         let mut base_op = |rec: &mut Recorder| matmul(rec, Form::Nt, &x, wm, &y, &plain);
-        let mut fused_op = |rec: &mut Recorder| lora_forward(rec, &x, wm, &stack, &coef, &t, &y, None);
-        let mut seq_op = |rec: &mut Recorder| lora_sequential(rec, &x, wm, &seq, &ts, &y);
+        let mut fused_op = |rec: &mut Recorder| lora_forward(rec, &fused, &x, &y, None);
+        let mut seq_op = |rec: &mut Recorder| lora_sequential(rec, &sequential, &x, &y);
         let mut merged_op = |rec: &mut Recorder| matmul(rec, Form::Nt, &x, &merged_m, &y, &plain);
         let times = time_ops(gpu, grid.reps, &mut [&mut base_op, &mut fused_op, &mut seq_op, &mut merged_op])?;
         let [base_ms, fused_ms, sequential_ms, merged_ms] = [times[0], times[1], times[2], times[3]];
@@ -288,8 +295,8 @@ fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec
             f(&mut rec)?;
             Ok(rec.len())
         };
-        let fused_dispatches = count(&mut |rec| lora_forward(rec, &x, wm, &stack, &coef, &t, &y, None))?;
-        let sequential_dispatches = count(&mut |rec| lora_sequential(rec, &x, wm, &seq, &ts, &y))?;
+        let fused_dispatches = count(&mut |rec| lora_forward(rec, &fused, &x, &y, None))?;
+        let sequential_dispatches = count(&mut |rec| lora_sequential(rec, &sequential, &x, &y))?;
         let row = LoraRow {
             m,
             k,

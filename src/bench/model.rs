@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::bench::Progress;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::model::llama::{Batch, Llama};
+use crate::model::batch::Batch;
+use crate::model::llama::Llama;
 use crate::model::sampling::argmax;
 
 #[derive(Clone, Debug)]
@@ -74,7 +75,7 @@ pub(crate) fn run_ours(model: &Llama, prompt: &[u32], batch: usize, steps: usize
     let t0 = Instant::now();
     let logits = model.forward(&b, &cache)?.read_f32(model.gpu())?;
     let prefill = t0.elapsed().as_secs_f64();
-    let vocab = model.cfg.vocab;
+    let vocab = model.cfg().vocab;
     let mut next: Vec<u32> = (0..batch).map(|s| argmax(&logits[s * vocab..(s + 1) * vocab])).collect();
     let t1 = Instant::now();
     for step in 0..steps {
@@ -126,7 +127,7 @@ fn run_peer(python: &Path, gguf: &Path, prompt: &[u32], steps: usize, threads: u
 }
 
 pub fn run(gpu: &Gpu, model: &Llama, model_path: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Report> {
-    let prompt = bench_prompt(opts.prompt_tokens, model.cfg.vocab);
+    let prompt = bench_prompt(opts.prompt_tokens, model.cfg().vocab);
     // warm-up: compiles pipelines and settles the tuner at every batch size used below
     for &b in &opts.batches {
         run_ours(model, &prompt[..prompt.len().min(8)], b, 2)?;

@@ -12,12 +12,13 @@ use crate::bench::Progress;
 use crate::bench::model::bench_prompt;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::cross_entropy::MASKED;
-use crate::kernels::dropout::Dropout;
-use crate::kernels::optimizer::AdamW;
+use crate::model::Dropout;
+use crate::model::batch::{MASKED, TrainBatch};
 use crate::model::llama::Llama;
-use crate::train::step::{LoraGradients, StepOptions, TrainBatch, forward_backward};
-use crate::train::trainer::{Optimizer, TrainConfig, fresh_adapter};
+use crate::model::loss::StepOptions;
+use crate::model::params::{AdamW, LoraGradients};
+use crate::train::config::{TrainConfig, fresh_adapter};
+use crate::train::optimizer::Optimizer;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -82,8 +83,8 @@ impl Runner {
     /// each one's last is labelled with the next token.
     pub fn new(model: &mut Llama, r: usize, targets: &[String], seqs: &[Vec<u32>]) -> Result<Runner> {
         let tc = TrainConfig { r, targets: targets.to_vec(), ..TrainConfig::default() };
-        model.attach(&[fresh_adapter(&model.cfg, &tc, None)?], &[1.0])?;
-        let grads = LoraGradients::new(model.gpu(), model.adapters().expect("attached"))?;
+        model.attach(&[fresh_adapter(model.cfg(), &tc, None)?], &[1.0])?;
+        let grads = LoraGradients::new(model)?;
         let opt = Optimizer::new(model)?;
         let mut batch = TrainBatch::default();
         for s in seqs {
@@ -106,7 +107,7 @@ impl Runner {
             accumulate: false,
             dropout: Some(Dropout { p: self.dropout, seed: t as u64 }),
         };
-        let loss = forward_backward(model, &self.batch, &self.grads, &so)?;
+        let loss = model.forward_backward(&self.batch, &self.grads, &so)?;
         self.opt.step(model, &self.grads, &self.hp, 0.0, t)?;
         Ok(loss / n as f64)
     }
@@ -174,7 +175,7 @@ pub fn run(
     opts: &Options,
     progress: &mut dyn Progress,
 ) -> Result<Report> {
-    let seqs = bench_sequences(opts.seq, opts.batch, model.cfg.vocab);
+    let seqs = bench_sequences(opts.seq, opts.batch, model.cfg().vocab);
     progress.start("training throughput", 2);
     let ours = run_ours(model, opts, &seqs)?;
     let peak_bytes = gpu.memory().peak();

@@ -90,7 +90,7 @@ impl EvalFlags {
             let template = m.template.as_ref().context("the task loss needs the model's chat template")?;
             let (examples, _) = data::load(p, false)?;
             for ex in &examples {
-                let (e, _) = data::encode(ex, &m.tok, template, self.system.as_deref(), m.model.cfg.max_positions)?;
+                let (e, _) = data::encode(ex, &m.tok, template, self.system.as_deref(), m.model.cfg().max_positions)?;
                 if e.labelled() > 0 {
                     sets.task.push(e);
                 }

@@ -73,8 +73,8 @@ impl ModelArgs {
         eprintln!(
             "model: {} ({} layers, hidden {}, {} weights in {} layout, {:.0} MiB) loaded in {:.1} s",
             self.model.display(),
-            model.cfg.layers,
-            model.cfg.hidden,
+            model.cfg().layers,
+            model.cfg().hidden,
             dtype,
             model.layout().name(),
             model.weight_bytes() as f64 / (1 << 20) as f64,

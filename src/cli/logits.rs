@@ -9,9 +9,9 @@ use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
 
 use lorafuse::gpu::Gpu;
+use lorafuse::model::batch::Batch;
 use lorafuse::model::chat::Message;
 use lorafuse::model::generate::prompt_ids;
-use lorafuse::model::llama::Batch;
 
 use super::generate::ModelArgs;
 
@@ -39,7 +39,7 @@ pub fn run(gpu: &Gpu, args: &LogitsArgs) -> Result<()> {
         None if !args.tokens.is_empty() => args.tokens.clone(),
         None => bail!("give --tokens 1,2,3 or --prompt TEXT"),
     };
-    let vocab = m.model.cfg.vocab;
+    let vocab = m.model.cfg().vocab;
     if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
         bail!("token {t} is outside the vocabulary of {vocab}");
     }

@@ -12,7 +12,8 @@ use clap::Args;
 use lorafuse::eval::report::ArmReport;
 use lorafuse::eval::sweep;
 use lorafuse::gpu::Gpu;
-use lorafuse::train::trainer::{Summary, TrainConfig};
+use lorafuse::train::config::TrainConfig;
+use lorafuse::train::trainer::Summary;
 
 use super::eval::{EvalFlags, evaluate, preamble, write_report};
 use super::generate::{Loaded, ModelArgs};

@@ -44,7 +44,7 @@ pub fn run(gpu: &Gpu, cmd: &ProfileCommand) -> Result<()> {
         }
         ProfileCommand::Train { shape, steps, trace } => {
             let mut m = shape.model.load(gpu)?;
-            let seqs = lorafuse::bench::train::bench_sequences(shape.seq, shape.batch, m.model.cfg.vocab);
+            let seqs = lorafuse::bench::train::bench_sequences(shape.seq, shape.batch, m.model.cfg().vocab);
             let runner = lorafuse::bench::train::Runner::new(&mut m.model, shape.r, &shape.targets, &seqs)?;
             runner.step(&m.model, 1)?;
             let t0 = std::time::Instant::now();

@@ -6,9 +6,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use lorafuse::gpu::Gpu;
-use lorafuse::train::data::{self, Encoded};
+use lorafuse::model::batch::Encoded;
+use lorafuse::train::config::TrainConfig;
+use lorafuse::train::data;
 use lorafuse::train::schedule::Schedule;
-use lorafuse::train::trainer::{RunOptions, Summary, TrainConfig, split_holdout, train};
+use lorafuse::train::trainer::{RunOptions, Summary, split_holdout, train};
 
 use super::generate::{Loaded, ModelArgs};
 
@@ -147,7 +149,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
 pub fn train_job(gpu: &Gpu, m: &mut Loaded, model_args: &ModelArgs, job: &Job, quiet: bool) -> Result<Summary> {
     let tc = &job.config;
     let (examples, bad) = data::load(&job.data, job.skip_bad)?;
-    tc.validate(&m.model.cfg)?;
+    tc.validate(m.model.cfg())?;
     let template = m.template.as_ref().with_context(|| {
         format!("{} has no chat template, which training on conversations needs", model_args.model.display())
     })?;

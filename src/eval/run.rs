@@ -11,13 +11,12 @@ use crate::eval::mmlu::{self, Subject, predict};
 use crate::eval::prompts::HarmfulPrompt;
 use crate::eval::records::{Record, Records, key};
 use crate::eval::xstest;
+use crate::model::batch::{Batch, Encoded, TrainBatch};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::generate::{GenerateOptions, cache_groups, generate, prompt_ids};
-use crate::model::llama::{Batch, Llama};
+use crate::model::llama::Llama;
 use crate::model::tokenizer::Tokenizer;
 use crate::progress::Progress;
-use crate::train::data::Encoded;
-use crate::train::step::{TrainBatch, eval_loss};
 
 /// One configuration evaluated: the attached adapters at these weights (none attached: the
 /// base model, weights empty).
@@ -200,7 +199,7 @@ fn judge_responses(j: &Judge, arms: &[Arm], sets: &Sets, opts: &Options, records
         }
     }
     let progress = bar(opts.quiet, todo.len(), &format!("judging with {}", j.name));
-    let limit = j.model.cfg.max_positions.saturating_sub(j.max_new_tokens);
+    let limit = j.model.cfg().max_positions.saturating_sub(j.max_new_tokens);
     let mut fitting = Vec::with_capacity(todo.len());
     let mut skipped = Vec::new();
     for (arm, set, id, text) in todo {
@@ -292,17 +291,17 @@ fn mmlu_answers(
         }
     }
     let progress = bar(opts.quiet, todo.len(), "MMLU");
-    let vocab = s.model.cfg.vocab;
+    let vocab = s.model.cfg().vocab;
     for chunk in todo.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
             .map(|(_, sub, i)| s.tok.encode(&mmlu::prompt(sub, &sub.test[*i], opts.mmlu_shots), true))
             .collect::<Result<_>>()?;
         let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
-        if longest > s.model.cfg.max_positions {
+        if longest > s.model.cfg().max_positions {
             return Err(Error::Invalid(format!(
                 "an MMLU prompt has {longest} tokens, over the model's context of {}: use fewer shots",
-                s.model.cfg.max_positions
+                s.model.cfg().max_positions
             )));
         }
         let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
@@ -352,9 +351,8 @@ fn task_losses(model: &mut Llama, arms: &[Arm], task: &[Encoded], opts: &Options
         if !a.weights.is_empty() {
             model.set_adapter_weights(&a.weights)?;
         }
-        let mut b = TrainBatch::default();
-        b.push(&task[i].tokens, &task[i].targets);
-        let loss = eval_loss(model, &b)?;
+        let b = TrainBatch::of([&task[i]]);
+        let loss = model.loss(&b)?;
         records.append(vec![Record::Task { arm: a.name.clone(), id: i.to_string(), loss, tokens: b.counted() }])?;
         progress.inc(1);
     }

@@ -2,15 +2,14 @@
 //! WebGPU defaults: real models need storage bindings far over 128 MiB) and with every optional
 //! feature the kernels can use, so the kernels see what the hardware really offers.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::TexMatrix;
 use crate::gpu::pipeline::PipelineCache;
-use crate::tune::Tuner;
 
 /// Which wgpu backend to search for adapters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -95,27 +94,17 @@ pub struct GpuOptions {
     /// Index into the adapters of `backend`, in the order `lorafuse devices` lists them.
     pub adapter: Option<usize>,
     pub disabled: Disabled,
-    /// Folder of the autotuner's cache (`None`: keep choices in memory only).
-    pub tune_cache: Option<PathBuf>,
-    /// Time kernel candidates on first use; when false the built-in defaults are used.
-    pub tune: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions {
-            backend: BackendChoice::Auto,
-            adapter: None,
-            disabled: Disabled::default(),
-            tune_cache: crate::tune::default_cache_dir(),
-            tune: true,
-        }
+        GpuOptions { backend: BackendChoice::Auto, adapter: None, disabled: Disabled::default() }
     }
 }
 
 impl GpuOptions {
-    /// Options from the environment: `LORAFUSE_BACKEND`, `LORAFUSE_GPU` (the adapter index), `LORAFUSE_DISABLE`,
-    /// `LORAFUSE_TUNE=off`, and the cache folder (see `tune::default_cache_dir`).
+    /// Options from the environment: `LORAFUSE_BACKEND`, `LORAFUSE_GPU` (the adapter index) and
+    /// `LORAFUSE_DISABLE`.
     pub fn from_env() -> Result<Self> {
         let backend = match std::env::var("LORAFUSE_BACKEND") {
             Ok(v) => v.parse()?,
@@ -133,8 +122,7 @@ impl GpuOptions {
             Ok(v) => v.parse()?,
             Err(_) => Disabled::default(),
         };
-        let tune = !matches!(std::env::var("LORAFUSE_TUNE").as_deref(), Ok("off") | Ok("0"));
-        Ok(GpuOptions { backend, adapter, disabled, tune, ..GpuOptions::default() })
+        Ok(GpuOptions { backend, adapter, disabled })
     }
 }
 
@@ -257,12 +245,16 @@ pub(crate) struct GpuInner {
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) caps: Caps,
     pub(crate) pipelines: PipelineCache,
-    pub(crate) tuner: Mutex<Tuner>,
+    /// Per-device state of the layers above this one (the matmul tuner's choices), one value
+    /// per type: the GPU layer holds it without knowing what it is.
+    states: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     scratch: Mutex<HashMap<(usize, usize, u32), TexMatrix>>,
     memory: Arc<crate::gpu::tensor::MemoryMeter>,
     /// While Some, every recorder the capturing thread makes times its launches and leaves them
     /// here (`Gpu::capture`).
     pub(crate) capture: Mutex<Option<(std::thread::ThreadId, Captured)>>,
+    /// The thread whose recorders are dry while it runs `Gpu::dry_run`.
+    dry: Mutex<Option<std::thread::ThreadId>>,
 }
 
 /// Launch timings of the submissions made while capturing, each with its submission time.
@@ -342,7 +334,6 @@ impl Gpu {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamp_period: queue.get_timestamp_period(),
         };
-        let tuner = Tuner::load(opts.tune_cache.clone(), opts.tune, &info, &caps);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 adapter,
@@ -351,10 +342,11 @@ impl Gpu {
                 info,
                 caps,
                 pipelines: PipelineCache::default(),
-                tuner: Mutex::new(tuner),
+                states: Mutex::default(),
                 scratch: Mutex::new(HashMap::new()),
                 memory: Arc::default(),
                 capture: Mutex::new(None),
+                dry: Mutex::new(None),
             }),
         })
     }
@@ -439,7 +431,7 @@ impl Gpu {
         let t = match map.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let align = crate::kernels::matmul_texture::col_align(self)?;
+                let align = crate::gpu::texture::col_align(self)?;
                 let t = TexMatrix::zeros(self, bucket, cols, crate::gpu::DType::F32, align, "activation scratch")?;
                 v.insert(t).clone()
             }
@@ -447,7 +439,6 @@ impl Gpu {
         Ok(t.with_rows(rows))
     }
 
-    /// Device memory held by lorafuse's buffers and textures (live and peak).
     /// Profiles a workload that builds its own recorders: while `f` runs, every submission of
     /// this thread times its launches (each waits for the GPU, so the workload runs slower);
     /// returns what `f` returned and the timings of each submission with the time it was made.
@@ -463,11 +454,38 @@ impl Gpu {
         self.inner.capture.lock().is_ok_and(|c| c.as_ref().is_some_and(|c| c.0 == std::thread::current().id()))
     }
 
+    /// Runs a workload that builds its own recorders without running any kernel: while `f`
+    /// runs, every recorder of this thread records its launches and submits nothing (tensors are
+    /// still allocated and uploaded; reads return what the buffers held). Lets a layer above
+    /// see which kernels a workload would launch, with which shapes, before it runs (the
+    /// matmul tuner's warm-up).
+    pub fn dry_run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let slot = &self.inner.dry;
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current().id());
+        let r = f();
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        r
+    }
+
+    pub(crate) fn dry(&self) -> bool {
+        self.inner.dry.lock().is_ok_and(|d| *d == Some(std::thread::current().id()))
+    }
+
+    /// Device memory held by lorafuse's buffers and textures (live and peak).
     pub fn memory(&self) -> &Arc<crate::gpu::tensor::MemoryMeter> {
         &self.inner.memory
     }
 
-    pub fn tuner(&self) -> std::sync::MutexGuard<'_, Tuner> {
-        self.inner.tuner.lock().unwrap_or_else(|p| p.into_inner())
+    /// This device's value of type `T`, made by `init` on first use.
+    pub fn state<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut map = self.inner.states.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(TypeId::of::<T>()).or_insert_with(|| Arc::new(init()) as Arc<dyn Any + Send + Sync>);
+        entry.clone().downcast::<T>().unwrap_or_else(|_| unreachable!("states are keyed by their type"))
+    }
+
+    /// Replaces this device's value of type `T`.
+    pub fn set_state<T: Any + Send + Sync>(&self, value: T) {
+        let mut map = self.inner.states.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(TypeId::of::<T>(), Arc::new(value));
     }
 }

@@ -1,9 +1,11 @@
-//! Per-kernel timings and their summary table.
+//! Per-kernel timings, their summary table, and timing of recorded operations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::gpu::recorder::Work;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::gpu::recorder::{Recorder, Work};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +37,39 @@ pub fn group_ms(timings: &[KernelTiming], groups: u32) -> Vec<f64> {
         }
     }
     ms
+}
+
+/// An operation recorded into a recorder, to be timed.
+pub type Op<'a> = dyn FnMut(&mut Recorder) -> Result<()> + 'a;
+
+/// Best time (ms) of `reps` runs of `op`, after one warm-up run (pipeline compilation, lazy
+/// texture clears).
+pub fn time_op(gpu: &Gpu, reps: u32, op: impl FnMut(&mut Recorder) -> Result<()>) -> Result<f64> {
+    let mut op = op;
+    Ok(time_ops(gpu, reps, &mut [&mut op])?[0])
+}
+
+/// Best time (ms) of each op over `reps` rounds. Rounds interleave the ops (a, b, c, a, b, c, …)
+/// in one profiled submission, so a slow spell of a shared machine hits every op alike and the
+/// ratios between them hold even when absolute times drift.
+pub fn time_ops(gpu: &Gpu, reps: u32, ops: &mut [&mut Op]) -> Result<Vec<f64>> {
+    let mut warm = Recorder::new(gpu);
+    for op in ops.iter_mut() {
+        op(&mut warm)?;
+    }
+    warm.run()?;
+    let n = ops.len() as u32;
+    let mut rec = Recorder::profiled(gpu);
+    for r in 0..reps {
+        for (i, op) in ops.iter_mut().enumerate() {
+            rec.set_group(r * n + i as u32);
+            op(&mut rec)?;
+        }
+    }
+    let per_group = group_ms(&rec.run()?, reps * n);
+    Ok((0..n as usize)
+        .map(|i| per_group.iter().skip(i).step_by(n as usize).copied().fold(f64::INFINITY, f64::min))
+        .collect())
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]

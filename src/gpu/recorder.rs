@@ -49,12 +49,14 @@ pub struct Recorder {
     uniforms: Vec<u8>,
     group: u32,
     profile: bool,
+    /// Records launches but never submits them (`Gpu::dry_run`).
+    dry: bool,
 }
 
 impl Recorder {
     pub fn new(gpu: &Gpu) -> Recorder {
-        let profile = gpu.capturing();
-        Recorder { gpu: gpu.clone(), launches: Vec::new(), uniforms: Vec::new(), group: 0, profile }
+        let (profile, dry) = (gpu.capturing(), gpu.dry());
+        Recorder { gpu: gpu.clone(), launches: Vec::new(), uniforms: Vec::new(), group: 0, profile, dry }
     }
 
     /// A recorder whose `submit` times every launch.
@@ -72,6 +74,11 @@ impl Recorder {
 
     pub fn is_empty(&self) -> bool {
         self.launches.is_empty()
+    }
+
+    /// A recorder of a dry run: what it records is never submitted.
+    pub fn is_dry(&self) -> bool {
+        self.dry
     }
 
     /// Tags the launches that follow, so timings can be summed per group (one group per
@@ -163,7 +170,7 @@ impl Recorder {
     /// Submits everything recorded. Returns immediately unless profiling, in which case it waits
     /// and returns the time of every launch.
     pub fn submit(self) -> Result<Vec<KernelTiming>> {
-        if self.launches.is_empty() {
+        if self.launches.is_empty() || self.dry {
             return Ok(Vec::new());
         }
         let scope = self.gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
@@ -309,6 +316,18 @@ impl Recorder {
         }
         Ok(timings)
     }
+}
+
+/// The grid of a kernel with one invocation per item, in workgroups of 64 spread over at most
+/// 1024 in x and folded over (y, z); the kernel recovers its item from `global_invocation_id` and
+/// `num_workgroups`. No items: an empty grid, nothing launched.
+pub fn flat_grid(gpu: &Gpu, items: usize) -> [u32; 3] {
+    let groups = (items as u32).div_ceil(64);
+    if groups == 0 {
+        return [0, 1, 1];
+    }
+    let x = groups.min(1024);
+    fold_grid(gpu, x, groups.div_ceil(x))
 }
 
 /// Splits `blocks` workgroups over (y, z) so neither exceeds the per-dimension limit; kernels

@@ -88,6 +88,47 @@ fn write_layers(gpu: &Gpu, texture: &wgpu::Texture, texels: &[u8], width: u32, r
     }
 }
 
+/// The subgroup size texture matrices are laid out for: a single fixed size, small enough that
+/// the texture kernels name its lanes as constants (4, 8 or 16). None: no texture layout here.
+pub fn subgroup_size(gpu: &Gpu) -> Option<u32> {
+    let caps = gpu.caps();
+    match caps.fixed_subgroup_size {
+        Some(sg @ (4 | 8 | 16)) if caps.subgroups => Some(sg),
+        _ => None,
+    }
+}
+
+/// Column padding of texture matrices on this device: one chunk of the kernels' inner loop, a
+/// vec4 per lane of a subgroup.
+pub fn col_align(gpu: &Gpu) -> Result<usize> {
+    subgroup_size(gpu).map(|sg| 4 * sg as usize).ok_or_else(|| Error::Unsupported {
+        kernel: "matmul".into(),
+        variant: "texture".into(),
+        reason: "needs subgroups of one fixed size (4, 8 or 16)".into(),
+    })
+}
+
+/// The texel bytes of `data` ([rows, cols] row-major) in the texture layout: `width` texels a
+/// row over `padded_rows` rows, zero padded. The host-side packer of uploads, and the reference
+/// the GPU pack kernel is tested against.
+pub fn pack_host(data: &[f32], rows: usize, cols: usize, dtype: DType, width: usize, padded_rows: usize) -> Vec<u8> {
+    let mut out = vec![0u8; width * 16 * padded_rows];
+    for r in 0..rows {
+        let row = &mut out[r * width * 16..(r + 1) * width * 16];
+        for c in 0..cols {
+            let v = data[r * cols + c];
+            match dtype {
+                DType::F16 => {
+                    let h = half::f16::from_f32(v).to_bits();
+                    row[c * 2..c * 2 + 2].copy_from_slice(&h.to_le_bytes());
+                }
+                _ => row[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes()),
+            }
+        }
+    }
+    out
+}
+
 /// Where a matrix lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,7 +251,7 @@ impl TexMatrix {
                 detail: "4-bit matrices come from quantized blocks (TexMatrix::from_q4)".into(),
             });
         }
-        let texels = crate::kernels::pack::pack_ref(data, rows, cols, dtype, t.width as usize, t.padded_rows());
+        let texels = pack_host(data, rows, cols, dtype, t.width as usize, t.padded_rows());
         write_layers(gpu, &t.texture, &texels, t.width, t.rows_per_layer, t.layers);
         Ok(t)
     }
@@ -376,7 +417,7 @@ impl Matrix {
     ) -> Result<Matrix> {
         match layout {
             Layout::Texture => {
-                let align = crate::kernels::matmul_texture::col_align(gpu)?;
+                let align = col_align(gpu)?;
                 Ok(Matrix::Texture(TexMatrix::from_q4(gpu, rows, cols, blocks, align, label)?))
             }
             Layout::Buffer => Err(Error::DType {
@@ -418,7 +459,7 @@ impl Matrix {
                 }
             })),
             Layout::Texture => {
-                let align = crate::kernels::matmul_texture::col_align(gpu)?;
+                let align = col_align(gpu)?;
                 Ok(Matrix::Texture(TexMatrix::from_host(gpu, rows, cols, data, dtype, align, label)?))
             }
         }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, fold_grid};
+use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, flat_grid};
 use crate::kernels::rope::{Cache, Rows};
 
 #[repr(C)]
@@ -17,19 +17,28 @@ struct Params {
     slots: u32,
 }
 
-/// out [R, H·d] = attention of the q block of qkv ([R, (H + 2G)·d], the fused projection's
-/// output) over the cache ([slots, G, max_len, d]) for the rows' slots and positions (keys
-/// 0..=pos). With `lse` ([R, H]) the log-sum-exp of each softmax is written too. Rows must have
-/// been stored in the cache (rope_kv) first.
-pub fn attention(
-    rec: &mut Recorder,
-    qkv: &Tensor,
-    heads: usize,
-    cache: &Cache,
-    rows: &Rows,
-    out: &Tensor,
-    lse: Option<&Tensor>,
-) -> Result<()> {
+/// What attention reads: qkv [R, (H + 2G)·d] (the fused projection's output, its q block
+/// rotated), the number H of query heads, the cache ([slots, G, max_len, d]) that holds the rows'
+/// rotated keys and values (rope_kv stored them), and the rows' slots and positions.
+pub struct Attention<'a> {
+    pub qkv: &'a Tensor,
+    pub heads: usize,
+    pub cache: &'a Cache<'a>,
+    pub rows: &'a Rows<'a>,
+}
+
+/// Head counts and size, for the CPU references.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub hd: usize,
+}
+
+/// out [R, H·d] = attention of each row's query over the keys 0..=pos of its slot. With `lse`
+/// ([R, H]) the log-sum-exp of each softmax is written too.
+pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&Tensor>) -> Result<()> {
+    let (qkv, heads, cache, rows) = (a.qkv, a.heads, a.cache, a.rows);
     let op = "attention";
     let (kc, vc) = (cache.k, cache.v);
     let (g, max_len, hd) = cache.dims(op)?;
@@ -69,10 +78,7 @@ pub fn attention(
         binds.push((7, l.into()));
     }
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention", &defines))?;
-    let units = (r * heads) as u32;
-    let groups = units.div_ceil(64);
-    let x = groups.min(1024);
-    let grid = fold_grid(rec.gpu(), x, groups.div_ceil(x));
+    let grid = flat_grid(rec.gpu(), r * heads);
     let params = Params {
         rows: r as u32,
         heads: heads as u32,
@@ -103,20 +109,17 @@ pub struct Saved<'a> {
 
 /// Gradients of attention: from dout [R, H·d], writes dq into the q block and dk, dv into the k
 /// and v blocks of dqkv [R, (H + 2G)·d] (q, k gradients after RoPE; rope_backward follows).
-/// qkv holds the forward's rotated q; the cache its k and v. `dsum` is [R, H] scratch.
-#[allow(clippy::too_many_arguments)]
+/// `a` is the forward's input; `dsum` is [R, H] scratch.
 pub fn attention_backward(
     rec: &mut Recorder,
-    qkv: &Tensor,
-    heads: usize,
-    cache: &Cache,
-    rows: &Rows,
+    a: &Attention,
     spans: &Spans,
     saved: &Saved,
     dout: &Tensor,
     dqkv: &Tensor,
     dsum: &Tensor,
 ) -> Result<()> {
+    let (qkv, heads, cache, rows) = (a.qkv, a.heads, a.cache, a.rows);
     let op = "attention backward";
     let (g, max_len, hd) = cache.dims(op)?;
     let (r, width) = qkv.dims2(op)?;
@@ -157,11 +160,7 @@ pub fn attention_backward(
         slots: slots as u32,
     };
     let gpu = rec.gpu().clone();
-    let grid = |units: usize| {
-        let groups = (units as u32).div_ceil(64);
-        let x = groups.min(1024);
-        fold_grid(&gpu, x, groups.div_ceil(x))
-    };
+    let grid = |units: usize| flat_grid(&gpu, units);
     let mut defines = base.clone();
     defines.insert("BACKWARD_DQ", 1);
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention_dq", &defines))?;
@@ -201,17 +200,15 @@ pub fn attention_backward(
 /// CPU reference of the backward for sequences laid out as in `Spans` (positions 0..len), with
 /// q [R, H·d] (rotated), per-row keys and values k, v [R, G·d] (rotated k), dout [R, H·d]:
 /// returns (dq [R, H·d], dk [R, G·d], dv [R, G·d]) in f64.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward_ref(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     dout: &[f32],
     spans: &[(usize, usize)],
-    heads: usize,
-    kv_heads: usize,
-    hd: usize,
+    shape: Heads,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let Heads { heads, kv_heads, hd } = shape;
     let group = heads / kv_heads;
     let scale = 1.0 / (hd as f64).sqrt();
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
@@ -249,20 +246,17 @@ pub fn attention_backward_ref(
     (dq, dk, dv)
 }
 
-/// CPU reference for rows (slot, pos) against host caches [slots, G, max_len, d] (f64).
+/// CPU reference for rows (pos, slot) against host caches [slots, G, max_len, d] (f64).
 /// Returns (out [R, H·d], lse [R, H]).
-#[allow(clippy::too_many_arguments)]
 pub fn attention_ref(
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
-    pos: &[u32],
-    slot: &[u32],
-    heads: usize,
-    kv_heads: usize,
+    rows: (&[u32], &[u32]),
+    shape: Heads,
     max_len: usize,
-    hd: usize,
 ) -> (Vec<f64>, Vec<f64>) {
+    let ((pos, slot), Heads { heads, kv_heads, hd }) = (rows, shape);
     let r = pos.len();
     let mut out = vec![0.0f64; r * heads * hd];
     let mut lse = vec![0.0f64; r * heads];

@@ -6,8 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, Gpu, PipelineKey, Recorder, Resource, Tensor, Work};
-use crate::tune::time_op;
+use crate::gpu::{DType, Gpu, PipelineKey, Recorder, Resource, Tensor, Work, time_op};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

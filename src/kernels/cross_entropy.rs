@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, fold_grid};
+use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, flat_grid};
 
 /// The target value that leaves a row out of the loss.
 pub const MASKED: u32 = u32::MAX;
@@ -31,9 +31,7 @@ pub fn cross_entropy(rec: &mut Recorder, logits: &Tensor, target: &Tensor, loss:
     target.expect_dtype(op, "targets", &[DType::U32])?;
     loss.expect_dtype(op, "loss", &[DType::F32])?;
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("cross_entropy", "cross_entropy", &Defines::new()))?;
-    let groups = (r as u32).div_ceil(64);
-    let x = groups.min(1024);
-    let grid = fold_grid(rec.gpu(), x, groups.div_ceil(x));
+    let grid = flat_grid(rec.gpu(), r);
     let params = Params { rows: r as u32, vocab: v as u32, scale };
     let work = Work { flops: 6 * (r * v) as u64, bytes: 4 * logits.bytes() };
     rec.dispatch(

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, fold_grid};
+use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, flat_grid};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -50,9 +50,7 @@ pub fn dropout(rec: &mut Recorder, d: &Dropout, a: &Tensor, out: &Tensor, accumu
     let n = a.numel();
     let defines: Defines = accumulate.then_some(("ACCUMULATE", 1)).into_iter().collect();
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("dropout", "main", &defines))?;
-    let groups = (n as u32).div_ceil(64).max(1);
-    let x = groups.min(1024);
-    let grid = fold_grid(rec.gpu(), x, groups.div_ceil(x));
+    let grid = flat_grid(rec.gpu(), n);
     let params = Params {
         n: n as u32,
         seed_lo: d.seed as u32,

@@ -19,8 +19,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Layout, Matrix, Recorder, Tensor};
+use crate::kernels::lora_merge;
+use crate::kernels::matmul::pack;
 use crate::kernels::matmul::{Act, Epilogue, Form, MatmulOpts, RowCoef, Variant, matmul, matmul_act, matmul_ref};
-use crate::kernels::{lora_merge, pack};
 
 /// One adapter's weights on the host.
 #[derive(Clone, Debug)]
@@ -307,24 +308,9 @@ fn check_stack(op: &str, w: &Matrix, lora: &LoraStack) -> Result<()> {
     Ok(())
 }
 
-/// Fused forward: Y = X·Wᵀ + Σᵢ coef[:, i] ⊙ (X·Aᵢᵀ)·Bᵢᵀ, writing T = coef ⊙ (X·Aᵀ) [M, Rp]
-/// for the backward. Two launches (plus one activation pack on the texture path).
-#[allow(clippy::too_many_arguments)]
-pub fn lora_forward(
-    rec: &mut Recorder,
-    x: &Tensor,
-    w: &Matrix,
-    lora: &LoraStack,
-    coef: &Tensor,
-    t: &Tensor,
-    y: &Tensor,
-    variant: Option<Variant>,
-) -> Result<()> {
-    fused_forward(rec, &FusedLinear { w, lora, coef, t }, &Act::new(x, 0), y, false, variant)
-}
-
 /// The operands of a fused base + LoRA product besides its input and output: the weight, the
-/// adapters, the per-row coefficients [M, n_adapters], and the T [M, Rp] it writes.
+/// adapters, the per-row coefficients [M, n_adapters], and T [M, Rp] (the forward writes it, the
+/// backward reads it).
 pub struct FusedLinear<'a> {
     pub w: &'a Matrix,
     pub lora: &'a LoraStack,
@@ -332,71 +318,75 @@ pub struct FusedLinear<'a> {
     pub t: &'a Tensor,
 }
 
-/// y (+)= x·Wᵀ + coef ⊙ (x·Aᵀ)·Bᵀ (accumulating into y when asked), T written.
-pub(crate) fn fused_forward(
+/// Fused forward: Y = X·Wᵀ + Σᵢ coef[:, i] ⊙ (X·Aᵢᵀ)·Bᵢᵀ, writing T = coef ⊙ (X·Aᵀ) [M, Rp]
+/// for the backward. Two launches (plus one activation pack on the texture path).
+pub fn lora_forward(
     rec: &mut Recorder,
     f: &FusedLinear,
-    x: &Act,
+    x: &Tensor,
     y: &Tensor,
-    accumulate: bool,
     variant: Option<Variant>,
 ) -> Result<()> {
-    fused_forward_split(rec, f, x, None, y, accumulate, variant)
+    fused_forward(rec, f, &Act::new(x, 0), None, y, &MatmulOpts { variant, ..Default::default() })
 }
 
-/// `fused_forward` with the adapters reading their own input (x after LoRA dropout) when
-/// `x_lora` is given: y (+)= x·Wᵀ + coef ⊙ (x_lora·Aᵀ)·Bᵀ.
-pub(crate) fn fused_forward_split(
+/// y (+)= x·Wᵀ + coef ⊙ (x_lora·Aᵀ)·Bᵀ with T written: the adapters read their own input when
+/// `x_lora` is given (x after LoRA dropout), else x. `base` carries accumulation and a forced
+/// variant.
+pub(crate) fn fused_forward(
     rec: &mut Recorder,
     f: &FusedLinear,
     x: &Act,
     x_lora: Option<&Act>,
     y: &Tensor,
-    accumulate: bool,
-    variant: Option<Variant>,
+    base: &MatmulOpts,
 ) -> Result<()> {
     check_stack("fused LoRA forward", f.w, f.lora)?;
-    let shrink =
-        MatmulOpts { row_coef: Some(RowCoef { coef: f.coef, seg: &f.lora.seg }), variant, ..Default::default() };
+    let shrink = MatmulOpts {
+        row_coef: Some(RowCoef { coef: f.coef, seg: &f.lora.seg }),
+        variant: base.variant,
+        ..Default::default()
+    };
     matmul_act(rec, Form::Nt, x_lora.unwrap_or(x), &f.lora.a, f.t, &shrink)?;
-    let base =
-        MatmulOpts { epilogue: Some(Epilogue { t: f.t, b: &f.lora.b }), accumulate, variant, ..Default::default() };
+    let base = MatmulOpts { epilogue: Some(Epilogue { t: f.t, b: &f.lora.b }), ..*base };
     matmul_act(rec, Form::Nt, x, f.w, y, &base)
 }
 
-/// One adapter for the sequential baseline: its own A [r, K] and B [N, r], applied with
+/// One adapter of the sequential baseline: its own A [r, K] and B [N, r], applied with
 /// `weight` = λ·s.
-pub struct SeqAdapter {
-    pub a: Matrix,
-    pub b: Matrix,
+pub struct SeqAdapter<'a> {
+    pub a: &'a Matrix,
+    pub b: &'a Matrix,
     pub weight: f32,
 }
 
-/// Sequential baseline: Y = X·Wᵀ, then per adapter a shrink Tᵢ = X·Aᵢᵀ and an expand-and-add
-/// Y += wᵢ Tᵢ·Bᵢᵀ, each its own launch and its own pass over Y. `ts[i]` is [M, rᵢ] scratch.
-pub fn lora_sequential(
-    rec: &mut Recorder,
-    x: &Tensor,
-    w: &Matrix,
-    adapters: &[SeqAdapter],
-    ts: &[Tensor],
-    y: &Tensor,
-) -> Result<()> {
-    if ts.len() != adapters.len() {
+/// The sequential baseline's operands: the base weight, the adapters with a scratch T [M, rᵢ]
+/// each, and whether Y is added to.
+pub struct Sequential<'a> {
+    pub w: &'a Matrix,
+    pub adapters: &'a [SeqAdapter<'a>],
+    pub ts: &'a [Tensor],
+    pub accumulate: bool,
+}
+
+/// Sequential baseline: Y (+)= X·Wᵀ, then per adapter a shrink Tᵢ = X·Aᵢᵀ and an expand-and-add
+/// Y += wᵢ Tᵢ·Bᵢᵀ, each its own launch and its own pass over Y.
+pub fn lora_sequential(rec: &mut Recorder, s: &Sequential, x: &Tensor, y: &Tensor) -> Result<()> {
+    if s.ts.len() != s.adapters.len() {
         return Err(Error::shape(
             "sequential LoRA",
-            format!("{} scratch tensors for {} adapters", ts.len(), adapters.len()),
+            format!("{} scratch tensors for {} adapters", s.ts.len(), s.adapters.len()),
         ));
     }
     let act = Act::new(x, 0);
-    matmul_act(rec, Form::Nt, &act, w, y, &MatmulOpts::default())?;
-    for (ad, t) in adapters.iter().zip(ts) {
-        matmul_act(rec, Form::Nt, &act, &ad.a, t, &MatmulOpts::default())?;
+    matmul_act(rec, Form::Nt, &act, s.w, y, &MatmulOpts { accumulate: s.accumulate, ..Default::default() })?;
+    for (ad, t) in s.adapters.iter().zip(s.ts) {
+        matmul_act(rec, Form::Nt, &act, ad.a, t, &MatmulOpts::default())?;
         let expand = MatmulOpts { alpha: ad.weight, accumulate: true, ..Default::default() };
         // The expand is an ordinary product with a short inner dimension; on the texture path
         // the tuner's choice packs Tᵢ (a second scratch slot: X's pack stays valid).
         let tp = Act::new(t, 1);
-        matmul_act(rec, Form::Nt, &tp, &ad.b, y, &expand)?;
+        matmul_act(rec, Form::Nt, &tp, ad.b, y, &expand)?;
     }
     Ok(())
 }
@@ -427,25 +417,23 @@ pub struct LoraGrads<'a> {
     pub da: &'a Tensor,
     /// [N, Rp]
     pub db: &'a Tensor,
+    /// G = coef ⊙ (dY·B), [M, Rp] scratch.
+    pub g: &'a Tensor,
     pub accumulate: bool,
 }
 
-/// Backward of `lora_forward` with the base frozen. `t` is the forward's T, `g` an [M, Rp]
-/// scratch. `variant` forces the nn launches; `tn_variant` the gradient reductions.
-#[allow(clippy::too_many_arguments)]
+/// Backward of `lora_forward` with the base frozen, for the forward's input `x` and T (in `f`).
+/// `variant` forces the nn launches; `tn_variant` the gradient reductions.
 pub fn lora_backward(
     rec: &mut Recorder,
+    f: &FusedLinear,
     dy: &Tensor,
     x: &Tensor,
-    w: &Matrix,
-    lora: &LoraStack,
-    coef: &Tensor,
-    t: &Tensor,
-    g: &Tensor,
     grads: &LoraGrads,
     variant: Option<Variant>,
     tn_variant: Option<Variant>,
 ) -> Result<()> {
+    let (w, lora, coef, g) = (f.w, f.lora, f.coef, grads.g);
     check_stack("fused LoRA backward", w, lora)?;
     let act = Act::new(dy, 0);
     let shrink = MatmulOpts { row_coef: Some(RowCoef { coef, seg: &lora.seg }), variant, ..Default::default() };
@@ -456,7 +444,7 @@ pub fn lora_backward(
     }
     let tn = MatmulOpts { variant: tn_variant, accumulate: grads.accumulate, ..Default::default() };
     matmul(rec, Form::Tn, g, &Matrix::Buffer(x.clone()), grads.da, &tn)?;
-    matmul(rec, Form::Tn, dy, &Matrix::Buffer(t.clone()), grads.db, &tn)
+    matmul(rec, Form::Tn, dy, &Matrix::Buffer(f.t.clone()), grads.db, &tn)
 }
 
 /// Host copies of a stack's operands for the CPU references.
@@ -541,15 +529,7 @@ mod tests {
     use super::*;
 
     fn rng_vec(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        crate::rng::Rng::new(seed, 0).vec(n, 0.5)
     }
 
     /// The analytic backward reference against central finite differences of the forward

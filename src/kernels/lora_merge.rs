@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, PipelineKey, Recorder, Resource, Tensor, Work, fold_grid};
+use crate::gpu::{DType, PipelineKey, Recorder, Resource, Tensor, Work, flat_grid};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -44,9 +44,7 @@ pub fn merge(rec: &mut Recorder, w: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor,
         .filter(|(_, v)| *v != 0)
         .collect();
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("lora_merge", "main", &defines))?;
-    let groups = words.div_ceil(64);
-    let x = groups.min(4096);
-    let grid = fold_grid(rec.gpu(), x, groups.div_ceil(x));
+    let grid = flat_grid(rec.gpu(), words as usize);
     let params = Params { n: n as u32, k: k as u32, rp: rp as u32, words };
     let work = Work { flops: 3 * (n * k * rp) as u64, bytes: w.bytes() + out.bytes() + a.bytes() + b.bytes() };
     rec.dispatch(

@@ -1,4 +1,5 @@
-//! Kernels: each file launches one WGSL file of shaders/ and holds its CPU reference.
+//! Kernels: each file launches one WGSL file of shaders/ and holds its CPU reference; matmul/
+//! holds the matmul family (dispatcher, the three kernel families, packing, the tuner).
 
 pub mod attention;
 pub mod ceiling;
@@ -9,10 +10,6 @@ pub mod embedding;
 pub mod lora;
 pub mod lora_merge;
 pub mod matmul;
-pub mod matmul_blocked;
-pub mod matmul_texture;
-pub mod matmul_tiled;
 pub mod optimizer;
-pub mod pack;
 pub mod rmsnorm;
 pub mod rope;

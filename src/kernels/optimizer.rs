@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, PipelineKey, Recorder, Resource, Tensor, Work, fold_grid};
+use crate::gpu::{DType, PipelineKey, Recorder, Resource, Tensor, Work, flat_grid};
 
 const CHUNK: usize = 256;
 
@@ -37,10 +37,23 @@ impl Default for AdamW {
     }
 }
 
-fn grid_for(rec: &Recorder, items: usize) -> [u32; 3] {
-    let groups = (items as u32).div_ceil(64).max(1);
-    let x = groups.min(1024);
-    fold_grid(rec.gpu(), x, groups.div_ceil(x))
+/// One parameter tensor under AdamW: the parameter, its gradient (counted only where `mask` is
+/// 1, when given), and its first and second moments, all of one shape.
+pub struct AdamwState<'a> {
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub mask: Option<&'a Tensor>,
+    pub m: &'a Tensor,
+    pub v: &'a Tensor,
+}
+
+/// The host side of an `AdamwState`, for the CPU reference (updated in place).
+pub struct HostAdamw<'a> {
+    pub param: &'a mut [f64],
+    pub grad: &'a [f32],
+    pub mask: Option<&'a [f32]>,
+    pub m: &'a mut [f64],
+    pub v: &'a mut [f64],
 }
 
 fn check(op: &str, g: &Tensor, mask: Option<&Tensor>) -> Result<()> {
@@ -69,7 +82,7 @@ pub fn sumsq(rec: &mut Recorder, g: &Tensor, mask: Option<&Tensor>, partials: &T
     }
     let params = Params { n: g.numel() as u32, ..Default::default() };
     let work = Work { flops: 2 * g.numel() as u64, bytes: g.bytes() };
-    rec.dispatch(pipeline, &params, binds, grid_for(rec, chunks), "grad_sumsq", work)
+    rec.dispatch(pipeline, &params, binds, flat_grid(rec.gpu(), chunks), "grad_sumsq", work)
 }
 
 /// Number of partials `sumsq` writes for `n` elements.
@@ -77,19 +90,9 @@ pub fn sumsq_partials(n: usize) -> usize {
     n.div_ceil(CHUNK)
 }
 
-/// One AdamW step (step number `t`, from 1) on `param` with first and second moments m, v.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw(
-    rec: &mut Recorder,
-    hp: &AdamW,
-    t: u32,
-    grad_scale: f32,
-    param: &Tensor,
-    g: &Tensor,
-    mask: Option<&Tensor>,
-    m: &Tensor,
-    v: &Tensor,
-) -> Result<()> {
+/// One AdamW step (step number `t`, from 1) on `s`, its gradient scaled by `grad_scale`.
+pub fn adamw(rec: &mut Recorder, hp: &AdamW, t: u32, grad_scale: f32, s: &AdamwState) -> Result<()> {
+    let (param, g, mask, m, v) = (s.param, s.grad, s.mask, s.m, s.v);
     let op = "AdamW";
     check(op, g, mask)?;
     if param.shape() != g.shape() || m.shape() != g.shape() || v.shape() != g.shape() {
@@ -119,21 +122,12 @@ pub fn adamw(
         grad_scale,
     };
     let work = Work { flops: 16 * g.numel() as u64, bytes: 7 * g.bytes() };
-    rec.dispatch(pipeline, &params, binds, grid_for(rec, g.numel()), "adamw", work)
+    rec.dispatch(pipeline, &params, binds, flat_grid(rec.gpu(), g.numel()), "adamw", work)
 }
 
-/// CPU reference of one AdamW step (f64), updating p, m, v in place.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_ref(
-    hp: &AdamW,
-    t: u32,
-    grad_scale: f64,
-    p: &mut [f64],
-    g: &[f32],
-    mask: Option<&[f32]>,
-    m: &mut [f64],
-    v: &mut [f64],
-) {
+/// CPU reference of one AdamW step (f64), updating the parameter and moments in place.
+pub fn adamw_ref(hp: &AdamW, t: u32, grad_scale: f64, s: HostAdamw) {
+    let HostAdamw { param: p, grad: g, mask, m, v } = s;
     let (b1, b2) = (hp.beta1 as f64, hp.beta2 as f64);
     let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
     for i in 0..p.len() {

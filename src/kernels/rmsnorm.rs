@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, fold_grid};
+use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, flat_grid};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -25,9 +25,7 @@ pub fn rmsnorm(rec: &mut Recorder, x: &Tensor, w: &Tensor, out: &Tensor, eps: f3
         t.expect_dtype("rmsnorm", name, &[DType::F32])?;
     }
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("rmsnorm", "rmsnorm", &Defines::new()))?;
-    let groups = (r as u32).div_ceil(64);
-    let x_groups = groups.min(1024);
-    let grid = fold_grid(rec.gpu(), x_groups, groups.div_ceil(x_groups));
+    let grid = flat_grid(rec.gpu(), r);
     let params = Params { rows: r as u32, h: h as u32, eps };
     let work = Work { flops: 4 * (r * h) as u64, bytes: 2 * x.bytes() + w.bytes() };
     rec.dispatch(pipeline, &params, vec![(1, x.into()), (2, w.into()), (3, out.into())], grid, "rmsnorm", work)
@@ -58,9 +56,7 @@ pub fn rmsnorm_backward(
     let defines: Defines =
         [("BACKWARD", 1), ("ACCUMULATE", accumulate as u32)].into_iter().filter(|(_, v)| *v != 0).collect();
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("rmsnorm", "rmsnorm_backward", &defines))?;
-    let groups = (r as u32).div_ceil(64);
-    let x_groups = groups.min(1024);
-    let grid = fold_grid(rec.gpu(), x_groups, groups.div_ceil(x_groups));
+    let grid = flat_grid(rec.gpu(), r);
     let params = Params { rows: r as u32, h: h as u32, eps };
     let work = Work { flops: 8 * (r * h) as u64, bytes: 4 * x.bytes() };
     let binds = vec![(1, x.into()), (2, w.into()), (3, dx.into()), (4, dy.into())];

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::gpu::Profile;
+use crate::model::batch::Batch;
 use crate::model::chat::{ChatTemplate, Message};
-use crate::model::llama::{Batch, KvCache, Llama};
+use crate::model::llama::{KvCache, Llama};
 use crate::model::sampling::{Rng, SamplingOptions, sample};
 use crate::model::tokenizer::Tokenizer;
 
@@ -157,11 +158,12 @@ pub fn generate(
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let longest = lens.iter().copied().max().unwrap_or(0);
     let max_len = longest + opts.max_new_tokens;
-    if max_len > model.cfg.max_positions {
+    if max_len > model.cfg().max_positions {
         let i = lens.iter().position(|&l| l == longest).unwrap_or(0);
         return Err(Error::Invalid(format!(
             "prompt {i} has {longest} tokens; with {} new ones that is {max_len}, over the model's context of {}",
-            opts.max_new_tokens, model.cfg.max_positions
+            opts.max_new_tokens,
+            model.cfg().max_positions
         )));
     }
     let (mut completions, mut stats) = (Vec::with_capacity(prompts.len()), Stats::default());
@@ -229,7 +231,7 @@ fn generate_batch(
     stats.prefill_tokens = batch.rows();
     stats.prefill_secs = start.elapsed().as_secs_f64();
 
-    let vocab = model.cfg.vocab;
+    let vocab = model.cfg().vocab;
     let decode_start = Instant::now();
     while !running.is_empty() {
         let mut still = Vec::with_capacity(running.len());

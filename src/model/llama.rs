@@ -1,28 +1,25 @@
-//! The Llama forward pass on the GPU, written as the paper's equations with kernel launches as
-//! the only lines. Rows of a batch are any mix of sequences and positions (ragged: a prefill of
-//! several prompts, a decode step of several sequences), each tied to a KV-cache slot.
+//! The Llama model on the GPU: its weights, the adapters attached to it, its KV caches, and its
+//! forward pass, written as the paper's equations with kernel launches as the only lines (each
+//! layer's in model/layer.rs). Rows of a batch are any mix of sequences and positions (ragged: a
+//! prefill of several prompts, a decode step of several sequences), each tied to a KV-cache slot.
 //!
-//!   h = embed(tokens)
-//!   per layer:  x = rmsnorm(h);  [q k v] = x·[Wq; Wk; Wv]ᵀ (+ bias);  rope(q, k) → cache
-//!               h += attention(q, cache)·Woᵀ
-//!               x = rmsnorm(h);  [g u] = x·[Wg; Wu]ᵀ;  h += (silu(g) ⊙ u)·Wdᵀ
-//!   logits = rmsnorm(h[wanted rows])·Wlmᵀ
+//!   h = embed(tokens);  per layer: h = layer(h)  (layer.rs);  logits = rmsnorm(h[rows])·Wlmᵀ
 //!
-//! q, k and v (and gate and up) are one matmul over the stacked weights: each launch costs tens
-//! of microseconds on lavapipe whatever its size, and a decode step is made of small products.
+//! The loss and the backward over the same forward are in loss.rs; the trainable parameters
+//! (the adapters), their gradients and optimizer state in params.rs.
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Layout, Matrix, Profile, Recorder, Tensor};
-use crate::kernels::attention::attention;
-use crate::kernels::elementwise::{add_bias, swiglu};
 use crate::kernels::embedding::gather;
-use crate::kernels::lora::{FusedLinear, LoraStack, Mix, fused_forward};
+use crate::kernels::lora::Mix;
 use crate::kernels::matmul::{Act, Form, MatmulOpts, matmul_act};
 use crate::kernels::rmsnorm::rmsnorm;
-use crate::kernels::rope::{Cache, RopeTable, Rows, rope_kv};
+use crate::kernels::rope::{Cache, RopeTable, Rows};
 use crate::lora::attach::{Attached, Site, attach};
 use crate::lora::peft::Adapter;
+use crate::model::batch::{Batch, RowTensors};
 use crate::model::config::LlamaConfig;
+use crate::model::layer::{AttnActs, Layer, LayerSave, Linear, Pass, PassLora, Scratch};
 use crate::model::source::ModelSource;
 
 /// How weights are held on the GPU.
@@ -43,80 +40,17 @@ impl Default for LoadOptions {
     }
 }
 
-/// A linear layer y = x·Wᵀ (+ b), W [out, in] in Hugging Face layout.
-pub struct Linear {
-    pub w: Matrix,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// y (+)= x·Wᵀ + b, plus the adapters (the fused kernel, or the sequential baseline).
-    pub(crate) fn forward(
-        &self,
-        rec: &mut Recorder,
-        x: &Act,
-        y: &Tensor,
-        accumulate: bool,
-        lora: LinearLora,
-    ) -> Result<()> {
-        match lora {
-            LinearLora::Fused(stack, coef) => {
-                let t = Tensor::zeros(rec.gpu(), &[y.shape()[0], stack.rp()], DType::F32, "lora t")?;
-                fused_forward(rec, &FusedLinear { w: &self.w, lora: stack, coef, t: &t }, x, y, accumulate, None)?;
-            }
-            LinearLora::None | LinearLora::Sequential(_) => {
-                let opts = MatmulOpts { accumulate, ..Default::default() };
-                matmul_act(rec, Form::Nt, x, &self.w, y, &opts)?;
-            }
-        }
-        if let LinearLora::Sequential(stacks) = &lora {
-            for &(stack, coef) in stacks {
-                // T = x·Aᵀ, then y += coef · T·Bᵀ: two launches and a pass over y per adapter
-                let t = Tensor::zeros(rec.gpu(), &[y.shape()[0], stack.rp()], DType::F32, "lora t")?;
-                matmul_act(rec, Form::Nt, x, &stack.a, &t, &MatmulOpts::default())?;
-                let expand = MatmulOpts { alpha: coef, accumulate: true, ..Default::default() };
-                matmul_act(rec, Form::Nt, &Act::new(&t, 1), &stack.b, y, &expand)?;
-            }
-        }
-        if let Some(b) = &self.bias {
-            add_bias(rec, y, b)?;
-        }
-        Ok(())
-    }
-}
-
-/// The adapters of one linear layer in a forward pass.
-pub(crate) enum LinearLora<'a> {
-    None,
-    /// Every adapter through the fused kernel, at the batch's per-row coefficients.
-    Fused(&'a LoraStack, &'a Tensor),
-    /// One after another after the base product, each at weight × scale: the baseline that
-    /// `bench fuse` compares the fused kernel with.
-    Sequential(Vec<(&'a LoraStack, f32)>),
-}
-
-pub struct Layer {
-    pub attn_norm: Tensor,
-    /// q_proj, k_proj and v_proj stacked: [(H + 2G)·d, hidden].
-    pub qkv: Linear,
-    pub o: Linear,
-    pub mlp_norm: Tensor,
-    /// gate_proj and up_proj stacked: [2·intermediate, hidden].
-    pub gate_up: Linear,
-    pub down: Linear,
-}
-
 pub struct Llama {
-    pub cfg: LlamaConfig,
+    cfg: LlamaConfig,
     gpu: Gpu,
     /// Token embeddings [V, H] for the row gather (f32 or f16).
-    pub(crate) embed: Tensor,
-    pub layers: Vec<Layer>,
-    pub(crate) norm: Tensor,
-    pub(crate) lm_head: Matrix,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Matrix,
     layout: Layout,
     dtype: DType,
-    pub(crate) lora: Option<Attached>,
+    lora: Option<Attached>,
     /// Each attached adapter's weight for rows that do not give their own.
     lora_weights: Vec<f32>,
     /// Adapters attached for sequential application instead: one stack each, with its
@@ -138,38 +72,19 @@ impl KvCache {
     pub fn rope(&self) -> &RopeTable {
         &self.rope
     }
+
+    /// Layer `i`'s K and V.
+    pub(crate) fn layer(&self, i: usize) -> Cache<'_> {
+        Cache { k: &self.k[i], v: &self.v[i] }
+    }
 }
 
-/// The rows of one forward pass, on the host: token, cache slot and position of each row, and
-/// the rows whose logits are wanted (in the order the logits come out).
-#[derive(Clone, Debug, Default)]
-pub struct Batch {
-    pub tokens: Vec<u32>,
-    pub slots: Vec<u32>,
-    pub positions: Vec<u32>,
-    pub logits_rows: Vec<u32>,
-    /// Per-row adapter weights, [rows × attached adapters] row-major; empty: the weights given
-    /// when the adapters were attached, for every row.
-    pub adapter_weights: Vec<f32>,
-}
-
-impl Batch {
-    /// Appends `tokens` of the sequence in `slot`, starting at position `start`; its last row's
-    /// logits are wanted when `want_logits`.
-    pub fn push_sequence(&mut self, slot: u32, start: u32, tokens: &[u32], want_logits: bool) {
-        for (i, &t) in tokens.iter().enumerate() {
-            self.tokens.push(t);
-            self.slots.push(slot);
-            self.positions.push(start + i as u32);
-        }
-        if want_logits && !tokens.is_empty() {
-            self.logits_rows.push(self.tokens.len() as u32 - 1);
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.tokens.len()
-    }
+/// The LM head's intermediates over some rows: the gathered hidden states, their normalization
+/// and the logits.
+pub(super) struct Head {
+    pub h: Tensor,
+    pub x: Tensor,
+    pub logits: Tensor,
 }
 
 /// Loads the Hugging Face linear layers `names` (each [outs[i], inp], with optional bias) stacked
@@ -238,7 +153,7 @@ impl Llama {
         let cfg = src.config()?;
         let layout = match opts.layout {
             Some(l) => l,
-            None => crate::tune::preferred_layout(gpu)?,
+            None => crate::kernels::matmul::tune::preferred_layout(gpu),
         };
         if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::Q4) {
             return Err(Error::Invalid(format!("weights can be q4, f16 or f32, not {}", opts.dtype)));
@@ -341,7 +256,7 @@ impl Llama {
     }
 
     /// The coefficients [R, n] (weight × scale) of a batch for the attached adapters.
-    pub(crate) fn coef(&self, batch: &Batch) -> Result<Option<Tensor>> {
+    pub(super) fn coef(&self, batch: &Batch) -> Result<Option<Tensor>> {
         let Some(lora) = &self.lora else { return Ok(None) };
         let r = batch.rows();
         let mix = if batch.adapter_weights.is_empty() {
@@ -356,6 +271,25 @@ impl Llama {
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    pub fn cfg(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub(super) fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The weight type of layer `layer`'s stacked linear at `site` on the GPU.
+    pub fn weight_dtype(&self, layer: usize, site: Site) -> DType {
+        let l = &self.layers[layer];
+        match site {
+            Site::Qkv => l.qkv.w.dtype(),
+            Site::O => l.o.w.dtype(),
+            Site::GateUp => l.gate_up.w.dtype(),
+            Site::Down => l.down.w.dtype(),
+        }
     }
 
     pub fn layout(&self) -> Layout {
@@ -498,58 +432,91 @@ impl Llama {
 
     /// Records the forward pass of `batch` into `rec` and returns the logits tensor it fills.
     pub fn record_forward(&self, rec: &mut Recorder, batch: &Batch, cache: &KvCache) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let r = batch.rows();
         self.check_batch(batch, cache)?;
-        let gpu = &self.gpu;
-        let (h, f) = (cfg.hidden, cfg.intermediate);
-        let (nq, nkv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
-        let eps = cfg.rms_eps as f32;
-        let t = |shape: &[usize], name: &str| Tensor::zeros(gpu, shape, DType::F32, name);
-        let tokens = Tensor::from_u32(gpu, &[r], &batch.tokens, "tokens")?;
-        let pos = Tensor::from_u32(gpu, &[r], &batch.positions, "positions")?;
-        let slot = Tensor::from_u32(gpu, &[r], &batch.slots, "slots")?;
-        let rows = Rows { pos: &pos, slot: &slot };
-        let (hs, xn) = (t(&[r, h], "h")?, t(&[r, h], "x")?);
-        let (qkv, att) = (t(&[r, nq + 2 * nkv], "qkv")?, t(&[r, nq], "attn")?);
-        let (gate_up, act) = (t(&[r, 2 * f], "gate_up")?, t(&[r, f], "act")?);
-
+        let rt = RowTensors::new(&self.gpu, batch, None)?;
         let coef = self.coef(batch)?;
-        let lora = |i: usize, site: Site| -> LinearLora {
-            if !self.lora_sequential.is_empty() {
-                let stacks = self.lora_sequential.iter().filter_map(|(a, c)| Some((a.layers[i].get(site)?, *c)));
-                return LinearLora::Sequential(stacks.collect());
-            }
-            match (self.lora.as_ref().and_then(|a| a.layers[i].get(site)), coef.as_ref()) {
-                (Some(stack), Some(c)) => LinearLora::Fused(stack, c),
-                _ => LinearLora::None,
+        let pass = self.pass(&rt, cache, coef.as_ref(), None);
+        let h = self.record_body(rec, &pass, &rt.tokens, None)?;
+        let b = batch.logits_rows.len();
+        let wanted = Tensor::from_u32(&self.gpu, &[b], &batch.logits_rows, "logits rows")?;
+        Ok(self.record_head(rec, &h, &wanted)?.logits)
+    }
+
+    /// The pass over rows `rt` with the attached adapters (at the rows' coefficients `coef`,
+    /// made by `coef`), or the sequential ones, and LoRA dropout when training.
+    pub(super) fn pass<'a>(
+        &'a self,
+        rt: &'a RowTensors,
+        cache: &'a KvCache,
+        coef: Option<&'a Tensor>,
+        dropout: Option<crate::kernels::dropout::Dropout>,
+    ) -> Pass<'a> {
+        let lora = if !self.lora_sequential.is_empty() {
+            PassLora::Sequential(&self.lora_sequential)
+        } else {
+            match (self.lora.as_ref(), coef) {
+                (Some(attached), Some(coef)) => PassLora::Fused { attached, coef },
+                _ => PassLora::None,
             }
         };
-        gather(rec, &self.embed, &tokens, &hs)?;
-        for (i, l) in self.layers.iter().enumerate() {
-            let cache_l = Cache { k: &cache.k[i], v: &cache.v[i] };
-            rmsnorm(rec, &hs, &l.attn_norm, &xn, eps)?;
-            l.qkv.forward(rec, &Act::new(&xn, 0), &qkv, false, lora(i, Site::Qkv))?;
-            rope_kv(rec, &qkv, cfg.heads, &rows, &cache.rope, &cache_l)?;
-            attention(rec, &qkv, cfg.heads, &cache_l, &rows, &att, None)?;
-            let a = Act::new(&att, 0);
-            l.o.forward(rec, &a, &hs, true, lora(i, Site::O))?;
+        let spans = rt.spans.as_ref().map(|(start, len)| crate::kernels::attention::Spans { start, len });
+        Pass { cfg: &self.cfg, rows: Rows { pos: &rt.pos, slot: &rt.slot }, spans, cache, lora, dropout }
+    }
 
-            rmsnorm(rec, &hs, &l.mlp_norm, &xn, eps)?;
-            l.gate_up.forward(rec, &Act::new(&xn, 0), &gate_up, false, lora(i, Site::GateUp))?;
-            swiglu(rec, &gate_up, &act)?;
-            let a = Act::new(&act, 0);
-            l.down.forward(rec, &a, &hs, true, lora(i, Site::Down))?;
+    /// h = embed(tokens), then every layer: the final hidden states [R, hidden]. With `saves`,
+    /// each layer's input and attention results are kept there for a backward.
+    pub(super) fn record_body(
+        &self,
+        rec: &mut Recorder,
+        pass: &Pass,
+        tokens: &Tensor,
+        mut saves: Option<&mut Vec<LayerSave>>,
+    ) -> Result<Tensor> {
+        let r = tokens.numel();
+        let h = Tensor::zeros(&self.gpu, &[r, self.cfg.hidden], DType::F32, "h")?;
+        let scratch = Scratch::new(rec, &self.cfg, r)?;
+        let shared = if saves.is_none() { Some(AttnActs::new(rec, &self.cfg, r, false)?) } else { None };
+        gather(rec, &self.embed, tokens, &h)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            match (&mut saves, &shared) {
+                (Some(saves), _) => {
+                    let save = LayerSave {
+                        h_in: Tensor::zeros(&self.gpu, &[r, self.cfg.hidden], DType::F32, "h_in")?,
+                        attn: AttnActs::new(rec, &self.cfg, r, true)?,
+                    };
+                    crate::kernels::elementwise::copy(rec, &h, &save.h_in)?;
+                    layer.forward(rec, pass, i, &h, &scratch, &save.attn)?;
+                    saves.push(save);
+                }
+                (None, Some(attn)) => layer.forward(rec, pass, i, &h, &scratch, attn)?,
+                (None, None) => unreachable!("attention scratch exists when nothing is saved"),
+            }
         }
-        let b = batch.logits_rows.len();
-        let wanted = Tensor::from_u32(gpu, &[b], &batch.logits_rows, "logits rows")?;
-        let (sel, seln) = (t(&[b, h], "last h")?, t(&[b, h], "last x")?);
-        gather(rec, &hs, &wanted, &sel)?;
-        rmsnorm(rec, &sel, &self.norm, &seln, eps)?;
-        let logits = t(&[b, cfg.vocab], "logits")?;
-        let x = Act::new(&seln, 0);
-        matmul_act(rec, Form::Nt, &x, &self.lm_head, &logits, &MatmulOpts::default())?;
-        Ok(logits)
+        Ok(h)
+    }
+
+    /// The LM head over the rows `rows` of the final hidden states h: logits [rows, vocab] =
+    /// rmsnorm(h[rows])·Wlmᵀ, with the gathered rows and their normalization.
+    pub(super) fn record_head(&self, rec: &mut Recorder, h: &Tensor, rows: &Tensor) -> Result<Head> {
+        let b = rows.numel();
+        let t = |shape: &[usize], name: &str| Tensor::zeros(&self.gpu, shape, DType::F32, name);
+        let head = Head {
+            h: t(&[b, self.cfg.hidden], "last h")?,
+            x: t(&[b, self.cfg.hidden], "last x")?,
+            logits: t(&[b, self.cfg.vocab], "logits")?,
+        };
+        gather(rec, h, rows, &head.h)?;
+        rmsnorm(rec, &head.h, &self.norm, &head.x, self.cfg.rms_eps as f32)?;
+        matmul_act(rec, Form::Nt, &Act::new(&head.x, 0), &self.lm_head, &head.logits, &MatmulOpts::default())?;
+        Ok(head)
+    }
+
+    pub(super) fn lm_head(&self) -> &Matrix {
+        &self.lm_head
+    }
+
+    pub(super) fn final_norm(&self) -> &Tensor {
+        &self.norm
     }
 
     fn check_batch(&self, batch: &Batch, cache: &KvCache) -> Result<()> {

@@ -1,14 +1,21 @@
 //! Llama-family models: files (GGUF, Hugging Face directories), tokenizer and chat template, the
-//! GPU forward pass and its f64 CPU reference.
+//! one model definition on the GPU (forward, loss and backward, trainable parameters) and its f64
+//! CPU reference, sampling and batched generation.
 
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod layer;
 pub mod llama;
+pub mod loss;
+pub mod params;
 pub mod quant;
 pub mod reference;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;
+
+pub use crate::kernels::dropout::Dropout;

@@ -8,7 +8,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::train::trainer::TrainConfig;
+use crate::model::params::{Named, NamedMap};
+use crate::train::config::TrainConfig;
 
 const KEY: &str = "lorafuse_checkpoint";
 
@@ -24,11 +25,8 @@ pub struct Meta {
     pub data: u64,
 }
 
-/// A named f32 tensor.
-pub type Named = (String, Vec<usize>, Vec<f32>);
-
 /// A checkpoint's tensors by name: shape and values.
-pub type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+pub type Tensors = NamedMap;
 
 pub fn save(path: &Path, meta: &Meta, tensors: &[Named]) -> Result<()> {
     let json = serde_json::to_string(meta).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::kernels::cross_entropy::MASKED;
+use crate::model::batch::{Encoded, MASKED};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::tokenizer::Tokenizer;
 
@@ -14,19 +14,6 @@ use crate::model::tokenizer::Tokenizer;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
     pub messages: Vec<Message>,
-}
-
-/// A tokenized example: `targets[i]` is the token row i must predict, MASKED where no loss.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Encoded {
-    pub tokens: Vec<u32>,
-    pub targets: Vec<u32>,
-}
-
-impl Encoded {
-    pub fn labelled(&self) -> usize {
-        self.targets.iter().filter(|&&t| t != MASKED).count()
-    }
 }
 
 fn parse_value(v: &serde_json::Value) -> std::result::Result<Example, String> {

@@ -1,8 +1,11 @@
-//! LoRA training: data, the forward and backward of a step with the base frozen, the learning
-//! rate schedules, checkpoints and the trainer that runs them.
+//! LoRA training: data, the run's config, learning-rate schedules, the optimizer, the step log,
+//! checkpoints and the trainer loop that runs them. The forward and backward are the model's
+//! (model/loss.rs); training calls the model, never a kernel.
 
 pub mod checkpoint;
+pub mod config;
 pub mod data;
+pub mod log;
+pub mod optimizer;
 pub mod schedule;
-pub mod step;
 pub mod trainer;

@@ -6,18 +6,20 @@
 use std::sync::OnceLock;
 
 use lorafuse::gpu::{Gpu, GpuOptions};
+use lorafuse::kernels::matmul::tune;
 
 /// The device every test in this binary shares. Panics (so the test fails) when wgpu finds no
 /// adapter: a machine without a GPU needs Mesa's lavapipe, which .ci/run installs.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
-        let mut opts = GpuOptions::from_env().expect("LORAFUSE_* environment");
-        // Tests choose variants explicitly; any autotuning they trigger stays in memory.
-        opts.tune_cache = None;
+        let opts = GpuOptions::from_env().expect("LORAFUSE_* environment");
         match Gpu::new(&opts) {
             Ok(g) => {
                 eprintln!("test device: {}", g.describe());
+                // Tests choose variants explicitly or run the built-in choices; what a test
+                // tunes stays in memory.
+                tune::configure(&g, tune::Settings { cache_dir: None, timing: true });
                 g
             }
             Err(e) => panic!("GPU tests need an adapter and found none: {e}"),
@@ -35,32 +37,29 @@ pub fn seed() -> u64 {
     }
 }
 
-/// xorshift64* generator: enough for test data, no dependency.
-pub struct Rng(u64);
+/// Test data from the crate's one generator (src/rng.rs), seeded by the test's seed.
+pub struct Rng(lorafuse::rng::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Rng(lorafuse::rng::Rng::new(seed, 0))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
 
     /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.symmetric(1.0)
     }
 
     pub fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.uniform()).collect()
+        self.0.vec(n, 1.0)
     }
 
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        self.0.below(n)
     }
 }
 
@@ -119,7 +118,7 @@ pub fn golden_ids(g: &serde_json::Value, key: &str) -> Vec<u32> {
 /// Logits of every position of one sequence, from one forward pass of the GPU model.
 pub fn logits(model: &lorafuse::model::llama::Llama, tokens: &[u32]) -> Vec<f32> {
     let cache = model.new_cache(1, tokens.len() + 1).unwrap();
-    let mut b = lorafuse::model::llama::Batch::default();
+    let mut b = lorafuse::model::batch::Batch::default();
     b.push_sequence(0, 0, tokens, false);
     b.logits_rows = (0..tokens.len() as u32).collect();
     model.forward(&b, &cache).unwrap().read_f32(model.gpu()).unwrap()

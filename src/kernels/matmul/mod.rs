@@ -11,16 +11,23 @@
 //! written (Y += T·B2ᵀ for nt, T·B2 for nn: the LoRA expand), a per-row, per-column-segment
 //! scale (the per-row adapter weights of the LoRA shrink), `alpha`, and accumulation into Y.
 //!
-//! Kernel families (one WGSL file each): `texture` (operands in textures, activations shared by
-//! subgroupBroadcast: the fast path on CPU drivers), `blocked` (register-blocked storage-buffer
-//! kernel that runs anywhere) and `tiled` (shared-memory tiles: the fast path on GPUs).
+//! Kernel families (one WGSL file each, one module each here): `texture` (operands in textures,
+//! activations shared by subgroupBroadcast: the fast path on CPU drivers), `blocked`
+//! (register-blocked storage-buffer kernel that runs anywhere) and `tiled` (shared-memory tiles:
+//! the fast path on GPUs); `pack` puts activations into the texture layout, and `tune` decides
+//! which variant runs where.
+
+pub mod blocked;
+pub mod pack;
+pub mod texture;
+pub mod tiled;
+pub mod tune;
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Layout, Matrix, Recorder, Tensor, TexMatrix};
-use crate::kernels::{matmul_blocked, matmul_texture, matmul_tiled, pack};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,23 +127,19 @@ impl Variant {
     /// The variants the autotuner may pick for `form` with B in `layout`, on this device.
     pub fn candidates(gpu: &crate::gpu::Gpu, form: Form, layout: Layout) -> Vec<Variant> {
         match layout {
-            Layout::Texture if matmul_texture::subgroup_size(gpu).is_some() => match form {
-                Form::Nt => matmul_texture::NT_BLOCKINGS
+            Layout::Texture if crate::gpu::texture::subgroup_size(gpu).is_some() => match form {
+                Form::Nt => texture::NT_BLOCKINGS
                     .iter()
                     .map(|&(rows, cols)| Variant::Texture { rows, cols })
-                    .chain(
-                        matmul_texture::NT_DOT_BLOCKINGS.iter().map(|&(rows, cols)| Variant::TextureDot { rows, cols }),
-                    )
+                    .chain(texture::NT_DOT_BLOCKINGS.iter().map(|&(rows, cols)| Variant::TextureDot { rows, cols }))
                     .collect(),
-                Form::Nn => {
-                    matmul_texture::NN_BLOCKINGS.iter().map(|&(rows, cols)| Variant::Texture { rows, cols }).collect()
-                }
+                Form::Nn => texture::NN_BLOCKINGS.iter().map(|&(rows, cols)| Variant::Texture { rows, cols }).collect(),
                 Form::Tn => Vec::new(),
             },
             Layout::Texture => Vec::new(),
             Layout::Buffer => {
                 let mut v: Vec<Variant> =
-                    matmul_blocked::BLOCKINGS.iter().map(|&(rows, cols)| Variant::Blocked { rows, cols }).collect();
+                    blocked::BLOCKINGS.iter().map(|&(rows, cols)| Variant::Blocked { rows, cols }).collect();
                 v.push(Variant::Tiled);
                 v
             }
@@ -254,15 +257,24 @@ pub(crate) enum XOperand<'a> {
     Buffer(&'a Tensor),
 }
 
-/// Checked shapes of one product.
-pub(crate) struct Problem {
+/// Checked shapes of one product: Y [m, n], inner size k, epilogue inner size e.
+pub(crate) struct Dims {
     pub m: usize,
     pub n: usize,
     pub k: usize,
     pub e: usize,
 }
 
-fn check(form: Form, a: (usize, usize), b: &Matrix, y: &Tensor, opts: &MatmulOpts) -> Result<Problem> {
+/// A checked product on its way to a family's launcher.
+pub(crate) struct Launch<'a> {
+    pub form: Form,
+    pub y: &'a Tensor,
+    pub opts: &'a MatmulOpts<'a>,
+    pub dims: Dims,
+    pub variant: Variant,
+}
+
+fn check(form: Form, a: (usize, usize), b: &Matrix, y: &Tensor, opts: &MatmulOpts) -> Result<Dims> {
     let op = format!("matmul {}", form.name());
     let (m, n, k) = form.dims(a, (b.rows(), b.cols()))?;
     y.expect_dtype(&op, "output", &[DType::F32])?;
@@ -308,7 +320,7 @@ fn check(form: Form, a: (usize, usize), b: &Matrix, y: &Tensor, opts: &MatmulOpt
     if form == Form::Tn && b.dtype() != DType::F32 {
         return Err(Error::DType { op, detail: "the tn form takes f32 operands".into() });
     }
-    Ok(Problem { m, n, k, e })
+    Ok(Dims { m, n, k, e })
 }
 
 /// Y = alpha · op(A)·op(B) (+ epilogue), per `form` and `opts`. The variant is `opts.variant` or
@@ -325,10 +337,13 @@ pub(crate) fn matmul_act(
     y: &Tensor,
     opts: &MatmulOpts,
 ) -> Result<()> {
-    let prob = check(form, a.dims()?, b, y, opts)?;
+    let dims = check(form, a.dims()?, b, y, opts)?;
     let variant = match opts.variant {
         Some(v) => v,
-        None => crate::tune::select(rec.gpu(), form, b.layout(), b.dtype(), prob.m, prob.n, prob.k)?,
+        None => {
+            let p = tune::Problem { form, layout: b.layout(), dtype: b.dtype(), m: dims.m, n: dims.n, k: dims.k };
+            tune::choose(rec, &p)?
+        }
     };
     let unsupported = |reason: &str| Error::Unsupported {
         kernel: format!("matmul {form}"),
@@ -338,18 +353,18 @@ pub(crate) fn matmul_act(
     if !Variant::candidates(rec.gpu(), form, b.layout()).contains(&variant) {
         return Err(unsupported(&format!("not a candidate for {} operands of this device", b.layout().name())));
     }
+    let k4 = dims.k.is_multiple_of(4);
+    let l = Launch { form, y, opts, dims, variant };
     match (variant, b) {
-        (Variant::TextureDot { .. }, Matrix::Texture(w)) if prob.k.is_multiple_of(4) => {
-            matmul_texture::launch(rec, form, XOperand::Buffer(a.tensor()), w, y, opts, &prob, variant)
+        (Variant::TextureDot { .. }, Matrix::Texture(w)) if k4 => {
+            texture::launch(rec, &l, XOperand::Buffer(a.tensor()), w)
         }
         (Variant::Texture { .. } | Variant::TextureDot { .. }, Matrix::Texture(w)) => {
             let x = a.packed(rec)?.clone();
-            matmul_texture::launch(rec, form, XOperand::Texture(&x), w, y, opts, &prob, variant)
+            texture::launch(rec, &l, XOperand::Texture(&x), w)
         }
-        (Variant::Blocked { rows, cols }, Matrix::Buffer(w)) => {
-            matmul_blocked::launch(rec, form, a.tensor(), w, y, opts, &prob, rows, cols)
-        }
-        (Variant::Tiled, Matrix::Buffer(w)) => matmul_tiled::launch(rec, form, a.tensor(), w, y, opts, &prob),
+        (Variant::Blocked { .. }, Matrix::Buffer(w)) => blocked::launch(rec, &l, a.tensor(), w),
+        (Variant::Tiled, Matrix::Buffer(w)) => tiled::launch(rec, &l, a.tensor(), w),
         _ => Err(unsupported(&format!("B is in a {} layout", b.layout().name()))),
     }
 }
@@ -399,15 +414,9 @@ pub(crate) struct BufferParams {
 pub(crate) type BufferSetup = (BufferParams, crate::gpu::shader::Defines, Vec<(u32, crate::gpu::Resource)>);
 
 /// Parameters, defines and bindings common to the storage-buffer families.
-pub(crate) fn buffer_setup(
-    form: Form,
-    x: &Tensor,
-    w: &Tensor,
-    y: &Tensor,
-    opts: &MatmulOpts,
-    prob: &Problem,
-) -> Result<BufferSetup> {
+pub(crate) fn buffer_setup(l: &Launch, x: &Tensor, w: &Tensor) -> Result<BufferSetup> {
     use crate::gpu::Resource;
+    let (form, y, opts, prob) = (l.form, l.y, l.opts, &l.dims);
     let (a_t, b_t) = form.flags();
     let (_, ac) = x.dims2("matmul")?;
     let bc = w.shape()[1];
@@ -458,7 +467,7 @@ pub(crate) fn buffer_setup(
 }
 
 /// Bytes a product moves at least once (operands in, output out), for GB/s.
-pub(crate) fn traffic(prob: &Problem, b_dtype: DType) -> u64 {
+pub(crate) fn traffic(prob: &Dims, b_dtype: DType) -> u64 {
     let (m, n, k, e) = (prob.m as u64, prob.n as u64, prob.k as u64, prob.e as u64);
     4 * m * k + b_dtype.bytes_for((n * k) as usize) + 4 * m * n + 4 * (m * e + n * e)
 }

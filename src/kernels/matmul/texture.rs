@@ -10,8 +10,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, Gpu, Matrix, PipelineKey, Recorder, Resource, Tensor, TexMatrix, Work, fold_grid};
-use crate::kernels::matmul::{Form, MatmulOpts, Problem, Variant, XOperand, traffic};
+use crate::gpu::texture::col_align;
+use crate::gpu::{DType, Matrix, PipelineKey, Recorder, Resource, TexMatrix, Work, fold_grid};
+use crate::kernels::matmul::{Form, Launch, Variant, XOperand, traffic};
 
 /// (rows, cols) per invocation that the autotuner tries for nt. Measured on lavapipe (Mesa 25,
 /// 256×2048×2048): 32×2 and 16×4 reach 35–45 GF/s, 8×4 wins at M≈16, and one-row strips win the
@@ -25,25 +26,6 @@ pub const NT_BLOCKINGS: [(u32, u32); 7] = [(32, 2), (16, 4), (16, 2), (8, 4), (4
 /// (it reads neighbouring texels of one weight row per fetch). More rows were never faster.
 pub const NT_DOT_BLOCKINGS: [(u32, u32); 2] = [(1, 4), (1, 8)];
 pub const NN_BLOCKINGS: [(u32, u32); 3] = [(16, 1), (8, 1), (1, 2)];
-
-/// The subgroup size the kernels are compiled for, when the device runs them: subgroups with a
-/// single fixed size (lanes are named as constants) small enough to unroll.
-pub fn subgroup_size(gpu: &Gpu) -> Option<u32> {
-    let caps = gpu.caps();
-    match caps.fixed_subgroup_size {
-        Some(sg @ (4 | 8 | 16)) if caps.subgroups => Some(sg),
-        _ => None,
-    }
-}
-
-/// Column padding of texture matrices on this device: one chunk of the inner loop.
-pub fn col_align(gpu: &Gpu) -> Result<usize> {
-    subgroup_size(gpu).map(|sg| 4 * sg as usize).ok_or_else(|| Error::Unsupported {
-        kernel: "matmul".into(),
-        variant: "texture".into(),
-        reason: "needs subgroups of one fixed size (4, 8 or 16)".into(),
-    })
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -63,17 +45,10 @@ struct Params {
     alpha: f32,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn launch(
-    rec: &mut Recorder,
-    form: Form,
-    x: XOperand,
-    w: &TexMatrix,
-    y: &Tensor,
-    opts: &MatmulOpts,
-    prob: &Problem,
-    variant: Variant,
-) -> Result<()> {
+/// Y = op(X)·Wᵀ or op(X)·W for `l`, W in a texture and X in a texture or (one-row kernels) a
+/// buffer.
+pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix) -> Result<()> {
+    let (form, y, opts, prob, variant) = (l.form, l.y, l.opts, &l.dims, l.variant);
     let (rows, cols, dot) = match variant {
         Variant::Texture { rows, cols } => (rows, cols, false),
         Variant::TextureDot { rows, cols } => (rows, cols, true),

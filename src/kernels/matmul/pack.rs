@@ -1,6 +1,6 @@
 //! Buffer → texture packing (shaders/pack.wgsl): puts activations and computed weights into the
-//! texture layout of src/gpu/texture.rs. The CPU reference doubles as the host-side packer used
-//! when weights are uploaded.
+//! texture layout of src/gpu/texture.rs, whose host-side packer (`pack_host`) is this kernel's
+//! CPU reference.
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
@@ -44,30 +44,10 @@ pub fn pack(rec: &mut Recorder, src: &Tensor, dst: &TexMatrix) -> Result<()> {
     )
 }
 
-/// CPU reference: the texel bytes of `data` ([rows, cols]) packed `width` texels a row over
-/// `padded_rows` rows, zero padded.
-pub fn pack_ref(data: &[f32], rows: usize, cols: usize, dtype: DType, width: usize, padded_rows: usize) -> Vec<u8> {
-    let mut out = vec![0u8; width * 16 * padded_rows];
-    for r in 0..rows {
-        let row = &mut out[r * width * 16..(r + 1) * width * 16];
-        for c in 0..cols {
-            let v = data[r * cols + c];
-            match dtype {
-                DType::F16 => {
-                    let h = half::f16::from_f32(v).to_bits();
-                    row[c * 2..c * 2 + 2].copy_from_slice(&h.to_le_bytes());
-                }
-                _ => row[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes()),
-            }
-        }
-    }
-    out
-}
-
 /// Packs an f32 tensor into a fresh texture matrix of `dtype`.
 pub fn to_texture(rec: &mut Recorder, src: &Tensor, dtype: DType, label: &str) -> Result<TexMatrix> {
     let (rows, cols) = src.dims2("pack")?;
-    let align = crate::kernels::matmul_texture::col_align(rec.gpu())?;
+    let align = crate::gpu::texture::col_align(rec.gpu())?;
     let dst = TexMatrix::zeros(rec.gpu(), rows, cols, dtype, align, label)?;
     pack(rec, src, &dst)?;
     Ok(dst)

@@ -4,25 +4,17 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, fold_grid};
-use crate::kernels::matmul::{Form, MatmulOpts, Problem, buffer_setup, traffic};
+use crate::kernels::matmul::{Form, Launch, Variant, buffer_setup, traffic};
 
 /// (rows, cols) per invocation that the autotuner tries: a square block for many rows, a row
 /// strip for decode-sized M.
 pub const BLOCKINGS: [(u32, u32); 2] = [(4, 4), (1, 8)];
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn launch(
-    rec: &mut Recorder,
-    form: Form,
-    x: &Tensor,
-    w: &Tensor,
-    y: &Tensor,
-    opts: &MatmulOpts,
-    prob: &Problem,
-    rows: u32,
-    cols: u32,
-) -> Result<()> {
-    let (params, mut defines, binds) = buffer_setup(form, x, w, y, opts, prob)?;
+/// Y = op(X)·op(W) for `l`, X and W in storage buffers.
+pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: &Tensor, w: &Tensor) -> Result<()> {
+    let Variant::Blocked { rows, cols } = l.variant else { unreachable!("blocked launcher given {}", l.variant) };
+    let (form, prob) = (l.form, &l.dims);
+    let (params, mut defines, binds) = buffer_setup(l, x, w)?;
     // Four-wide loads need both operands contiguous along K with rows starting on 16 bytes; the
     // same buffers are then read through array<vec4<f32>> bindings.
     let vec4 =

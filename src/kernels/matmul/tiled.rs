@@ -4,20 +4,14 @@
 
 use crate::error::Result;
 use crate::gpu::{PipelineKey, Recorder, Tensor, Work, fold_grid};
-use crate::kernels::matmul::{Form, MatmulOpts, Problem, buffer_setup, traffic};
+use crate::kernels::matmul::{Launch, buffer_setup, traffic};
 
 const TILE: u32 = 64;
 
-pub(crate) fn launch(
-    rec: &mut Recorder,
-    form: Form,
-    x: &Tensor,
-    w: &Tensor,
-    y: &Tensor,
-    opts: &MatmulOpts,
-    prob: &Problem,
-) -> Result<()> {
-    let (params, defines, binds) = buffer_setup(form, x, w, y, opts, prob)?;
+/// Y = op(X)·op(W) for `l`, X and W in storage buffers.
+pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: &Tensor, w: &Tensor) -> Result<()> {
+    let (form, prob) = (l.form, &l.dims);
+    let (params, defines, binds) = buffer_setup(l, x, w)?;
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("matmul_tiled", "main", &defines))?;
     let grid = fold_grid(rec.gpu(), (prob.n as u32).div_ceil(TILE), (prob.m as u32).div_ceil(TILE));
     let work = Work { flops: form.flops(prob.m, prob.n, prob.k + prob.e), bytes: traffic(prob, w.dtype()) };
