@@ -1,7 +1,7 @@
 //! `cargo bench`: the same kernel benchmark as `lorafuse bench kernels` (the full grid; set
 //! LORAFUSE_BENCH_QUICK=1 for the short one), printed as the Markdown tables of BENCHMARKS.md.
 
-use lorafuse::bench::{BarProgress, kernels};
+use lorafuse::bench::{BarProgress, ops};
 use lorafuse::gpu::Gpu;
 
 fn main() {
@@ -14,14 +14,11 @@ fn main() {
         }
     };
     eprintln!("device: {}", gpu.describe());
-    let grid = if std::env::var_os("LORAFUSE_BENCH_QUICK").is_some() {
-        kernels::Grid::quick()
-    } else {
-        kernels::Grid::standard()
-    };
+    let grid =
+        if std::env::var_os("LORAFUSE_BENCH_QUICK").is_some() { ops::Grid::quick() } else { ops::Grid::standard() };
     let report = {
         let mut progress = BarProgress::new();
-        match kernels::run(&gpu, &grid, &mut progress) {
+        match ops::run(&gpu, &grid, &mut progress) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("benchmark failed: {e}");
@@ -29,5 +26,5 @@ fn main() {
             }
         }
     };
-    println!("{}", kernels::markdown(&report));
+    println!("{}", ops::markdown(&report));
 }

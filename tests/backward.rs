@@ -275,33 +275,16 @@ fn dropout_matches_reference_and_keeps_its_share() {
 #[test]
 fn attention_backward_matches_reference_and_finite_differences() {
     use lorafuse::kernels::attention::{
-        Attention, Heads, Saved, Spans, attention, attention_backward, attention_backward_ref, attention_ref,
+        Attention, Heads, Saved, Spans, attention, attention_backward, attention_backward_ref, attention_causal_ref,
     };
     use lorafuse::kernels::rope::{Cache, Rows};
     let gpu = gpu();
     let seed = seed();
     let mut rng = Rng::new(seed);
-    // host forward O for per-row q, k, v in the span layout (a cache built from the rows)
-    let forward =
-        |q: &[f32], k: &[f32], v: &[f32], spans: &[(usize, usize)], heads: usize, kv: usize, hd: usize| -> Vec<f64> {
-            let max_len = spans.iter().map(|s| s.1).max().unwrap();
-            let mut kc = vec![0.0f32; spans.len() * kv * max_len * hd];
-            let mut vc = kc.clone();
-            let (mut pos, mut slot) = (Vec::new(), Vec::new());
-            for (s, &(start, len)) in spans.iter().enumerate() {
-                for t in 0..len {
-                    for g in 0..kv {
-                        let dst = ((s * kv + g) * max_len + t) * hd;
-                        let src = ((start + t) * kv + g) * hd;
-                        kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                        vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
-                    }
-                    pos.push(t as u32);
-                    slot.push(s as u32);
-                }
-            }
-            attention_ref(q, &kc, &vc, (&pos, &slot), Heads { heads, kv_heads: kv, hd }, max_len).0
-        };
+    // host forward O for per-row q, k, v in the span layout
+    let forward = |q: &[f32], k: &[f32], v: &[f32], spans: &[(usize, usize)], heads: usize, kv: usize, hd: usize| {
+        attention_causal_ref(q, k, v, spans, Heads { heads, kv_heads: kv, hd })
+    };
     {
         let (heads, kv, hd) = (2, 1, 4);
         let spans = [(0usize, 3usize), (3, 2)];

@@ -4,14 +4,14 @@
 mod common;
 
 use common::*;
-use lorafuse::bench::{Silent, kernels};
+use lorafuse::bench::{Silent, ops};
 use lorafuse::gpu::DType;
 use lorafuse::kernels::matmul::Form;
 
 #[test]
 fn kernel_bench_reports_every_field() {
     let gpu = gpu();
-    let grid = kernels::Grid {
+    let grid = ops::Grid {
         matmuls: vec![(Form::Nt, 9, 70, 33), (Form::Tn, 5, 40, 12)],
         dtypes: vec![DType::F32, DType::F16],
         lora_ms: vec![1, 16],
@@ -19,9 +19,11 @@ fn kernel_bench_reports_every_field() {
         lora_adapters: vec![1, 2],
         lora_hidden: vec![64],
         lora_dtype: DType::F32,
+        seqs: vec![9],
+        rows: 5,
         reps: 1,
     };
-    let report = kernels::run(gpu, &grid, &mut Silent).unwrap();
+    let report = ops::run(gpu, &grid, &mut Silent).unwrap();
     let json: serde_json::Value = serde_json::to_value(&report).unwrap();
     for key in ["name", "backend", "driver"] {
         assert!(json["device"][key].is_string(), "device.{key}");
@@ -30,13 +32,13 @@ fn kernel_bench_reports_every_field() {
         let v = json["ceiling"][key].as_f64().unwrap();
         assert!(v > 0.0 && v.is_finite(), "ceiling.{key} = {v}");
     }
-    let matmul = json["matmul"].as_array().unwrap();
-    assert!(!matmul.is_empty());
-    for row in matmul {
-        for key in ["m", "k", "n", "form", "variant", "ms", "gflops"] {
-            assert!(!row[key].is_null(), "matmul row lacks {key}: {row}");
+    let ops = json["ops"].as_array().unwrap();
+    assert!(ops.iter().any(|r| r["op"] == "matmul nt") && ops.iter().any(|r| r["op"] == "attention backward"));
+    for row in ops {
+        for key in ["op", "shape", "dtype", "variant", "launches", "ms", "gflops", "gbps", "pct_fma", "pct_copy"] {
+            assert!(!row[key].is_null(), "kernel row lacks {key}: {row}");
         }
-        assert!(row["ms"].as_f64().unwrap() > 0.0);
+        assert!(row["ms"].as_f64().unwrap() > 0.0 && row["launches"].as_u64().unwrap() >= 1, "{row}");
     }
     let lora = json["fused_lora"].as_array().unwrap();
     assert_eq!(lora.len(), 4);
@@ -48,7 +50,7 @@ fn kernel_bench_reports_every_field() {
             assert!(row[key].as_f64().unwrap() > 0.0, "{key} in {row}");
         }
     }
-    let md = kernels::markdown(&report);
+    let md = ops::markdown(&report);
     assert!(md.contains("| M | hidden |") && md.contains(&report.device.name));
 }
 

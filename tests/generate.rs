@@ -162,3 +162,37 @@ fn cli_generate_per_prompt_adapter_mixes() {
     assert!(!out.status.success() && err.contains("prompts.jsonl:1") && err.contains("2 weights for 1"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A first `generate` on a fresh tune cache tunes what its warm-up met behind a few lines (the
+/// weight layout, one progress line, a summary; never a line a shape), and a second run finds
+/// every choice cached and tunes nothing.
+#[test]
+fn a_first_run_tunes_once_behind_one_progress_line() {
+    let dir = std::env::temp_dir().join(format!("lorafuse-first-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = || {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+            .args(["generate", "--prompt", "Name three colours.", "--max-new-tokens", "3"])
+            .env("LORAFUSE_MODEL", default_model())
+            .env("LORAFUSE_CACHE_DIR", &dir)
+            .env_remove("LORAFUSE_TUNE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stderr).to_string(), started.elapsed().as_secs())
+    };
+    let (first, secs) = run();
+    let lines: Vec<&str> = first.lines().filter(|l| l.contains("tuning") || l.contains("tuned")).collect();
+    let shapes: usize = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tuned ")?.split(" kernel shapes").next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no tuning summary in:\n{first}"));
+    assert!(shapes >= 5, "only {shapes} shapes tuned: the warm-up missed the model's products");
+    // the layout line, the summary, and a progress line at the end and every 30 s
+    assert!(lines.len() as u64 <= 3 + secs / 30, "{} tuning lines for {shapes} shapes:\n{first}", lines.len());
+    assert!(dir.join("tune.json").exists());
+    let (second, _) = run();
+    assert!(!second.contains("tuning") && !second.contains("tuned"), "the second run tuned again:\n{second}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -83,8 +83,12 @@ pub fn run(
     let rows_total: usize = opts.counts.iter().map(|&n| if n == 0 { 1 } else { 3 }).sum();
     progress.start("adapter fusion throughput", rows_total);
     let mut rows = Vec::new();
-    // warm-up at the timed shapes: pipelines compile and the tuner settles outside the timing
-    let warm = |m: &Llama| run_ours(m, &prompt, opts.batch, 2).map(drop);
+    // warm-up at the timed shapes, outside the timing: their kernel shapes tuned (once per
+    // device), then a real run for pipeline compilation and first-use costs
+    let warm = |m: &Llama| {
+        m.warm_up(false, || run_ours(m, &prompt, opts.batch, 2))?;
+        run_ours(m, &prompt, opts.batch, 2).map(drop)
+    };
     let result = (|| -> Result<()> {
         for &n in &opts.counts {
             let adapters: Vec<Adapter> = (0..n)

@@ -2,8 +2,6 @@
 //! in one run (fused vs sequential vs merged, achieved vs the device's measured ceilings), never
 //! asserted.
 
-pub mod kernels;
-
 /// Where a benchmark reports what it is doing.
 pub trait Progress {
     /// A phase of `total` rows begins.
@@ -72,4 +70,5 @@ impl Progress for Silent {
 
 pub mod fuse;
 pub mod model;
+pub mod ops;
 pub mod train;

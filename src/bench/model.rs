@@ -128,7 +128,9 @@ fn run_peer(python: &Path, gguf: &Path, prompt: &[u32], steps: usize, threads: u
 
 pub fn run(gpu: &Gpu, model: &Llama, model_path: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Report> {
     let prompt = bench_prompt(opts.prompt_tokens, model.cfg().vocab);
-    // warm-up: compiles pipelines and settles the tuner at every batch size used below
+    // warm-up: the kernel shapes of every batch size below tuned (once per device), then a short
+    // real run of each for pipeline compilation and first-use costs
+    model.warm_up(false, || opts.batches.iter().try_for_each(|&b| run_ours(model, &prompt, b, 2).map(drop)))?;
     for &b in &opts.batches {
         run_ours(model, &prompt[..prompt.len().min(8)], b, 2)?;
     }

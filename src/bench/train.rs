@@ -99,6 +99,12 @@ impl Runner {
         self.batch.rows()
     }
 
+    /// The warm-up: a step recorded to learn its kernel shapes, tuned now if this device has no
+    /// choice for them yet.
+    pub fn warm_up(&self, model: &Llama) -> Result<()> {
+        model.warm_up(false, || self.step(model, 1)).map(drop)
+    }
+
     /// Optimizer step `t` (from 1): forward, backward, AdamW. Returns the mean loss.
     pub fn step(&self, model: &Llama, t: usize) -> Result<f64> {
         let n = self.batch.counted();
@@ -115,6 +121,7 @@ impl Runner {
 
 fn run_ours(model: &mut Llama, opts: &Options, seqs: &[Vec<u32>]) -> Result<Row> {
     let runner = Runner::new(model, opts.r, &opts.targets, seqs)?;
+    runner.warm_up(model)?;
     runner.step(model, 1)?;
     model.gpu().memory().reset_peak();
     let (mut times, mut losses) = (Vec::new(), Vec::new());

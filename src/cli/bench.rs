@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use lorafuse::bench::{self, BarProgress};
 use lorafuse::gpu::{DType, Gpu};
 
-use super::generate::{DEFAULT_MODEL, ModelArgs};
+use super::model::{DEFAULT_MODEL, ModelArgs};
 
 /// Where a benchmark also writes its results.
 #[derive(Args, Clone, Debug)]
@@ -156,10 +156,10 @@ pub enum BenchCommand {
 pub fn run(gpu: &Gpu, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Kernels { out, quick, lora_dtype } => {
-            let mut grid = if *quick { bench::kernels::Grid::quick() } else { bench::kernels::Grid::standard() };
+            let mut grid = if *quick { bench::ops::Grid::quick() } else { bench::ops::Grid::standard() };
             grid.lora_dtype = if lora_dtype == "f16" { DType::F16 } else { DType::F32 };
-            let report = bench::kernels::run(gpu, &grid, &mut BarProgress::new())?;
-            out.emit(&report, &bench::kernels::markdown(&report))
+            let report = bench::ops::run(gpu, &grid, &mut BarProgress::new())?;
+            out.emit(&report, &bench::ops::markdown(&report))
         }
         BenchCommand::Model { model, prompt_tokens, gen_tokens, batches, peer, reps, out } => {
             let loaded = model.load(gpu)?;

@@ -14,7 +14,7 @@ use lorafuse::eval::{mmlu, prompts, xstest};
 use lorafuse::gpu::Gpu;
 use lorafuse::train::data;
 
-use super::generate::{Loaded, ModelArgs};
+use super::model::{ModelArgs, Session, parse_adapter};
 
 /// The prompt sets and how they are run, shared by eval, sweep and reproduce.
 #[derive(Args, Clone, Debug)]
@@ -72,7 +72,7 @@ impl EvalFlags {
     }
 
     /// Reads the prompt sets (the task set needs the model's tokenizer and template).
-    pub fn sets(&self, m: &Loaded) -> Result<Sets> {
+    pub fn sets(&self, m: &Session) -> Result<Sets> {
         let mut sets = Sets::default();
         if let Some(p) = &self.harmful {
             sets.harmful = load_harmful(p, self.harmful_limit)?;
@@ -170,27 +170,20 @@ pub fn check_fingerprint(dir: &Path, fp: &serde_json::Value) -> Result<()> {
 }
 
 /// Runs `arms` over the sets of `flags` into DIR and returns the per-arm reports.
-pub fn evaluate(
-    gpu: &Gpu,
-    m: &mut Loaded,
-    model_args: &ModelArgs,
-    flags: &EvalFlags,
-    arms: &[Arm],
-    out: &Path,
-) -> Result<(Sets, Vec<ArmReport>)> {
+pub fn evaluate(m: &mut Session, flags: &EvalFlags, arms: &[Arm], out: &Path) -> Result<(Sets, Vec<ArmReport>)> {
     if !flags.any() {
         bail!("nothing to evaluate: give --harmful, --xstest, --mmlu or --task");
     }
     let sets = flags.sets(m)?;
-    check_fingerprint(out, &flags.fingerprint(model_args, arms))?;
+    check_fingerprint(out, &flags.fingerprint(&m.args, arms))?;
     let mut records = Records::open(out)?;
     if records.resumed > 0 {
         eprintln!("resuming: {} records already in {}", records.resumed, out.join("responses.jsonl").display());
     }
     let judge_loaded = match &flags.judge {
         Some(j) => {
-            let args = ModelArgs { model: j.clone(), dtype: model_args.dtype.clone(), adapters: Vec::new() };
-            Some(args.load(gpu).with_context(|| format!("loading the judge {}", j.display()))?)
+            let args = ModelArgs { model: j.clone(), dtype: m.args.dtype.clone(), adapters: Vec::new() };
+            Some(args.load(&m.gpu).with_context(|| format!("loading the judge {}", j.display()))?)
         }
         None => None,
     };
@@ -209,9 +202,9 @@ pub fn evaluate(
 }
 
 /// What was evaluated, for the report's head.
-pub fn preamble(model_args: &ModelArgs, flags: &EvalFlags, sets: &Sets, device: &str) -> Vec<String> {
-    let mut p = vec![format!("Model: {} ({} weights) on {device}.", model_args.model.display(), model_args.dtype)];
-    for a in &model_args.adapters {
+pub fn preamble(m: &Session, flags: &EvalFlags, sets: &Sets) -> Vec<String> {
+    let mut p = vec![format!("Model: {} ({} weights) on {}.", m.args.model.display(), m.args.dtype, m.device())];
+    for a in &m.args.adapters {
         p.push(format!("Adapter: {a}."));
     }
     p.push(format!(
@@ -256,11 +249,11 @@ pub struct EvalArgs {
 
 pub fn run(gpu: &Gpu, args: &EvalArgs) -> Result<()> {
     let mut m = args.model.load(gpu)?;
-    let weights: Vec<f32> = args.model.adapters.iter().map(|a| super::generate::parse_adapter(a).1).collect();
+    let weights: Vec<f32> = args.model.adapters.iter().map(|a| parse_adapter(a).1).collect();
     let name = if weights.is_empty() { "model".to_string() } else { "with adapters".to_string() };
     let arms = [Arm { name, weights }];
-    let (sets, reports) = evaluate(gpu, &mut m, &args.model, &args.flags, &arms, &args.out)?;
-    let pre = preamble(&args.model, &args.flags, &sets, &gpu.describe());
+    let (sets, reports) = evaluate(&mut m, &args.flags, &arms, &args.out)?;
+    let pre = preamble(&m, &args.flags, &sets);
     write_report(&args.out, "lorafuse eval", &pre, &reports)?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use lorafuse::model::export::{export_hf, source_dtype};
 use lorafuse::model::source::ModelSource;
 use lorafuse::progress::Progress;
 
-use super::generate::parse_adapter;
+use super::model::parse_adapter;
 
 /// Fuse LoRA adapters into one (PEFT's combination methods), or merge them into the base.
 ///

@@ -6,83 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use lorafuse::gpu::{DType, Gpu, Profile};
-use lorafuse::lora::peft::Adapter;
-use lorafuse::model::chat::{ChatTemplate, Message};
-use lorafuse::model::generate::{Completion, GenerateOptions, Stats, generate, prompt_ids};
-use lorafuse::model::llama::{Llama, LoadOptions};
+use lorafuse::gpu::{Gpu, Profile};
+use lorafuse::model::chat::{Message, conversation};
+use lorafuse::model::generate::{Completion, GenerateOptions, Stats, generate, prompt_ids, rehearse};
 use lorafuse::model::sampling::SamplingOptions;
-use lorafuse::model::source::ModelSource;
-use lorafuse::model::tokenizer::Tokenizer;
 
-/// The default model, as scripts/fetch-model.sh places it.
-pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-#[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// A GGUF file or a Hugging Face model directory.
-    #[arg(long, env = "LORAFUSE_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
-    /// Weight precision on the GPU: q4 (a GGUF's 4-bit weights stay 4-bit, dequantized inside
-    /// the kernels; the rest f16), f16, or f32 (exact dequantized weights).
-    #[arg(long, default_value = "q4", value_parser = ["q4", "f16", "f32"])]
-    pub dtype: String,
-    /// A PEFT LoRA adapter directory, optionally with its weight (DIR:0.6; default 1), applied
-    /// unmerged through the fused kernel. Repeatable: the adapters are fused at their weights.
-    #[arg(long = "adapter", value_name = "DIR[:WEIGHT]")]
-    pub adapters: Vec<String>,
-}
-
-/// "DIR" or "DIR:WEIGHT" (a path may itself hold colons: only a parseable suffix is a weight).
-pub fn parse_adapter(spec: &str) -> (PathBuf, f32) {
-    if let Some((dir, w)) = spec.rsplit_once(':')
-        && let Ok(w) = w.parse::<f32>()
-    {
-        return (PathBuf::from(dir), w);
-    }
-    (PathBuf::from(spec), 1.0)
-}
-
-/// A model loaded with its tokenizer and chat template.
-pub struct Loaded {
-    pub model: Llama,
-    pub tok: Tokenizer,
-    pub template: Option<ChatTemplate>,
-}
-
-impl ModelArgs {
-    pub fn load(&self, gpu: &Gpu) -> Result<Loaded> {
-        let started = std::time::Instant::now();
-        let src = ModelSource::open(&self.model)?;
-        let dtype = match self.dtype.as_str() {
-            "f32" => DType::F32,
-            "f16" => DType::F16,
-            _ => DType::Q4,
-        };
-        let mut model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
-        if !self.adapters.is_empty() {
-            let (dirs, weights): (Vec<PathBuf>, Vec<f32>) = self.adapters.iter().map(|a| parse_adapter(a)).unzip();
-            let adapters = dirs.iter().map(|d| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?;
-            model.attach(&adapters, &weights)?;
-            for (d, w) in dirs.iter().zip(&weights) {
-                eprintln!("adapter: {} at weight {w}", d.display());
-            }
-        }
-        let tok = src.tokenizer()?;
-        let template = src.chat_template()?;
-        eprintln!(
-            "model: {} ({} layers, hidden {}, {} weights in {} layout, {:.0} MiB) loaded in {:.1} s",
-            self.model.display(),
-            model.cfg().layers,
-            model.cfg().hidden,
-            dtype,
-            model.layout().name(),
-            model.weight_bytes() as f64 / (1 << 20) as f64,
-            started.elapsed().as_secs_f64()
-        );
-        Ok(Loaded { model, tok, template })
-    }
-}
+use super::model::{ModelArgs, parse_adapter};
 
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
@@ -199,15 +128,6 @@ fn read_prompts(path: &Path, system: Option<&str>, adapters: usize) -> Result<Ve
     Ok(out)
 }
 
-fn conversation(system: Option<&str>, user: &str) -> Vec<Message> {
-    let mut m = Vec::new();
-    if let Some(s) = system {
-        m.push(Message::new("system", s));
-    }
-    m.push(Message::new("user", user));
-    m
-}
-
 fn report(stats: &Stats) {
     eprintln!(
         "prefill: {} tokens in {:.2} s ({:.1} tokens/s); decode: {} tokens in {:.2} s ({:.1} tokens/s)",
@@ -243,6 +163,9 @@ pub fn run_generate(gpu: &Gpu, args: &GenerateArgs, mut profile: Option<&mut Pro
         .map(|c| prompt_ids(&m.tok, m.template.as_ref(), c, args.raw))
         .collect::<lorafuse::Result<_>>()?;
     let stream = !args.json && ids.len() == 1;
+    let first = &ids[..ids.len().min(args.batch_size.max(1))];
+    let warm = GenerateOptions { mixes: mixes.iter().take(first.len()).cloned().collect(), ..opts.clone() };
+    m.model.warm_up(false, || rehearse(&m.model, first, &warm))?;
     let mut total = Stats::default();
     let mut stdout = std::io::stdout().lock();
     for (chunk_no, chunk) in ids.chunks(args.batch_size.max(1)).enumerate() {
@@ -314,6 +237,9 @@ pub fn run_chat(gpu: &Gpu, args: &ChatArgs) -> Result<()> {
     };
     let mut history: Vec<Message> = args.system.iter().map(|s| Message::new("system", s)).collect();
     let fresh = history.clone();
+    let typical =
+        prompt_ids(&m.tok, Some(template), &conversation(args.system.as_deref(), "Hello, how are you?"), false)?;
+    m.model.warm_up(false, || rehearse(&m.model, &[typical], &opts))?;
     eprintln!("chat: type a message; /reset starts over, /exit (or end of input) leaves");
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();

@@ -13,7 +13,7 @@ use lorafuse::model::batch::Batch;
 use lorafuse::model::chat::Message;
 use lorafuse::model::generate::prompt_ids;
 
-use super::generate::ModelArgs;
+use super::model::ModelArgs;
 
 #[derive(Args)]
 pub struct LogitsArgs {
@@ -47,6 +47,7 @@ pub fn run(gpu: &Gpu, args: &LogitsArgs) -> Result<()> {
     batch.push_sequence(0, 0, &tokens, false);
     batch.logits_rows = (0..tokens.len() as u32).collect();
     let cache = m.model.new_cache(1, tokens.len())?;
+    m.model.warm_up(false, || m.model.forward(&batch, &cache))?;
     let logits = m.model.forward(&batch, &cache)?.read_f32(gpu)?;
     let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     let (ib, lb): (&[u8], &[u8]) = (bytemuck::cast_slice(&ids), bytemuck::cast_slice(&logits));

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod fuse;
 pub mod generate;
 pub mod logits;
+pub mod model;
 pub mod pipeline;
 pub mod profile;
 pub mod results;

@@ -46,6 +46,7 @@ pub fn run(gpu: &Gpu, cmd: &ProfileCommand) -> Result<()> {
             let mut m = shape.model.load(gpu)?;
             let seqs = lorafuse::bench::train::bench_sequences(shape.seq, shape.batch, m.model.cfg().vocab);
             let runner = lorafuse::bench::train::Runner::new(&mut m.model, shape.r, &shape.targets, &seqs)?;
+            runner.warm_up(&m.model)?;
             runner.step(&m.model, 1)?;
             let t0 = std::time::Instant::now();
             let (_, captured) = gpu.capture(|| (0..*steps).try_for_each(|t| runner.step(&m.model, t + 2).map(drop)))?;

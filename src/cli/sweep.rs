@@ -12,7 +12,7 @@ use lorafuse::eval::sweep;
 use lorafuse::gpu::Gpu;
 
 use super::eval::{EvalFlags, evaluate, preamble, write_report};
-use super::generate::ModelArgs;
+use super::model::ModelArgs;
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -45,8 +45,8 @@ pub fn run(gpu: &Gpu, args: &SweepArgs) -> Result<()> {
     let mut m = model.load(gpu)?;
     let arms = sweep::arms(&lambdas);
     eprintln!("sweep: {} arms (the base and λ = {})", arms.len(), args.lambdas);
-    let (sets, reports) = evaluate(gpu, &mut m, &model, &args.flags, &arms, &args.out)?;
-    let mut pre = preamble(&model, &args.flags, &sets, &gpu.describe());
+    let (sets, reports) = evaluate(&mut m, &args.flags, &arms, &args.out)?;
+    let mut pre = preamble(&m, &args.flags, &sets);
     pre.push(
         "Arms: the base model (both adapters at weight 0), then task and safety at [1-λ, λ], fused at run time.".into(),
     );

@@ -12,7 +12,7 @@ use lorafuse::train::data;
 use lorafuse::train::schedule::Schedule;
 use lorafuse::train::trainer::{RunOptions, Summary, split_holdout, train};
 
-use super::generate::{Loaded, ModelArgs};
+use super::model::{ModelArgs, Session};
 
 /// Defaults are the paper's recipe (r 8, alpha 32, dropout 0.05 on q_proj and v_proj, 10
 /// epochs, lr 1e-3, batch 4, AdamW, StepLR γ 0.85 per epoch).
@@ -139,19 +139,19 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
         resume: args.resume,
         stop_after: args.stop_after,
     };
-    let mut m = args.model.load(gpu)?;
-    train_job(gpu, &mut m, &args.model, &job, false)?;
+    let mut s = args.model.load(gpu)?;
+    train_job(&mut s, &job, false)?;
     Ok(())
 }
 
 /// Trains a fresh adapter (or resumes one) on a loaded model, which is left without adapters;
 /// writes DIR/train_summary.json beside the adapter and says what it did.
-pub fn train_job(gpu: &Gpu, m: &mut Loaded, model_args: &ModelArgs, job: &Job, quiet: bool) -> Result<Summary> {
+pub fn train_job(m: &mut Session, job: &Job, quiet: bool) -> Result<Summary> {
     let tc = &job.config;
     let (examples, bad) = data::load(&job.data, job.skip_bad)?;
     tc.validate(m.model.cfg())?;
     let template = m.template.as_ref().with_context(|| {
-        format!("{} has no chat template, which training on conversations needs", model_args.model.display())
+        format!("{} has no chat template, which training on conversations needs", m.args.model.display())
     })?;
     let (mut encoded, mut cut, mut empty) = (Vec::<Encoded>::new(), 0, 0);
     for ex in &examples {
@@ -183,7 +183,7 @@ pub fn train_job(gpu: &Gpu, m: &mut Loaded, model_args: &ModelArgs, job: &Job, q
         out: job.out.clone(),
         resume: job.resume,
         stop_after: job.stop_after,
-        base_model: Some(model_args.model.display().to_string()),
+        base_model: Some(m.args.model.display().to_string()),
         quiet,
     };
     let summary = train(&mut m.model, tc, &train_set, &held, &opts);
@@ -191,14 +191,14 @@ pub fn train_job(gpu: &Gpu, m: &mut Loaded, model_args: &ModelArgs, job: &Job, q
     let summary = summary?;
     let report = serde_json::json!({
         "config": tc,
-        "model": model_args.model,
-        "dtype": model_args.dtype,
+        "model": m.args.model,
+        "dtype": m.args.dtype,
         "data": {
             "file": job.data, "conversations": examples.len(), "malformed_skipped": bad, "cut": cut,
             "without_labels": empty, "train": train_set.len(), "held_out": held.len(),
             "train_tokens": tokens, "train_labelled": labelled,
         },
-        "device": gpu.describe(),
+        "device": m.device(),
         "summary": summary,
     });
     lorafuse::atomic::write_atomic(&job.out.join("train_summary.json"), serde_json::to_string_pretty(&report)?)?;

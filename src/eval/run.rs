@@ -11,9 +11,9 @@ use crate::eval::mmlu::{self, Subject, predict};
 use crate::eval::prompts::HarmfulPrompt;
 use crate::eval::records::{Record, Records, key};
 use crate::eval::xstest;
-use crate::model::batch::{Batch, Encoded, TrainBatch};
-use crate::model::chat::{ChatTemplate, Message};
-use crate::model::generate::{GenerateOptions, cache_groups, generate, prompt_ids};
+use crate::model::batch::{Encoded, TrainBatch};
+use crate::model::chat::{ChatTemplate, Message, conversation};
+use crate::model::generate::{GenerateOptions, generate, next_logits, prompt_ids, rehearse};
 use crate::model::llama::Llama;
 use crate::model::tokenizer::Tokenizer;
 use crate::progress::Progress;
@@ -66,12 +66,6 @@ fn bar(quiet: bool, total: usize, what: &str) -> Progress {
     Progress::new(total, what, "items", quiet)
 }
 
-fn conversation(system: Option<&str>, user: &str) -> Vec<Message> {
-    let mut m: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
-    m.push(Message::new("user", user));
-    m
-}
-
 /// Runs whatever the records lack.
 pub fn run(
     s: Evaluated,
@@ -89,12 +83,40 @@ pub fn run(
             a.weights.len()
         )));
     }
+    s.model.warm_up(opts.quiet, || rehearse_all(&s, arms, sets, opts))?;
     generate_responses(&s, arms, sets, opts, records)?;
     if let Some(j) = judge {
         judge_responses(j, arms, sets, opts, records)?;
     }
     mmlu_answers(&s, arms, &sets.mmlu, opts, records)?;
     task_losses(s.model, arms, &sets.task, opts, records)?;
+    Ok(())
+}
+
+/// Records (for the warm-up's dry run) the first batch of each stage: generation, MMLU, task
+/// loss.
+fn rehearse_all(s: &Evaluated, arms: &[Arm], sets: &Sets, opts: &Options) -> Result<()> {
+    let n = opts.batch_size.max(1);
+    let mix = |k: usize| -> Vec<Vec<f32>> {
+        if arms[0].weights.is_empty() {
+            Vec::new()
+        } else {
+            (0..k).map(|i| arms[i % arms.len()].weights.clone()).collect()
+        }
+    };
+    let items = generation_items(sets);
+    let ids: Vec<Vec<u32>> = (items.iter().take(n))
+        .map(|(_, _, p)| prompt_ids(s.tok, s.template, &conversation(opts.system.as_deref(), p), false))
+        .collect::<Result<_>>()?;
+    let gopts = GenerateOptions { max_new_tokens: opts.max_new_tokens, mixes: mix(ids.len()), ..Default::default() };
+    rehearse(s.model, &ids, &gopts)?;
+    let questions = sets.mmlu.iter().flat_map(|sub| sub.test.iter().map(move |q| (sub, q))).take(n);
+    let ids: Vec<Vec<u32>> =
+        questions.map(|(sub, q)| s.tok.encode(&mmlu::prompt(sub, q, opts.mmlu_shots), true)).collect::<Result<_>>()?;
+    if ids.iter().all(|p| p.len() <= s.model.cfg().max_positions) {
+        next_logits(s.model, &ids, &mix(ids.len()), |_, _| Ok(()))?;
+    }
+    sets.task.first().map(|t| s.model.loss(&TrainBatch::of([t]))).transpose()?;
     Ok(())
 }
 
@@ -226,9 +248,13 @@ fn judge_responses(j: &Judge, arms: &[Arm], sets: &Sets, opts: &Options, records
     }
     progress.inc(skipped.len());
     records.append(skipped)?;
+    let gopts = GenerateOptions { max_new_tokens: j.max_new_tokens, ..GenerateOptions::default() };
+    if let Some(chunk) = fitting.chunks(opts.batch_size.max(1)).next() {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|c| c.3.clone()).collect();
+        j.model.warm_up(opts.quiet, || rehearse(j.model, &ids, &gopts))?;
+    }
     for chunk in fitting.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|c| c.3.clone()).collect();
-        let gopts = GenerateOptions { max_new_tokens: j.max_new_tokens, ..GenerateOptions::default() };
         let (done, _) = generate(j.model, j.tok, &ids, &gopts, None, |_, _| {})?;
         let new = chunk
             .iter()
@@ -291,7 +317,6 @@ fn mmlu_answers(
         }
     }
     let progress = bar(opts.quiet, todo.len(), "MMLU");
-    let vocab = s.model.cfg().vocab;
     for chunk in todo.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
@@ -304,37 +329,24 @@ fn mmlu_answers(
                 s.model.cfg().max_positions
             )));
         }
-        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
-        for g in cache_groups(&lens, 0, s.model.cache_capacity()) {
-            let (items, ids) = (&chunk[g.clone()], &ids[g]);
-            let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
-            let cache = s.model.new_cache(ids.len(), longest)?;
-            let mut b = Batch::default();
-            for (slot, ((a, ..), p)) in items.iter().zip(ids).enumerate() {
-                b.push_sequence(slot as u32, 0, p, true);
-                for _ in 0..p.len() {
-                    b.adapter_weights.extend_from_slice(&a.weights);
-                }
-            }
-            let logits = s.model.forward(&b, &cache)?.read_f32(s.model.gpu())?;
-            let new = items
-                .iter()
-                .enumerate()
-                .map(|(row, (a, sub, i))| {
-                    let l = &logits[row * vocab..(row + 1) * vocab];
-                    let q = &sub.test[*i];
-                    Record::Mmlu {
-                        arm: a.name.clone(),
-                        id: format!("{}/{i}", sub.name),
-                        subject: sub.name.clone(),
-                        pred: predict(choices.map(|t| l[t as usize])),
-                        answer: q.answer,
-                    }
+        let mixes: Vec<Vec<f32>> = if chunk[0].0.weights.is_empty() {
+            Vec::new()
+        } else {
+            chunk.iter().map(|(a, ..)| a.weights.clone()).collect()
+        };
+        next_logits(s.model, &ids, &mixes, |g, logits| {
+            let new = (chunk[g].iter().zip(&logits))
+                .map(|((a, sub, i), l)| Record::Mmlu {
+                    arm: a.name.clone(),
+                    id: format!("{}/{i}", sub.name),
+                    subject: sub.name.clone(),
+                    pred: predict(choices.map(|t| l[t as usize])),
+                    answer: sub.test[*i].answer,
                 })
-                .collect();
-            records.append(new)?;
-            progress.inc(items.len());
-        }
+                .collect::<Vec<_>>();
+            progress.inc(new.len());
+            records.append(new)
+        })?;
     }
     progress.finish();
     Ok(())

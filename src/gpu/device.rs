@@ -419,6 +419,11 @@ impl Gpu {
         &self.inner.pipelines
     }
 
+    /// Every pipeline compiled on this device so far (shader, entry point, defines).
+    pub fn compiled_pipelines(&self) -> Vec<crate::gpu::PipelineKey> {
+        self.inner.pipelines.keys()
+    }
+
     /// A texture for packing an f32 activation of `rows` × `cols`, reused across calls (creating
     /// and clearing a texture per launch costs more than packing into it). Textures are kept per
     /// (power-of-two row bucket, cols, slot); `slot` separates activations that must be alive at

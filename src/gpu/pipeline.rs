@@ -39,6 +39,11 @@ impl PipelineCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The pipelines compiled so far.
+    pub fn keys(&self) -> Vec<PipelineKey> {
+        self.map.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
 }
 
 impl Gpu {

@@ -104,11 +104,23 @@ fn padded_size(bytes: u64) -> u64 {
     bytes.max(16).div_ceil(16) * 16
 }
 
+/// What `poison` writes after a tensor's elements (its padding and guard): a NaN pattern no
+/// kernel computes, so a write past the elements shows.
+const SENTINEL: [u8; 4] = 0x7FC0_BEEFu32.to_le_bytes();
+
 impl Tensor {
     /// A zero-filled tensor (wgpu clears new buffers).
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        Tensor::guarded(gpu, shape, dtype, 0, label)
+    }
+
+    /// A zero-filled tensor whose buffer runs `guard` more 32-bit words past its elements (and
+    /// their padding): `poison` and `fill_guard` put sentinels there and `guard_write` finds the
+    /// first one a kernel overwrote. Kernels bind whole buffers, so a kernel that writes past
+    /// its output's shape writes there.
+    pub fn guarded(gpu: &Gpu, shape: &[usize], dtype: DType, guard: usize, label: &str) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
-        let bytes = padded_size(dtype.bytes_for(numel));
+        let bytes = padded_size(dtype.bytes_for(numel)) + 4 * guard as u64;
         gpu.check_binding(&format!("tensor '{label}' {shape:?} {dtype}"), bytes)?;
         let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -146,11 +158,52 @@ impl Tensor {
     }
 
     /// Overwrites every element with NaN (u32: 0xFFFF_FFFF), so a kernel that skips an output
-    /// element is caught by the comparison that follows.
+    /// element is caught by the comparison that follows; the rest of the buffer gets sentinels.
     pub fn poison(&self, gpu: &Gpu) {
-        let words = (self.buffer.size() / 4) as usize;
-        let fill: Vec<u32> = vec![0xFFFF_FFFF; words];
-        gpu.queue().write_buffer(&self.buffer, 0, bytemuck::cast_slice(&fill));
+        let mut fill = vec![0xFFu8; self.buffer.size() as usize];
+        self.sentinels(&mut fill);
+        gpu.queue().write_buffer(&self.buffer, 0, &fill);
+    }
+
+    /// Writes sentinels after the elements (the elements keep their values).
+    pub fn fill_guard(&self, gpu: &Gpu) {
+        let mut fill = vec![0u8; self.buffer.size() as usize];
+        self.sentinels(&mut fill);
+        let start = self.guard_start();
+        if start < fill.len() {
+            gpu.queue().write_buffer(&self.buffer, start as u64, &fill[start..]);
+        }
+    }
+
+    /// Where the guard starts: after the elements' last 32-bit word (f16 elements are stored
+    /// two to a word, and kernels write whole words).
+    fn guard_start(&self) -> usize {
+        (self.bytes() as usize).div_ceil(4) * 4
+    }
+
+    fn sentinels(&self, buf: &mut [u8]) {
+        let start = self.guard_start();
+        for (i, b) in buf.iter_mut().enumerate().skip(start) {
+            *b = SENTINEL[i % 4];
+        }
+    }
+
+    /// The byte offset, from the end of the elements, of the first sentinel a kernel overwrote
+    /// since `poison` or `fill_guard`; None when all are intact. Waits for the GPU.
+    pub fn guard_write(&self, gpu: &Gpu) -> Result<Option<usize>> {
+        let bytes = read_bytes(gpu, &self.buffer)?;
+        let start = self.guard_start();
+        Ok((start..bytes.len()).find(|&i| bytes[i] != SENTINEL[i % 4]).map(|i| i - start))
+    }
+
+    /// The same buffer under another shape, which must fit in it (a harness's view of an output
+    /// past its shape).
+    pub fn view(&self, shape: &[usize]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if self.dtype.bytes_for(numel) > self.buffer.size() {
+            return Err(Error::shape("Tensor::view", format!("{shape:?} does not fit a buffer of {:?}", self.shape)));
+        }
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
     }
 
     pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {

@@ -308,8 +308,9 @@ impl TexMatrix {
         (self.width as u64 + scale_width) * 16 * self.padded_rows() as u64
     }
 
-    /// Reads the matrix back to the host (unpadded, f32), for tests.
-    pub fn read_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+    /// The texel bytes of every row, padding included (`width` texels of 16 bytes a row over
+    /// `padded_rows` rows): the layout `pack_host` writes.
+    pub fn read_texels(&self, gpu: &Gpu) -> Result<Vec<u8>> {
         let bytes_per_row =
             (self.width * 16).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
         let size = bytes_per_row as u64 * self.padded_rows() as u64;
@@ -340,6 +341,22 @@ impl TexMatrix {
         );
         gpu.queue().submit([enc.finish()]);
         let raw = crate::gpu::tensor::map_read(gpu, &staging)?;
+        let row = (self.width * 16) as usize;
+        Ok(raw.chunks(bytes_per_row as usize).flat_map(|r| r[..row].to_vec()).collect())
+    }
+
+    /// Overwrites the texels of the logical rows (their column padding too) with NaN bits, so a
+    /// pack that skips a texel is caught; the padding rows keep their zeros.
+    pub fn poison_rows(&self, gpu: &Gpu) {
+        let mut texels = vec![0u8; self.width as usize * 16 * self.padded_rows()];
+        texels[..self.width as usize * 16 * self.rows].fill(0xff);
+        write_layers(gpu, &self.texture, &texels, self.width, self.rows_per_layer, self.layers);
+    }
+
+    /// Reads the matrix back to the host (unpadded, f32), for tests.
+    pub fn read_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let raw = self.read_texels(gpu)?;
+        let bytes_per_row = self.width * 16;
         let per_texel = if self.dtype == DType::F16 { 8 } else { 4 };
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {

@@ -246,6 +246,29 @@ pub fn attention_backward_ref(
     (dq, dk, dv)
 }
 
+/// CPU reference of causal attention over whole sequences laid out as in `Spans` (positions
+/// 0..len), with per-row q [R, H·d] (rotated), k, v [R, G·d] (rotated k): out [R, H·d] in f64.
+pub fn attention_causal_ref(q: &[f32], k: &[f32], v: &[f32], spans: &[(usize, usize)], shape: Heads) -> Vec<f64> {
+    let max_len = spans.iter().map(|s| s.1).max().unwrap_or(1);
+    let (kv, hd) = (shape.kv_heads, shape.hd);
+    let mut kc = vec![0f32; spans.len() * kv * max_len * hd];
+    let mut vc = kc.clone();
+    let (mut pos, mut slot) = (Vec::new(), Vec::new());
+    for (s, &(start, len)) in spans.iter().enumerate() {
+        for t in 0..len {
+            for g in 0..kv {
+                let dst = ((s * kv + g) * max_len + t) * hd;
+                let src = ((start + t) * kv + g) * hd;
+                kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
+            pos.push(t as u32);
+            slot.push(s as u32);
+        }
+    }
+    attention_ref(q, &kc, &vc, (&pos, &slot), shape, max_len).0
+}
+
 /// CPU reference for rows (pos, slot) against host caches [slots, G, max_len, d] (f64).
 /// Returns (out [R, H·d], lse [R, H]).
 pub fn attention_ref(

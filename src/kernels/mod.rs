@@ -7,6 +7,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod harness;
 pub mod lora;
 pub mod lora_merge;
 pub mod matmul;

@@ -13,6 +13,13 @@ pub struct Message {
     pub content: String,
 }
 
+/// A one-turn conversation: the user's message, after the system message when there is one.
+pub fn conversation(system: Option<&str>, user: &str) -> Vec<Message> {
+    let mut m: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
+    m.push(Message::new("user", user));
+    m
+}
+
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
         Message { role: role.into(), content: content.into() }

@@ -199,13 +199,6 @@ fn generate_batch(
     };
     let mut stats = Stats::default();
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
-    let mix_rows = |b: &mut Batch, prompt: usize, rows: usize| {
-        if let Some(m) = opts.mixes.get(prompt) {
-            for _ in 0..rows {
-                b.adapter_weights.extend_from_slice(m);
-            }
-        }
-    };
     let cache = model.new_cache(prompts.len(), max_len.max(1))?;
     let mut done: Vec<Option<Completion>> = vec![None; prompts.len()];
     let mut running: Vec<Running> = prompts
@@ -222,11 +215,7 @@ fn generate_batch(
         .collect();
 
     let start = Instant::now();
-    let mut batch = Batch::default();
-    for (i, p) in prompts.iter().enumerate() {
-        batch.push_sequence(i as u32, 0, p, true);
-        mix_rows(&mut batch, i, p.len());
-    }
+    let batch = prefill_batch(prompts, &opts.mixes);
     let mut logits = forward(&batch, &cache, "prefill")?;
     stats.prefill_tokens = batch.rows();
     stats.prefill_secs = start.elapsed().as_secs_f64();
@@ -281,7 +270,9 @@ fn generate_batch(
         for seq in running.iter_mut() {
             let last = *seq.ids.last().expect("every running sequence has a token");
             b.push_sequence(seq.slot, seq.next_pos, &[last], true);
-            mix_rows(&mut b, seq.index, 1);
+            if let Some(m) = opts.mixes.get(seq.index) {
+                b.adapter_weights.extend_from_slice(m);
+            }
             seq.next_pos += 1;
         }
         logits = forward(&b, &cache, "decode")?;
@@ -290,6 +281,83 @@ fn generate_batch(
     stats.decode_secs = decode_start.elapsed().as_secs_f64();
     let completions = done.into_iter().map(|c| c.expect("every prompt finishes")).collect();
     Ok((completions, stats))
+}
+
+/// The prefill of `prompts` in one batch: prompt i in cache slot i from position 0, its last
+/// row's logits wanted, its rows at the adapter weights `mixes[i]` when mixes are given.
+fn prefill_batch(prompts: &[Vec<u32>], mixes: &[Vec<f32>]) -> Batch {
+    let mut batch = Batch::default();
+    for (i, p) in prompts.iter().enumerate() {
+        batch.push_sequence(i as u32, 0, p, true);
+        if let Some(m) = mixes.get(i) {
+            for _ in 0..p.len() {
+                batch.adapter_weights.extend_from_slice(m);
+            }
+        }
+    }
+    batch
+}
+
+/// The next-token logits after each prompt, the prompts (at the adapter weights `mixes[i]` when
+/// mixes are given) prefilled in groups whose KV cache fits one binding; `each(group, logits)`
+/// receives each group's prompts' logits ([group.len()][vocab]) as the group finishes.
+pub fn next_logits(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    mixes: &[Vec<f32>],
+    mut each: impl FnMut(Range<usize>, Vec<Vec<f32>>) -> Result<()>,
+) -> Result<()> {
+    if !mixes.is_empty() && mixes.len() != prompts.len() {
+        return Err(Error::Invalid(format!("{} adapter mixes for {} prompts", mixes.len(), prompts.len())));
+    }
+    let (lens, vocab) = (prompts.iter().map(Vec::len).collect::<Vec<_>>(), model.cfg().vocab);
+    if let Some(i) = lens.iter().position(|&l| l > model.cfg().max_positions) {
+        return Err(Error::Invalid(format!(
+            "prompt {i} has {} tokens, over the model's context of {}",
+            lens[i],
+            model.cfg().max_positions
+        )));
+    }
+    for g in cache_groups(&lens, 0, model.cache_capacity()) {
+        let longest = lens[g.clone()].iter().copied().max().unwrap_or(1);
+        let cache = model.new_cache(g.len(), longest)?;
+        let group_mixes = if mixes.is_empty() { &[][..] } else { &mixes[g.clone()] };
+        let logits = model.forward(&prefill_batch(&prompts[g.clone()], group_mixes), &cache)?.read_f32(model.gpu())?;
+        each(g, logits.chunks(vocab).map(<[f32]>::to_vec).collect())?;
+    }
+    Ok(())
+}
+
+/// Records the passes `generate` runs for `prompts` (as a warm-up's dry run does, to learn their
+/// kernel shapes): the prefill of the first cache group, a decode step of its sequences, and a
+/// decode step of one sequence. Sampling does not run: a dry run's logits are not computed.
+pub fn rehearse(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<()> {
+    if prompts.iter().any(Vec::is_empty) || (!opts.mixes.is_empty() && opts.mixes.len() != prompts.len()) {
+        return Ok(()); // generate itself says what is wrong
+    }
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let Some(g) = cache_groups(&lens, opts.max_new_tokens, model.cache_capacity()).into_iter().next() else {
+        return Ok(());
+    };
+    let (prompts, mixes) = (&prompts[g.clone()], if opts.mixes.is_empty() { &[][..] } else { &opts.mixes[g] });
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let cache =
+        model.new_cache(prompts.len(), (longest + opts.max_new_tokens.max(1)).min(model.cfg().max_positions))?;
+    model.forward(&prefill_batch(prompts, mixes), &cache)?;
+    if opts.max_new_tokens == 0 || longest >= cache.max_len {
+        return Ok(());
+    }
+    for n in [prompts.len(), 1] {
+        let mut b = Batch::default();
+        for (i, p) in prompts.iter().enumerate().take(n) {
+            b.push_sequence(i as u32, p.len() as u32, &[p[p.len() - 1]], true);
+            if let Some(m) = mixes.get(i) {
+                b.adapter_weights.extend_from_slice(m);
+            }
+        }
+        model.forward(&b, &cache)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -252,8 +252,8 @@ pub(super) struct LayerSave {
 }
 
 impl Layer {
-    /// The layer's forward on h [R, hidden], in place; `attn` receives attention's results. With
-    /// `save`, h's input is copied there first.
+    /// The layer's forward on h [R, hidden], in place; `attn` receives attention's results (a
+    /// training forward gives each layer its own, for the backward).
     pub(super) fn forward(
         &self,
         rec: &mut Recorder,

@@ -153,7 +153,7 @@ impl Llama {
         let cfg = src.config()?;
         let layout = match opts.layout {
             Some(l) => l,
-            None => crate::kernels::matmul::tune::preferred_layout(gpu),
+            None => crate::kernels::matmul::tune::tune_layout(gpu, false)?,
         };
         if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::Q4) {
             return Err(Error::Invalid(format!("weights can be q4, f16 or f32, not {}", opts.dtype)));
@@ -207,6 +207,14 @@ impl Llama {
             lora_weights: Vec::new(),
             lora_sequential: Vec::new(),
         })
+    }
+
+    /// The warm-up phase of a command: `work` (what the command is about to run, or a
+    /// representative part of it) is recorded without running, and the matmul shape classes it
+    /// needs that have no tuned choice on this device yet are timed, behind one progress line
+    /// unless `quiet` (kernels/matmul/tune.rs). Returns how many classes were timed.
+    pub fn warm_up<T>(&self, quiet: bool, work: impl FnOnce() -> Result<T>) -> Result<usize> {
+        crate::kernels::matmul::tune::warm_up(&self.gpu, quiet, work)
     }
 
     /// Applies `adapters` to every forward pass from now on (unmerged, through the fused

@@ -176,6 +176,13 @@ pub fn train(
         ));
     }
 
+    // the warm-up: the first step's forward and backward and a held-out loss, recorded to learn
+    // their kernel shapes, which are tuned now if this device has no choice for them yet
+    let first = TrainBatch::of(epoch_plan(tc, train.len(), epoch0)[0][0].iter().map(|&i| &train[i]));
+    model.warm_up(opts.quiet, || {
+        model.forward_backward(&first, &grads, &StepOptions::default())?;
+        holdout.first().map(|h| model.loss(&TrainBatch::of([h]))).transpose()
+    })?;
     let per_epoch = tc.steps_per_epoch(train.len());
     let total = per_epoch * tc.epochs;
     let mut summary = Summary { epochs_done: epoch0, steps: step0, ..Default::default() };

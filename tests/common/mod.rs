@@ -17,9 +17,10 @@ pub fn gpu() -> &'static Gpu {
         match Gpu::new(&opts) {
             Ok(g) => {
                 eprintln!("test device: {}", g.describe());
-                // Tests choose variants explicitly or run the built-in choices; what a test
-                // tunes stays in memory.
-                tune::configure(&g, tune::Settings { cache_dir: None, timing: true });
+                // Tests force variants or run the built-in choices, never timed ones: a choice
+                // one test's warm-up made could change another's kernels between two runs it
+                // compares bit for bit. tests/tune.rs and the CLI tests exercise the tuner.
+                tune::configure(&g, tune::Settings { cache_dir: None, timing: false });
                 g
             }
             Err(e) => panic!("GPU tests need an adapter and found none: {e}"),

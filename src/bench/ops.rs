@@ -1,5 +1,6 @@
-//! `lorafuse bench kernels`: every matmul variant at the reference shapes, rated against the
-//! device's measured ceilings, and the fused multi-LoRA layer against its sequential and merged
+//! `lorafuse bench kernels`: the kernel harness's perf rows (every kernel at the model's sizes,
+//! every matmul variant at the reference shapes, each rated against the device's ceilings
+//! measured in the same run), and the fused multi-LoRA layer against its sequential and merged
 //! baselines and the base matmul alone, all timed in one run on one device.
 
 use std::time::Instant;
@@ -8,13 +9,14 @@ use serde::Serialize;
 
 use crate::bench::Progress;
 use crate::error::Result;
-use crate::gpu::{DType, Gpu, Layout, Matrix, Op, Recorder, Tensor, time_ops};
+use crate::gpu::{DType, Gpu, Layout, Matrix, Recorder, Tensor, time_ops};
 use crate::kernels::ceiling::{self, Ceilings};
+use crate::kernels::harness::{self, PerfGrid, PerfRow, perf_table};
 use crate::kernels::lora::{
     FusedLinear, HostAdapter, LoraStack, Mix, SeqAdapter, Sequential, lora_forward, lora_merge, lora_sequential,
 };
 use crate::kernels::matmul::tune;
-use crate::kernels::matmul::{Form, MatmulOpts, Variant, matmul};
+use crate::kernels::matmul::{Form, MatmulOpts, matmul};
 use crate::rng::Rng;
 
 /// What to measure. `standard()` is the grid; `quick()` a minute-long subset.
@@ -29,6 +31,9 @@ pub struct Grid {
     pub lora_hidden: Vec<usize>,
     /// Weight dtype of the fused-LoRA rows.
     pub lora_dtype: DType,
+    /// Sequence lengths of the attention rows, and rows of the other kernels' rows.
+    pub seqs: Vec<usize>,
+    pub rows: usize,
     pub reps: u32,
 }
 
@@ -43,12 +48,14 @@ impl Grid {
                 (Form::Nn, 1024, 576, 1536),
                 (Form::Tn, 16, 1024, 576),
             ],
-            dtypes: vec![DType::F32, DType::F16],
+            dtypes: vec![DType::F32, DType::F16, DType::Q4],
             lora_ms: vec![1, 16, 256, 2048],
             lora_ranks: vec![8, 16, 64],
             lora_adapters: vec![1, 2, 4, 8],
             lora_hidden: vec![576, 2048],
             lora_dtype: DType::F32,
+            seqs: vec![128, 512, 1536],
+            rows: 256,
             reps: 5,
         }
     }
@@ -56,12 +63,14 @@ impl Grid {
     pub fn quick() -> Grid {
         Grid {
             matmuls: vec![(Form::Nt, 256, 2048, 2048), (Form::Nt, 1, 2048, 2048), (Form::Nn, 256, 576, 576)],
-            dtypes: vec![DType::F32, DType::F16],
+            dtypes: vec![DType::F32, DType::F16, DType::Q4],
             lora_ms: vec![1, 256],
             lora_ranks: vec![16],
             lora_adapters: vec![1, 2],
             lora_hidden: vec![576, 2048],
             lora_dtype: DType::F32,
+            seqs: vec![128, 512],
+            rows: 128,
             reps: 3,
         }
     }
@@ -76,26 +85,6 @@ pub struct DeviceRow {
     pub driver_info: String,
     /// How kernel times were taken: GPU timestamp queries or the host wall clock.
     pub clock: &'static str,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct MatmulRow {
-    pub form: Form,
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
-    pub dtype: DType,
-    pub layout: Layout,
-    pub variant: String,
-    pub ms: f64,
-    pub gflops: f64,
-    pub gbps: f64,
-    /// Share of the measured FMA ceiling.
-    pub pct_fma: f64,
-    /// Share of the measured copy ceiling (for the memory-bound rows, such as the matvec).
-    pub pct_copy: f64,
-    /// Whether the autotuner picks this variant for this shape.
-    pub tuned_pick: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -124,17 +113,10 @@ pub struct LoraRow {
 pub struct Report {
     pub device: DeviceRow,
     pub ceiling: Ceilings,
-    pub matmul: Vec<MatmulRow>,
+    /// The harness's perf rows (src/kernels/harness).
+    pub ops: Vec<PerfRow>,
     pub fused_lora: Vec<LoraRow>,
     pub seconds: f64,
-}
-
-fn shapes(form: Form, m: usize, k: usize, n: usize) -> ([usize; 2], [usize; 2]) {
-    match form {
-        Form::Nt => ([m, k], [n, k]),
-        Form::Nn => ([m, k], [k, n]),
-        Form::Tn => ([k, m], [k, n]),
-    }
 }
 
 /// Runs the grid, reporting rows to `progress` as they finish.
@@ -151,67 +133,22 @@ pub fn run(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Report
         driver_info: info.driver_info.clone(),
         clock: if gpu.caps().timestamps { "gpu-timestamps" } else { "wall-clock" },
     };
-    let matmul_rows = bench_matmuls(gpu, grid, &ceiling, progress)?;
+    let perf = PerfGrid {
+        matmuls: grid.matmuls.clone(),
+        dtypes: grid.dtypes.clone(),
+        seqs: grid.seqs.clone(),
+        rows: grid.rows,
+    };
+    let table = perf_table(gpu, &perf);
+    progress.start("kernels", table.len());
+    let ops = harness::perf(gpu, &table, grid.reps, &ceiling, |r| {
+        progress.row(&format!(
+            "{} {} {} {}: {:.3} ms, {:.2} GFLOP/s ({:.0}% of FMA), {:.2} GB/s ({:.0}% of copy)",
+            r.op, r.shape, r.dtype, r.variant, r.ms, r.gflops, r.pct_fma, r.gbps, r.pct_copy
+        ))
+    })?;
     let lora_rows = bench_lora(gpu, grid, progress)?;
-    Ok(Report { device, ceiling, matmul: matmul_rows, fused_lora: lora_rows, seconds: start.elapsed().as_secs_f64() })
-}
-
-fn bench_matmuls(gpu: &Gpu, grid: &Grid, ceiling: &Ceilings, progress: &mut dyn Progress) -> Result<Vec<MatmulRow>> {
-    // One job per shape, dtype and layout; its variants are timed together, interleaved.
-    let mut jobs = Vec::new();
-    for &(form, m, k, n) in &grid.matmuls {
-        for &dtype in &grid.dtypes {
-            for layout in [Layout::Texture, Layout::Buffer] {
-                let variants = Variant::candidates(gpu, form, layout);
-                if (form == Form::Tn && dtype != DType::F32) || variants.is_empty() {
-                    continue;
-                }
-                jobs.push((form, m, k, n, dtype, layout, variants));
-            }
-        }
-    }
-    progress.start("matmul variants", jobs.iter().map(|j| j.6.len()).sum());
-    let mut rows = Vec::new();
-    for (form, m, k, n, dtype, layout, variants) in jobs {
-        let (sa, sb) = shapes(form, m, k, n);
-        let a = Tensor::from_f32(gpu, &sa, &Rng::new(1, 0).vec(sa[0] * sa[1], 0.5), "bench a")?;
-        let b =
-            Matrix::from_host(gpu, layout, sb[0], sb[1], &Rng::new(2, 0).vec(sb[0] * sb[1], 0.5), dtype, "bench b")?;
-        let y = Tensor::zeros(gpu, &[m, n], DType::F32, "bench y")?;
-        let opts: Vec<MatmulOpts> =
-            variants.iter().map(|&v| MatmulOpts { variant: Some(v), ..Default::default() }).collect();
-        let (a, b, y) = (&a, &b, &y);
-        let mut ops: Vec<Box<Op>> =
-            opts.iter().map(|o| Box::new(move |rec: &mut Recorder| matmul(rec, form, a, b, y, o)) as Box<Op>).collect();
-        let mut refs: Vec<&mut Op> = ops.iter_mut().map(|o| o.as_mut()).collect();
-        let times = time_ops(gpu, grid.reps, &mut refs)?;
-        let pick = tune::lookup(gpu, &tune::Problem { form, layout, dtype, m, n, k }).ok();
-        for (&v, ms) in variants.iter().zip(times) {
-            let flops = form.flops(m, n, k) as f64;
-            let bytes = (4 * (m * k + m * n)) as f64 + dtype.bytes_for(n * k) as f64;
-            let row = MatmulRow {
-                form,
-                m,
-                k,
-                n,
-                dtype,
-                layout,
-                variant: v.to_string(),
-                ms,
-                gflops: flops / ms / 1e6,
-                gbps: bytes / ms / 1e6,
-                pct_fma: 100.0 * flops / ms / 1e6 / ceiling.fma_gflops,
-                pct_copy: 100.0 * bytes / ms / 1e6 / ceiling.copy_gbps,
-                tuned_pick: pick == Some(v),
-            };
-            progress.row(&format!(
-                "{form} {m}x{k}x{n} {dtype} {v}: {ms:.3} ms, {:.2} GFLOP/s ({:.0}% of FMA), {:.2} GB/s",
-                row.gflops, row.pct_fma, row.gbps
-            ));
-            rows.push(row);
-        }
-    }
-    Ok(rows)
+    Ok(Report { device, ceiling, ops, fused_lora: lora_rows, seconds: start.elapsed().as_secs_f64() })
 }
 
 fn bench_lora(gpu: &Gpu, grid: &Grid, progress: &mut dyn Progress) -> Result<Vec<LoraRow>> {
@@ -340,25 +277,13 @@ pub fn markdown(r: &Report) -> String {
         r.ceiling.fma_gflops, r.ceiling.copy_gbps, r.ceiling.dispatch_us
     );
     let _ =
-        writeln!(s, "| form | M×K×N | weights | variant | ms | GFLOP/s | % of FMA | GB/s | % of copy | tuned pick |");
-    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---:|---:|:---:|");
-    for m in &r.matmul {
+        writeln!(s, "| kernel | shape | dtype | variant | launches | ms | GFLOP/s | % of FMA | GB/s | % of copy | |");
+    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for o in &r.ops {
         let _ = writeln!(
             s,
-            "| {} | {}×{}×{} | {} {} | {} | {:.3} | {:.2} | {:.0}% | {:.2} | {:.0}% | {} |",
-            m.form,
-            m.m,
-            m.k,
-            m.n,
-            m.dtype,
-            m.layout.name(),
-            m.variant,
-            m.ms,
-            m.gflops,
-            m.pct_fma,
-            m.gbps,
-            m.pct_copy,
-            if m.tuned_pick { "✓" } else { "" }
+            "| {} | {} | {} | {} | {} | {:.3} | {:.2} | {:.0}% | {:.2} | {:.0}% | {} |",
+            o.op, o.shape, o.dtype, o.variant, o.launches, o.ms, o.gflops, o.pct_fma, o.gbps, o.pct_copy, o.note
         );
     }
     let _ = writeln!(

@@ -1,0 +1,202 @@
+//! The harness's table: every kernel, at awkward sizes for check and grad mode (check_table) and
+//! at the model's sizes for perf mode (perf_table).
+
+mod layer;
+mod linear;
+mod train;
+
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Layout, Tensor};
+use crate::kernels::harness::{Case, Instance};
+use crate::kernels::matmul::tune::{self, Problem};
+use crate::kernels::matmul::{Form, Variant};
+use crate::rng::Rng;
+
+/// (M, K, N): Y [M, N] from an inner size K.
+pub type Shape = (usize, usize, usize);
+
+/// A case whose group is its own (timed alone).
+fn case(
+    op: &str,
+    shape: &str,
+    dtype: DType,
+    variant: &str,
+    build: impl Fn(&Gpu, &mut Rng) -> Result<Instance> + 'static,
+) -> Case {
+    Case {
+        op: op.to_string(),
+        shape: shape.to_string(),
+        dtype,
+        variant: variant.to_string(),
+        group: format!("{op} {shape} {dtype} {variant}"),
+        note: String::new(),
+        build: Box::new(build),
+    }
+}
+
+fn input(gpu: &Gpu, shape: &[usize], v: &[f32]) -> Result<Tensor> {
+    Tensor::from_f32(gpu, shape, v, "input")
+}
+
+fn input_u32(gpu: &Gpu, v: &[u32]) -> Result<Tensor> {
+    Tensor::from_u32(gpu, &[v.len()], v, "index")
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// The layouts this device has kernels for in `form`.
+fn layouts(gpu: &Gpu, form: Form) -> Vec<Layout> {
+    [Layout::Buffer, Layout::Texture].into_iter().filter(|&l| !Variant::candidates(gpu, form, l).is_empty()).collect()
+}
+
+/// Every matmul variant of `form` on this device with each weight type it takes, at `shapes`
+/// (4-bit weights at `q4_shapes`, whose weight rows are whole 32-value blocks).
+fn matmuls(gpu: &Gpu, form: Form, shapes: &[Shape], q4_shapes: &[Shape]) -> Vec<Case> {
+    let mut out = Vec::new();
+    for layout in [Layout::Buffer, Layout::Texture] {
+        for v in Variant::candidates(gpu, form, layout) {
+            for dtype in linear::dtypes_of(gpu, form, v) {
+                for &s in if dtype == DType::Q4 { q4_shapes } else { shapes } {
+                    out.push(linear::matmul_case(form, v, dtype, s, false));
+                }
+            }
+        }
+        if let Some(&v) = Variant::candidates(gpu, form, layout).first() {
+            out.push(linear::matmul_case(form, v, DType::F32, shapes[0], true));
+        }
+    }
+    out
+}
+
+/// The check and grad table: every kernel, every variant, awkward sizes.
+pub fn check_table(gpu: &Gpu) -> Vec<Case> {
+    let mut t = Vec::new();
+    for form in Form::ALL {
+        // nn with 4-bit weights: W [N, K] is read transposed, so N holds the 32-value blocks
+        let q4 = if form == Form::Nn { [(7, 67, 160), (1, 37, 288)] } else { [(7, 160, 67), (1, 288, 37)] };
+        t.extend(matmuls(gpu, form, &[(33, 132, 67), (1, 301, 259)], &q4));
+    }
+    for layout in layouts(gpu, Form::Nt) {
+        for dtype in [DType::F32, DType::F16] {
+            t.push(linear::lora_forward_case(layout, dtype, (7, 45, 37), vec![3, 8]));
+            t.push(linear::lora_forward_case(layout, dtype, (33, 132, 67), vec![8]));
+        }
+        t.push(linear::lora_sequential_case(layout, (9, 45, 37), vec![3, 8]));
+    }
+    for layout in layouts(gpu, Form::Nn) {
+        for accumulate in [false, true] {
+            t.push(linear::lora_backward_case(layout, (13, 45, 37), vec![4, 8], accumulate));
+        }
+    }
+    for dtype in [DType::F32, DType::F16] {
+        t.push(linear::merge_case(dtype, (37, 45), vec![4, 8]));
+        for (r, c) in [(7, 45), (70, 64), (257, 130)] {
+            t.push(linear::pack_case(dtype, r, c));
+        }
+    }
+    for (r, h) in [(1, 576), (7, 45), (33, 130)] {
+        t.push(layer::rmsnorm_case(r, h));
+        t.push(layer::rmsnorm_backward_case(r, h, false));
+        t.push(layer::rmsnorm_backward_case(r, h, true));
+        t.push(layer::swiglu_case(r, h));
+        t.push(layer::swiglu_backward_case(r, h));
+    }
+    for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 4, 12, 33), (2, 1, 8, 1)] {
+        t.push(layer::rope_kv_case(heads, kv, hd, r));
+        t.push(layer::attention_case(heads, kv, hd, r, 40));
+    }
+    for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 2, 12, 33)] {
+        t.push(layer::rope_backward_case(heads, kv, hd, r));
+    }
+    t.push(layer::attention_backward_case(2, 1, 4, vec![3, 2]));
+    t.push(layer::attention_backward_case(9, 3, 64, vec![7, 1, 12]));
+    t.push(layer::bias_case(33, 130));
+    t.push(layer::copy_case(7, 45));
+    for dtype in [DType::F32, DType::F16] {
+        t.push(layer::gather_case(dtype, 50, 45, 7));
+        t.push(layer::gather_case(dtype, 1000, 576, 33));
+    }
+    t.push(layer::scatter_case(40, 45, 13));
+    for (r, v) in [(7, 1000), (33, 97)] {
+        t.push(train::cross_entropy_case(r, v));
+    }
+    for p in [0.05, 0.5] {
+        t.push(train::dropout_case(p, 37, 1001, false));
+        t.push(train::dropout_case(p, 37, 1001, true));
+    }
+    for n in [1, 257, 5000] {
+        t.push(train::sumsq_case(n));
+        t.push(train::adamw_case(n));
+    }
+    t.extend(train::ceiling_cases(1000));
+    t
+}
+
+/// What the perf table measures.
+#[derive(Clone, Debug)]
+pub struct PerfGrid {
+    /// Matmul problems (every variant of each, interleaved) and the weight types they run at.
+    pub matmuls: Vec<(Form, usize, usize, usize)>,
+    pub dtypes: Vec<DType>,
+    /// Sequence lengths of the attention rows (SmolLM2's 9 query and 3 KV heads of 64).
+    pub seqs: Vec<usize>,
+    /// Rows of the other kernels' rows (a prefill or training micro-batch).
+    pub rows: usize,
+}
+
+/// The perf table: every kernel at the model's sizes (SmolLM2-135M: hidden 576, FFN 1536, 9
+/// query and 3 KV heads of 64, vocabulary 49152), the matmul variants as `grid` asks.
+pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
+    let mut t = Vec::new();
+    for &(form, m, k, n) in &grid.matmuls {
+        for layout in [Layout::Buffer, Layout::Texture] {
+            for &dtype in &grid.dtypes {
+                for v in Variant::candidates(gpu, form, layout) {
+                    // 4-bit weights need whole blocks along the weight rows
+                    let blocks = if form == Form::Nn { n } else { k };
+                    if !linear::dtypes_of(gpu, form, v).contains(&dtype) || (dtype == DType::Q4 && blocks % 32 != 0) {
+                        continue;
+                    }
+                    let mut c = linear::matmul_case(form, v, dtype, (m, k, n), false);
+                    let p = Problem { form, layout, dtype, m, n, k };
+                    if tune::lookup(gpu, &p).is_ok_and(|pick| pick == v) {
+                        c.note = "tuner's pick".into();
+                    }
+                    t.push(c);
+                }
+            }
+        }
+    }
+    let r = grid.rows;
+    let layout = tune::preferred_layout(gpu);
+    t.push(linear::lora_forward_case(layout, DType::F16, (r, 576, 576), vec![16, 16]));
+    if !Variant::candidates(gpu, Form::Nn, layout).is_empty() {
+        t.push(linear::lora_backward_case(layout, (r, 576, 576), vec![16, 16], false));
+    }
+    t.push(linear::merge_case(DType::F16, (576, 576), vec![16, 16]));
+    t.push(linear::pack_case(DType::F32, r, 1536));
+    t.push(layer::rmsnorm_case(r, 576));
+    t.push(layer::rmsnorm_backward_case(r, 576, true));
+    t.push(layer::rope_kv_case(9, 3, 64, r));
+    t.push(layer::rope_backward_case(9, 3, 64, r));
+    for &s in &grid.seqs {
+        t.push(layer::attention_case(9, 3, 64, s, s));
+        t.push(layer::attention_backward_case(9, 3, 64, vec![s]));
+    }
+    t.push(layer::swiglu_case(r, 1536));
+    t.push(layer::swiglu_backward_case(r, 1536));
+    t.push(layer::bias_case(r, 960));
+    t.push(layer::gather_case(DType::F16, 49152, 576, r));
+    t.push(layer::scatter_case(r.max(64), 576, r.min(64)));
+    t.push(train::cross_entropy_case(64, 49152));
+    t.push(train::dropout_case(0.05, r, 576, false));
+    t.push(train::sumsq_case(1 << 20));
+    t.push(train::adamw_case(1 << 20));
+    t
+}
