@@ -6,6 +6,9 @@
 // each (row, head) (LSE), which a backward pass uses to recompute the probabilities.
 // q is read from the fused q/k/v tensor [R, (H + 2G)·d] (its first H·d columns).
 // One invocation per (row, head); d = HD (a multiple of 4) is compiled in.
+// PREFIX: a slot may read its first keys from another slot (a shared prompt prefix prefilled
+// once): prefix[2s] is the slot holding them, prefix[2s + 1] how many; the key loop is the same,
+// only where each key is read from changes.
 
 const TILE: u32 = 8u;
 const NEG: f32 = -3.0e38;
@@ -36,6 +39,9 @@ struct Params {
 #if LSE
 @group(0) @binding(7) var<storage, read_write> lse: array<f32>;
 #endif
+#if PREFIX
+@group(0) @binding(8) var<storage, read> prefix: array<u32>;
+#endif
 
 #if !BACKWARD_DQ
 #if !BACKWARD_DKV
@@ -57,6 +63,10 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 #end
     let n = pos[row] + 1u;
     let kb = (slot[row] * p.kv_heads + g) * p.max_len * d4;
+#if PREFIX
+    let shared_len = prefix[2u * slot[row] + 1u];
+    let pb = (prefix[2u * slot[row]] * p.kv_heads + g) * p.max_len * d4;
+#endif
     var m = NEG;
     var l = 0.0;
     for (var t0 = 0u; t0 < n; t0 += TILE) {
@@ -65,7 +75,11 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         for (var j = 0u; j < TILE; j++) {
             s[j] = NEG;
             if (t0 + j < n) {
+#if PREFIX
+                let kr = select(kb, pb, t0 + j < shared_len) + (t0 + j) * d4;
+#else
                 let kr = kb + (t0 + j) * d4;
+#endif
                 var dotp = 0.0;
 #repeat i HD4
                 dotp += dot(q{i}, kc[kr + {i}u]);
@@ -84,7 +98,11 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
             if (t0 + j < n) {
                 let e = exp(s[j] - m_new);
                 l += e;
+#if PREFIX
+                let vr = select(kb, pb, t0 + j < shared_len) + (t0 + j) * d4;
+#else
                 let vr = kb + (t0 + j) * d4;
+#endif
 #repeat i HD4
                 acc{i} += e * vc[vr + {i}u];
 #end

@@ -368,3 +368,75 @@ fn llama3_rope_scaling_bands() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The scorer's logits over shared prefixes (prefilled once per mix, kept across calls, reused
+/// in part, given up when slots run out) equal those of every prompt prefilled whole, and it
+/// prefills less.
+#[test]
+fn shared_prefix_scoring_equals_whole_prompts() {
+    use lorafuse::model::score::Scorer;
+    let gpu = gpu();
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let spec = Tiny::default();
+    let dir = temp_dir("tiny-score");
+    write_hf(&dir, &spec, &random_weights(&spec, seed), safetensors::Dtype::F32);
+    let src = ModelSource::open(&dir).unwrap();
+    let ads = [
+        random_adapter(&mut rng, &spec, &["q_proj", "v_proj"], 4, 8.0, false),
+        random_adapter(&mut rng, &spec, &["k_proj", "down_proj"], 2, 4.0, false),
+    ];
+    let (a, b) = (vec![1.0f32, 0.0], vec![0.3f32, 0.7]);
+    let toks = |rng: &mut Rng, n: usize| random_tokens(rng, n, spec.vocab);
+    let (p1, p2, p3, p4) = (toks(&mut rng, 40), toks(&mut rng, 50), toks(&mut rng, 36), toks(&mut rng, 45));
+    let with = |p: &[u32], tail: Vec<u32>| -> Vec<u32> { [p, &tail].concat() };
+    for layout in layouts() {
+        let mut model = Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(layout) }).unwrap();
+        model.attach(&ads, &[1.0, 1.0]).unwrap();
+        let (mut scorer, mut whole) = (Scorer::new(&model, 2), Scorer::new(&model, 0));
+        let calls: Vec<Vec<(Vec<u32>, Vec<f32>)>> = vec![
+            // a new prefix per mix, a prompt of another prefix alone, an unrelated one
+            vec![
+                (with(&p1, toks(&mut rng, 3)), a.clone()),
+                (with(&p1, toks(&mut rng, 9)), a.clone()),
+                (with(&p2, toks(&mut rng, 2)), a.clone()),
+                (with(&p1, toks(&mut rng, 1)), b.clone()),
+                (with(&p1, toks(&mut rng, 5)), b.clone()),
+                (toks(&mut rng, 20), a.clone()),
+            ],
+            // the kept prefixes again, one in part (its first 35 tokens)
+            vec![(with(&p1, toks(&mut rng, 4)), a.clone()), (with(&p1[..35], toks(&mut rng, 6)), b.clone())],
+            // two new prefixes: the slots of both kept ones are given up
+            vec![
+                (with(&p3, toks(&mut rng, 2)), b.clone()),
+                (with(&p3, toks(&mut rng, 7)), b.clone()),
+                (with(&p4, toks(&mut rng, 3)), a.clone()),
+                (with(&p4, toks(&mut rng, 1)), a.clone()),
+            ],
+        ];
+        let mut total = 0;
+        for (c, call) in calls.iter().enumerate() {
+            let (prompts, mixes): (Vec<Vec<u32>>, Vec<Vec<f32>>) = call.iter().cloned().unzip();
+            let got = scorer.next_logits(&prompts, &mixes).unwrap();
+            let want = whole.next_logits(&prompts, &mixes).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+                assert_close(&format!("{} layout, call {c}, prompt {i}", layout.name()), g, &w64, 1e-5, seed);
+            }
+            total += prompts.iter().map(Vec::len).sum::<usize>();
+        }
+        let counts = scorer.counts();
+        assert_eq!((counts.prompts, counts.prompt_tokens), (12, total));
+        assert_eq!(whole.counts().prefilled, total, "a scorer without prefix slots prefills every token");
+        // shared (at least: random tails may add a token): p1 at a by 3 prompts, p1 at b by 2 and
+        // its first 35 tokens by one more, p3 and p4 by 2 each; prefilled once: p1 twice, p3, p4
+        let shared = 3 * 40 + 2 * 40 + 35 + 2 * 36 + 2 * 45;
+        assert!(counts.own_tokens <= total - shared, "{counts:?}: the prefixes were not shared");
+        let once = 40 + 40 + 36 + 45;
+        assert!(
+            counts.prefilled >= counts.own_tokens + once && counts.prefilled <= counts.own_tokens + once + 8,
+            "{counts:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -13,8 +13,9 @@ use crate::eval::records::{Record, Records, key};
 use crate::eval::xstest;
 use crate::model::batch::{Encoded, TrainBatch};
 use crate::model::chat::{ChatTemplate, Message, conversation};
-use crate::model::generate::{GenerateOptions, generate, next_logits, prompt_ids, rehearse};
+use crate::model::generate::{GenerateOptions, generate, prompt_ids, rehearse};
 use crate::model::llama::Llama;
+use crate::model::score::Scorer;
 use crate::model::tokenizer::Tokenizer;
 use crate::progress::Progress;
 
@@ -113,8 +114,9 @@ fn rehearse_all(s: &Evaluated, arms: &[Arm], sets: &Sets, opts: &Options) -> Res
     let questions = sets.mmlu.iter().flat_map(|sub| sub.test.iter().map(move |q| (sub, q))).take(n);
     let ids: Vec<Vec<u32>> =
         questions.map(|(sub, q)| s.tok.encode(&mmlu::prompt(sub, q, opts.mmlu_shots), true)).collect::<Result<_>>()?;
-    if ids.iter().all(|p| p.len() <= s.model.cfg().max_positions) {
-        next_logits(s.model, &ids, &mix(ids.len()), |_, _| Ok(()))?;
+    if !ids.is_empty() && ids.iter().all(|p| p.len() <= s.model.cfg().max_positions) {
+        let per = mmlu_batch(s.model, &ids, 2 * arms.len());
+        Scorer::new(s.model, 2 * arms.len()).next_logits(&ids[..per.min(ids.len())], &mix(per.min(ids.len())))?;
     }
     sets.task.first().map(|t| s.model.loss(&TrainBatch::of([t]))).transpose()?;
     Ok(())
@@ -317,6 +319,9 @@ fn mmlu_answers(
         }
     }
     let progress = bar(opts.quiet, todo.len(), "MMLU");
+    // two prefix slots an arm: the subject being scored and the next one
+    let prefix_slots = 2 * arms.len();
+    let mut scorer = Scorer::new(s.model, prefix_slots);
     for chunk in todo.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
@@ -329,13 +334,15 @@ fn mmlu_answers(
                 s.model.cfg().max_positions
             )));
         }
-        let mixes: Vec<Vec<f32>> = if chunk[0].0.weights.is_empty() {
-            Vec::new()
-        } else {
-            chunk.iter().map(|(a, ..)| a.weights.clone()).collect()
-        };
-        next_logits(s.model, &ids, &mixes, |g, logits| {
-            let new = (chunk[g].iter().zip(&logits))
+        let per = mmlu_batch(s.model, &ids, prefix_slots);
+        for (items, ids) in chunk.chunks(per).zip(ids.chunks(per)) {
+            let mixes: Vec<Vec<f32>> = if items[0].0.weights.is_empty() {
+                Vec::new()
+            } else {
+                items.iter().map(|(a, ..)| a.weights.clone()).collect()
+            };
+            let logits = scorer.next_logits(ids, &mixes)?;
+            let new = (items.iter().zip(&logits))
                 .map(|((a, sub, i), l)| Record::Mmlu {
                     arm: a.name.clone(),
                     id: format!("{}/{i}", sub.name),
@@ -345,11 +352,29 @@ fn mmlu_answers(
                 })
                 .collect::<Vec<_>>();
             progress.inc(new.len());
-            records.append(new)
-        })?;
+            records.append(new)?;
+        }
     }
     progress.finish();
+    let c = scorer.counts();
+    if c.prompts > 0 && !opts.quiet {
+        eprintln!(
+            "MMLU: {} prompts of {} tokens prefilled as {} ({:.2} a prompt's own token; {:.2}x fewer than whole prompts)",
+            c.prompts,
+            c.prompt_tokens,
+            c.prefilled,
+            c.prefilled as f64 / c.own_tokens.max(1) as f64,
+            c.prompt_tokens as f64 / c.prefilled.max(1) as f64
+        );
+    }
     Ok(())
+}
+
+/// How many of `ids` (MMLU prompts) a scorer with `prefix_slots` scores at once: as many as one
+/// KV-cache binding holds at their longest length.
+fn mmlu_batch(model: &Llama, ids: &[Vec<u32>], prefix_slots: usize) -> usize {
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(1).next_multiple_of(256).min(model.cfg().max_positions);
+    (model.cache_capacity() / longest.max(1)).saturating_sub(prefix_slots).max(1)
 }
 
 fn task_losses(model: &mut Llama, arms: &[Arm], task: &[Encoded], opts: &Options, records: &mut Records) -> Result<()> {

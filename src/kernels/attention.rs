@@ -25,6 +25,9 @@ pub struct Attention<'a> {
     pub heads: usize,
     pub cache: &'a Cache<'a>,
     pub rows: &'a Rows<'a>,
+    /// Shared prefixes ([slots, 2] u32: the slot holding slot s's first keys, and how many):
+    /// forward only; None, every slot reads its own.
+    pub prefix: Option<&'a Tensor>,
 }
 
 /// Head counts and size, for the CPU references.
@@ -77,6 +80,14 @@ pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&T
         defines.insert("LSE", 1);
         binds.push((7, l.into()));
     }
+    if let Some(pt) = a.prefix {
+        let slots = cache.k.shape()[0];
+        if pt.shape() != [slots, 2] || pt.dtype() != DType::U32 {
+            return Err(Error::shape(op, format!("prefix table {:?}, expected [{slots}, 2] u32", pt.shape())));
+        }
+        defines.insert("PREFIX", 1);
+        binds.push((8, pt.into()));
+    }
     let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention", &defines))?;
     let grid = flat_grid(rec.gpu(), r * heads);
     let params = Params {
@@ -121,6 +132,9 @@ pub fn attention_backward(
 ) -> Result<()> {
     let (qkv, heads, cache, rows) = (a.qkv, a.heads, a.cache, a.rows);
     let op = "attention backward";
+    if a.prefix.is_some() {
+        return Err(Error::Invalid(format!("{op}: a batch over shared prefixes has no backward")));
+    }
     let (g, max_len, hd) = cache.dims(op)?;
     let (r, width) = qkv.dims2(op)?;
     let slots = cache.k.shape()[0];

@@ -298,36 +298,6 @@ fn prefill_batch(prompts: &[Vec<u32>], mixes: &[Vec<f32>]) -> Batch {
     batch
 }
 
-/// The next-token logits after each prompt, the prompts (at the adapter weights `mixes[i]` when
-/// mixes are given) prefilled in groups whose KV cache fits one binding; `each(group, logits)`
-/// receives each group's prompts' logits ([group.len()][vocab]) as the group finishes.
-pub fn next_logits(
-    model: &Llama,
-    prompts: &[Vec<u32>],
-    mixes: &[Vec<f32>],
-    mut each: impl FnMut(Range<usize>, Vec<Vec<f32>>) -> Result<()>,
-) -> Result<()> {
-    if !mixes.is_empty() && mixes.len() != prompts.len() {
-        return Err(Error::Invalid(format!("{} adapter mixes for {} prompts", mixes.len(), prompts.len())));
-    }
-    let (lens, vocab) = (prompts.iter().map(Vec::len).collect::<Vec<_>>(), model.cfg().vocab);
-    if let Some(i) = lens.iter().position(|&l| l > model.cfg().max_positions) {
-        return Err(Error::Invalid(format!(
-            "prompt {i} has {} tokens, over the model's context of {}",
-            lens[i],
-            model.cfg().max_positions
-        )));
-    }
-    for g in cache_groups(&lens, 0, model.cache_capacity()) {
-        let longest = lens[g.clone()].iter().copied().max().unwrap_or(1);
-        let cache = model.new_cache(g.len(), longest)?;
-        let group_mixes = if mixes.is_empty() { &[][..] } else { &mixes[g.clone()] };
-        let logits = model.forward(&prefill_batch(&prompts[g.clone()], group_mixes), &cache)?.read_f32(model.gpu())?;
-        each(g, logits.chunks(vocab).map(<[f32]>::to_vec).collect())?;
-    }
-    Ok(())
-}
-
 /// Records the passes `generate` runs for `prompts` (as a warm-up's dry run does, to learn their
 /// kernel shapes): the prefill of the first cache group, a decode step of its sequences, and a
 /// decode step of one sequence. Sampling does not run: a dry run's logits are not computed.

@@ -14,10 +14,11 @@ use crate::kernels::embedding::gather;
 use crate::kernels::lora::Mix;
 use crate::kernels::matmul::{Act, Form, MatmulOpts, matmul_act};
 use crate::kernels::rmsnorm::rmsnorm;
-use crate::kernels::rope::{Cache, RopeTable, Rows};
+use crate::kernels::rope::{RopeTable, Rows};
 use crate::lora::attach::{Attached, Site, attach};
 use crate::lora::peft::Adapter;
 use crate::model::batch::{Batch, RowTensors};
+pub use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
 use crate::model::layer::{AttnActs, Layer, LayerSave, Linear, Pass, PassLora, Scratch};
 use crate::model::source::ModelSource;
@@ -56,27 +57,6 @@ pub struct Llama {
     /// Adapters attached for sequential application instead: one stack each, with its
     /// weight × scale.
     lora_sequential: Vec<(Attached, f32)>,
-}
-
-/// The KV cache: per layer, K and V of `slots` sequences up to `max_len` positions, and the RoPE
-/// table for those positions.
-pub struct KvCache {
-    pub k: Vec<Tensor>,
-    pub v: Vec<Tensor>,
-    pub slots: usize,
-    pub max_len: usize,
-    rope: RopeTable,
-}
-
-impl KvCache {
-    pub fn rope(&self) -> &RopeTable {
-        &self.rope
-    }
-
-    /// Layer `i`'s K and V.
-    pub(crate) fn layer(&self, i: usize) -> Cache<'_> {
-        Cache { k: &self.k[i], v: &self.v[i] }
-    }
 }
 
 /// The LM head's intermediates over some rows: the gathered hidden states, their normalization
@@ -345,7 +325,7 @@ impl Llama {
             v.push(Tensor::zeros(&self.gpu, &shape, DType::F32, "v cache")?);
         }
         let rope = RopeTable::new(&self.gpu, &self.cfg.inv_freq(), max_len)?;
-        Ok(KvCache { k, v, slots, max_len, rope })
+        Ok(KvCache::new(&self.gpu, k, v, max_len, rope))
     }
 
     /// Runs `batch` and returns its logits [batch.logits_rows.len(), vocab] (submitted, not
@@ -450,8 +430,8 @@ impl Llama {
         Ok(self.record_head(rec, &h, &wanted)?.logits)
     }
 
-    /// The pass over rows `rt` with the attached adapters (at the rows' coefficients `coef`,
-    /// made by `coef`), or the sequential ones, and LoRA dropout when training.
+    /// The pass over rows `rt`: the attached adapters at the rows' coefficients `coef` (which
+    /// `Llama::coef` makes), or the sequentially attached ones, and LoRA dropout when training.
     pub(super) fn pass<'a>(
         &'a self,
         rt: &'a RowTensors,
@@ -547,6 +527,14 @@ impl Llama {
             return Err(Error::Invalid(format!(
                 "position {p} is past the cache's {} positions (the sequence is over the limit)",
                 cache.max_len
+            )));
+        }
+        if let Some((s, p)) =
+            batch.slots.iter().zip(&batch.positions).find(|(s, p)| **p < cache.shared_len(**s as usize))
+        {
+            return Err(Error::Invalid(format!(
+                "slot {s} reads its first {} keys from a shared prefix: position {p} is one of them",
+                cache.shared_len(*s as usize)
             )));
         }
         let n = self.lora.as_ref().map_or(0, Attached::n_adapters);

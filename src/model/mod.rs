@@ -3,6 +3,7 @@
 //! CPU reference, sampling and batched generation.
 
 pub mod batch;
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod export;
@@ -15,6 +16,7 @@ pub mod params;
 pub mod quant;
 pub mod reference;
 pub mod sampling;
+pub mod score;
 pub mod source;
 pub mod tokenizer;
 

@@ -187,7 +187,59 @@ pub fn attention_case(heads: usize, kv_heads: usize, hd: usize, r: usize, max_le
         ];
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
-            attention(rec, &Attention { qkv: &qkv, heads, cache: &cache, rows: &rows }, &out, Some(&lse))
+            attention(rec, &Attention { qkv: &qkv, heads, cache: &cache, rows: &rows, prefix: None }, &out, Some(&lse))
+        };
+        Ok(Instance { launch: Box::new(launch), outputs })
+    })
+}
+
+/// Attention where slots read their first keys from a shared prefix in slot 0 (each its own
+/// length of it), rows past those lengths: against the reference over the cache as each slot
+/// sees it.
+pub fn attention_prefix_case(heads: usize, kv_heads: usize, hd: usize, r: usize, max_len: usize) -> Case {
+    let shape = format!("H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len} shared prefix");
+    case("attention", &shape, DType::F32, "-", move |gpu, rng| {
+        let slots = 4;
+        let shared: Vec<usize> = (0..slots).map(|s| if s == 0 { 0 } else { rng.below(max_len / 2) }).collect();
+        let slot: Vec<u32> = (0..r).map(|_| 1 + rng.below(slots - 1) as u32).collect();
+        let pos: Vec<u32> =
+            slot.iter().map(|&s| (shared[s as usize] + rng.below(max_len - shared[s as usize])) as u32).collect();
+        let q = rng.vec(r * heads * hd, 4.0);
+        let cell = kv_heads * max_len * hd;
+        let (kc, vc) = (rng.vec(slots * cell, 1.0), rng.vec(slots * cell, 1.0));
+        // each slot's keys as attention sees them: the first ones from slot 0
+        let seen = |c: &[f32]| -> Vec<f32> {
+            let mut out = c.to_vec();
+            for s in 1..slots {
+                for g in 0..kv_heads {
+                    for t in 0..shared[s] {
+                        let (dst, src) = (((s * kv_heads + g) * max_len + t) * hd, ((g * max_len) + t) * hd);
+                        out[dst..dst + hd].copy_from_slice(&c[src..src + hd]);
+                    }
+                }
+            }
+            out
+        };
+        let (nq, nkv) = (heads * hd, kv_heads * hd);
+        let (want, want_lse) =
+            attention_ref(&q, &seen(&kc), &seen(&vc), (&pos, &slot), Heads { heads, kv_heads, hd }, max_len);
+        let cache_shape = [slots, kv_heads, max_len, hd];
+        let nan = vec![f32::NAN; r * nkv];
+        let qkv = input(gpu, &[r, nq + 2 * nkv], &stack_qkv(&q, &nan, &nan, r, nq, nkv))?;
+        let (kt, vt) = (input(gpu, &cache_shape, &kc)?, input(gpu, &cache_shape, &vc)?);
+        let (pt, st) = (input_u32(gpu, &pos)?, input_u32(gpu, &slot)?);
+        let table: Vec<u32> =
+            shared.iter().enumerate().flat_map(|(s, &l)| if l > 0 { [0, l as u32] } else { [s as u32, 0] }).collect();
+        let prefix = Tensor::from_u32(gpu, &[slots, 2], &table, "prefix")?;
+        let (out, lse) = (output(gpu, &[r, nq], DType::F32, "out")?, output(gpu, &[r, heads], DType::F32, "lse")?);
+        let outputs = vec![
+            Output::new("out", &out, want, Expect::Close(1e-5)),
+            Output::new("lse", &lse, want_lse, Expect::Close(1e-6)),
+        ];
+        let launch = move |rec: &mut Recorder| {
+            let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
+            let at = Attention { qkv: &qkv, heads, cache: &cache, rows: &rows, prefix: Some(&prefix) };
+            attention(rec, &at, &out, Some(&lse))
         };
         Ok(Instance { launch: Box::new(launch), outputs })
     })
@@ -244,7 +296,12 @@ pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usi
             let (cache, rows) = (Cache { k: &kc, v: &vc }, Rows { pos: &pt, slot: &st });
             let mut rec = Recorder::new(gpu);
             rope_kv(&mut rec, &qkvt, heads, &rows, &RopeTable::new(gpu, &vec![0.0; hd / 2], max_len)?, &cache)?;
-            attention(&mut rec, &Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows }, &out, Some(&lse))?;
+            attention(
+                &mut rec,
+                &Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None },
+                &out,
+                Some(&lse),
+            )?;
             rec.run()?;
         }
         let want_out = attention_causal_ref(&q, &k, &v, &spans, shape);
@@ -259,7 +316,7 @@ pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usi
         ];
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kc, v: &vc }, Rows { pos: &pt, slot: &st });
-            let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows };
+            let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None };
             let spans = Spans { start: &sst, len: &slt };
             attention_backward(rec, &at, &spans, &Saved { out: &out, lse: &lse }, &dout_t, &dqkv, &dsum)
         };

@@ -110,6 +110,7 @@ pub fn check_table(gpu: &Gpu) -> Vec<Case> {
     for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 4, 12, 33), (2, 1, 8, 1)] {
         t.push(layer::rope_kv_case(heads, kv, hd, r));
         t.push(layer::attention_case(heads, kv, hd, r, 40));
+        t.push(layer::attention_prefix_case(heads, kv, hd, r, 40));
     }
     for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 2, 12, 33)] {
         t.push(layer::rope_backward_case(heads, kv, hd, r));
