@@ -115,8 +115,9 @@ fn rehearse_all(s: &Evaluated, arms: &[Arm], sets: &Sets, opts: &Options) -> Res
     let ids: Vec<Vec<u32>> =
         questions.map(|(sub, q)| s.tok.encode(&mmlu::prompt(sub, q, opts.mmlu_shots), true)).collect::<Result<_>>()?;
     if !ids.is_empty() && ids.iter().all(|p| p.len() <= s.model.cfg().max_positions) {
-        let per = mmlu_batch(s.model, &ids, 2 * arms.len());
-        Scorer::new(s.model, 2 * arms.len()).next_logits(&ids[..per.min(ids.len())], &mix(per.min(ids.len())))?;
+        let mut scorer = Scorer::new(s.model, 2 * arms.len());
+        let per = ids.len().min(scorer.capacity_for(ids.iter().map(Vec::len).max().unwrap_or(1)));
+        scorer.next_logits(&ids[..per], &mix(per))?;
     }
     sets.task.first().map(|t| s.model.loss(&TrainBatch::of([t]))).transpose()?;
     Ok(())
@@ -319,41 +320,40 @@ fn mmlu_answers(
         }
     }
     let progress = bar(opts.quiet, todo.len(), "MMLU");
-    // two prefix slots an arm: the subject being scored and the next one
-    let prefix_slots = 2 * arms.len();
-    let mut scorer = Scorer::new(s.model, prefix_slots);
-    for chunk in todo.chunks(opts.batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|(_, sub, i)| s.tok.encode(&mmlu::prompt(sub, &sub.test[*i], opts.mmlu_shots), true))
-            .collect::<Result<_>>()?;
-        let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
-        if longest > s.model.cfg().max_positions {
-            return Err(Error::Invalid(format!(
-                "an MMLU prompt has {longest} tokens, over the model's context of {}: use fewer shots",
-                s.model.cfg().max_positions
-            )));
-        }
-        let per = mmlu_batch(s.model, &ids, prefix_slots);
-        for (items, ids) in chunk.chunks(per).zip(ids.chunks(per)) {
-            let mixes: Vec<Vec<f32>> = if items[0].0.weights.is_empty() {
-                Vec::new()
-            } else {
-                items.iter().map(|(a, ..)| a.weights.clone()).collect()
-            };
-            let logits = scorer.next_logits(ids, &mixes)?;
-            let new = (items.iter().zip(&logits))
-                .map(|((a, sub, i), l)| Record::Mmlu {
-                    arm: a.name.clone(),
-                    id: format!("{}/{i}", sub.name),
-                    subject: sub.name.clone(),
-                    pred: predict(choices.map(|t| l[t as usize])),
-                    answer: sub.test[*i].answer,
-                })
-                .collect::<Vec<_>>();
-            progress.inc(new.len());
-            records.append(new)?;
-        }
+    let ids: Vec<Vec<u32>> = todo
+        .iter()
+        .map(|(_, sub, i)| s.tok.encode(&mmlu::prompt(sub, &sub.test[*i], opts.mmlu_shots), true))
+        .collect::<Result<_>>()?;
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
+    if longest > s.model.cfg().max_positions {
+        return Err(Error::Invalid(format!(
+            "an MMLU prompt has {longest} tokens, over the model's context of {}: use fewer shots",
+            s.model.cfg().max_positions
+        )));
+    }
+    // two prefix slots an arm: the subject being scored and the next one; one cache for all, at
+    // the longest prompt, so no prefix is dropped for a longer one
+    let mut scorer = Scorer::new(s.model, 2 * arms.len());
+    let per = opts.batch_size.max(1).min(scorer.capacity_for(longest));
+    scorer.reserve(per, longest)?;
+    for (items, ids) in todo.chunks(per).zip(ids.chunks(per)) {
+        let mixes: Vec<Vec<f32>> = if items[0].0.weights.is_empty() {
+            Vec::new()
+        } else {
+            items.iter().map(|(a, ..)| a.weights.clone()).collect()
+        };
+        let logits = scorer.next_logits(ids, &mixes)?;
+        let new = (items.iter().zip(&logits))
+            .map(|((a, sub, i), l)| Record::Mmlu {
+                arm: a.name.clone(),
+                id: format!("{}/{i}", sub.name),
+                subject: sub.name.clone(),
+                pred: predict(choices.map(|t| l[t as usize])),
+                answer: sub.test[*i].answer,
+            })
+            .collect::<Vec<_>>();
+        progress.inc(new.len());
+        records.append(new)?;
     }
     progress.finish();
     let c = scorer.counts();
@@ -368,13 +368,6 @@ fn mmlu_answers(
         );
     }
     Ok(())
-}
-
-/// How many of `ids` (MMLU prompts) a scorer with `prefix_slots` scores at once: as many as one
-/// KV-cache binding holds at their longest length.
-fn mmlu_batch(model: &Llama, ids: &[Vec<u32>], prefix_slots: usize) -> usize {
-    let longest = ids.iter().map(Vec::len).max().unwrap_or(1).next_multiple_of(256).min(model.cfg().max_positions);
-    (model.cache_capacity() / longest.max(1)).saturating_sub(prefix_slots).max(1)
 }
 
 fn task_losses(model: &mut Llama, arms: &[Arm], task: &[Encoded], opts: &Options, records: &mut Records) -> Result<()> {

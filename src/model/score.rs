@@ -91,7 +91,7 @@ impl<'m> Scorer<'m> {
                 cfg.max_positions
             )));
         }
-        self.fit_cache(prompts)?;
+        self.reserve(prompts.len(), prompts.iter().map(Vec::len).max().unwrap_or(1))?;
         let mix: Vec<&[f32]> = (0..prompts.len()).map(|i| mixes.get(i).map_or(&[][..], Vec::as_slice)).collect();
         let (fresh, sources) = self.place(self.plan(prompts, &mix));
         self.clock += 1;
@@ -137,28 +137,33 @@ impl<'m> Scorer<'m> {
         Ok(logits.chunks(cfg.vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// A cache with room for the prefix slots and a slot per prompt of the call, at the longest
-    /// prompt's length; made anew (its prefixes given up) when the one there is too small.
-    fn fit_cache(&mut self, prompts: &[Vec<u32>]) -> Result<()> {
-        let slots = self.prefixes.len() + prompts.len();
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-        if self.cache.as_ref().is_some_and(|c| c.slots >= slots && c.max_len >= longest) {
+    /// Makes the cache hold `prompts` prompts of up to `max_len` tokens beside the prefix slots
+    /// from the start: a cache made anew drops the prefixes kept in the old one, so a caller
+    /// that knows its longest prompt ahead reserves it once.
+    pub fn reserve(&mut self, prompts: usize, max_len: usize) -> Result<()> {
+        let slots = self.prefixes.len() + prompts;
+        if self.cache.as_ref().is_some_and(|c| c.slots >= slots && c.max_len >= max_len) {
             return Ok(());
         }
         let (cfg, capacity) = (self.model.cfg(), self.model.cache_capacity());
-        let max_len = longest.next_multiple_of(256).min(cfg.max_positions).max(longest);
+        let max_len = max_len.next_multiple_of(256).min(cfg.max_positions).max(max_len);
         // as many slots as the last cache had, when they fit: fewer remakes
         let kept = slots.max(self.cache.as_ref().map_or(0, |c| c.slots));
         let slots = if kept * max_len <= capacity { kept } else { slots };
         if slots * max_len > capacity {
             return Err(Error::Invalid(format!(
-                "{slots} sequences of {max_len} positions do not fit one KV-cache binding ({} positions): score fewer prompts at once",
-                capacity
+                "{slots} sequences of {max_len} positions do not fit one KV-cache binding ({capacity} positions): score fewer prompts at once"
             )));
         }
         self.cache = Some(self.model.new_cache(slots, max_len)?);
         self.prefixes.iter_mut().for_each(|p| *p = None);
         Ok(())
+    }
+
+    /// How many prompts of up to `max_len` tokens one call can score beside the prefix slots.
+    pub fn capacity_for(&self, max_len: usize) -> usize {
+        let len = max_len.next_multiple_of(256).min(self.model.cfg().max_positions).max(max_len);
+        (self.model.cache_capacity() / len.max(1)).saturating_sub(self.prefixes.len()).max(1)
     }
 
     /// Each prompt's source: the kept prefix of its mix it shares most with, else the call's new

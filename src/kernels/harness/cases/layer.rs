@@ -210,9 +210,9 @@ pub fn attention_prefix_case(heads: usize, kv_heads: usize, hd: usize, r: usize,
         // each slot's keys as attention sees them: the first ones from slot 0
         let seen = |c: &[f32]| -> Vec<f32> {
             let mut out = c.to_vec();
-            for s in 1..slots {
+            for (s, &len) in shared.iter().enumerate().skip(1) {
                 for g in 0..kv_heads {
-                    for t in 0..shared[s] {
+                    for t in 0..len {
                         let (dst, src) = (((s * kv_heads + g) * max_len + t) * hd, ((g * max_len) + t) * hd);
                         out[dst..dst + hd].copy_from_slice(&c[src..src + hd]);
                     }
