@@ -93,3 +93,27 @@ pub(crate) fn loss_chart(log: &[LogLine]) -> Chart {
         series,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed run's epoch losses come from the log: they must read back bit for bit (serde_json's
+    /// default float parser misses the last bit of this one; its float_roundtrip feature does not).
+    #[test]
+    fn logged_losses_read_back_exactly() {
+        let dir = std::env::temp_dir().join(format!("lorafuse-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("train_log.jsonl");
+        let losses = [11.093868423391271, 9.874828585871944, 0.1 + 0.2, f64::MIN_POSITIVE];
+        let lines: Vec<LogLine> = (losses.iter().enumerate())
+            .map(|(i, &l)| LogLine::Epoch(EpochRecord { epoch: i, step: i, train_loss: l, holdout_loss: Some(l) }))
+            .collect();
+        write_log(&path, &lines).unwrap();
+        let back: Vec<f64> = (read_log(&path).unwrap().iter())
+            .filter_map(|l| if let LogLine::Epoch(e) = l { Some(e.train_loss) } else { None })
+            .collect();
+        assert_eq!(back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), losses.map(f64::to_bits));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
