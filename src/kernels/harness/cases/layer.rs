@@ -164,53 +164,28 @@ pub fn rope_backward_case(heads: usize, kv: usize, hd: usize, r: usize) -> Case 
 
 /// Attention over ragged rows (several sequences at any positions of a shared cache): the
 /// output and its log-sum-exps; the k and v blocks of qkv are NaN, which proves they are not read.
-pub fn attention_case(heads: usize, kv_heads: usize, hd: usize, r: usize, max_len: usize) -> Case {
-    let shape = format!("H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len}");
-    case("attention", &shape, DType::F32, "-", move |gpu, rng| {
-        let slots = 3;
-        let slot: Vec<u32> = (0..r).map(|_| rng.below(slots) as u32).collect();
-        let pos: Vec<u32> = (0..r).map(|_| rng.below(max_len) as u32).collect();
-        let q = rng.vec(r * heads * hd, 4.0);
-        let n = slots * kv_heads * max_len * hd;
-        let (kc, vc) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
-        let (nq, nkv) = (heads * hd, kv_heads * hd);
-        let nan = vec![f32::NAN; r * nkv];
-        let (want, want_lse) = attention_ref(&q, &kc, &vc, (&pos, &slot), Heads { heads, kv_heads, hd }, max_len);
-        let cache_shape = [slots, kv_heads, max_len, hd];
-        let qkv = input(gpu, &[r, nq + 2 * nkv], &stack_qkv(&q, &nan, &nan, r, nq, nkv))?;
-        let (kt, vt) = (input(gpu, &cache_shape, &kc)?, input(gpu, &cache_shape, &vc)?);
-        let (pt, st) = (input_u32(gpu, &pos)?, input_u32(gpu, &slot)?);
-        let (out, lse) = (output(gpu, &[r, nq], DType::F32, "out")?, output(gpu, &[r, heads], DType::F32, "lse")?);
-        let outputs = vec![
-            Output::new("out", &out, want, Expect::Close(1e-5)),
-            Output::new("lse", &lse, want_lse, Expect::Close(1e-6)),
-        ];
-        let launch = move |rec: &mut Recorder| {
-            let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
-            attention(rec, &Attention { qkv: &qkv, heads, cache: &cache, rows: &rows, prefix: None }, &out, Some(&lse))
-        };
-        Ok(Instance { launch: Box::new(launch), outputs })
-    })
-}
-
-/// Attention where slots read their first keys from a shared prefix in slot 0 (each its own
-/// length of it), rows past those lengths: against the reference over the cache as each slot
-/// sees it.
-pub fn attention_prefix_case(heads: usize, kv_heads: usize, hd: usize, r: usize, max_len: usize) -> Case {
-    let shape = format!("H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len} shared prefix");
+/// With `shared`, slots 1.. read their first keys (each its own number of them) from a prefix in
+/// slot 0 and their rows lie past those: the reference reads the cache as each slot sees it.
+pub fn attention_case(heads: usize, kv_heads: usize, hd: usize, r: usize, max_len: usize, shared: bool) -> Case {
+    let shape =
+        format!("H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len}{}", if shared { " shared prefix" } else { "" });
     case("attention", &shape, DType::F32, "-", move |gpu, rng| {
         let slots = 4;
-        let shared: Vec<usize> = (0..slots).map(|s| if s == 0 { 0 } else { rng.below(max_len / 2) }).collect();
-        let slot: Vec<u32> = (0..r).map(|_| 1 + rng.below(slots - 1) as u32).collect();
-        let pos: Vec<u32> =
-            slot.iter().map(|&s| (shared[s as usize] + rng.below(max_len - shared[s as usize])) as u32).collect();
+        let prefix_len: Vec<usize> =
+            (0..slots).map(|s| if shared && s > 0 { rng.below(max_len / 2) } else { 0 }).collect();
+        let first = shared as usize;
+        let slot: Vec<u32> = (0..r).map(|_| (first + rng.below(slots - first)) as u32).collect();
+        let pos: Vec<u32> = slot
+            .iter()
+            .map(|&s| (prefix_len[s as usize] + rng.below(max_len - prefix_len[s as usize])) as u32)
+            .collect();
         let q = rng.vec(r * heads * hd, 4.0);
         let cell = kv_heads * max_len * hd;
         let (kc, vc) = (rng.vec(slots * cell, 1.0), rng.vec(slots * cell, 1.0));
         // each slot's keys as attention sees them: the first ones from slot 0
         let seen = |c: &[f32]| -> Vec<f32> {
             let mut out = c.to_vec();
-            for (s, &len) in shared.iter().enumerate().skip(1) {
+            for (s, &len) in prefix_len.iter().enumerate() {
                 for g in 0..kv_heads {
                     for t in 0..len {
                         let (dst, src) = (((s * kv_heads + g) * max_len + t) * hd, ((g * max_len) + t) * hd);
@@ -228,9 +203,10 @@ pub fn attention_prefix_case(heads: usize, kv_heads: usize, hd: usize, r: usize,
         let qkv = input(gpu, &[r, nq + 2 * nkv], &stack_qkv(&q, &nan, &nan, r, nq, nkv))?;
         let (kt, vt) = (input(gpu, &cache_shape, &kc)?, input(gpu, &cache_shape, &vc)?);
         let (pt, st) = (input_u32(gpu, &pos)?, input_u32(gpu, &slot)?);
-        let table: Vec<u32> =
-            shared.iter().enumerate().flat_map(|(s, &l)| if l > 0 { [0, l as u32] } else { [s as u32, 0] }).collect();
-        let prefix = Tensor::from_u32(gpu, &[slots, 2], &table, "prefix")?;
+        let table: Vec<u32> = (prefix_len.iter().enumerate())
+            .flat_map(|(s, &l)| if l > 0 { [0, l as u32] } else { [s as u32, 0] })
+            .collect();
+        let prefix = if shared { Some(Tensor::from_u32(gpu, &[slots, 2], &table, "prefix")?) } else { None };
         let (out, lse) = (output(gpu, &[r, nq], DType::F32, "out")?, output(gpu, &[r, heads], DType::F32, "lse")?);
         let outputs = vec![
             Output::new("out", &out, want, Expect::Close(1e-5)),
@@ -238,7 +214,7 @@ pub fn attention_prefix_case(heads: usize, kv_heads: usize, hd: usize, r: usize,
         ];
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
-            let at = Attention { qkv: &qkv, heads, cache: &cache, rows: &rows, prefix: Some(&prefix) };
+            let at = Attention { qkv: &qkv, heads, cache: &cache, rows: &rows, prefix: prefix.as_ref() };
             attention(rec, &at, &out, Some(&lse))
         };
         Ok(Instance { launch: Box::new(launch), outputs })

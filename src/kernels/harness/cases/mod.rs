@@ -109,8 +109,8 @@ pub fn check_table(gpu: &Gpu) -> Vec<Case> {
     }
     for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 4, 12, 33), (2, 1, 8, 1)] {
         t.push(layer::rope_kv_case(heads, kv, hd, r));
-        t.push(layer::attention_case(heads, kv, hd, r, 40));
-        t.push(layer::attention_prefix_case(heads, kv, hd, r, 40));
+        t.push(layer::attention_case(heads, kv, hd, r, 40, false));
+        t.push(layer::attention_case(heads, kv, hd, r, 40, true));
     }
     for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 2, 12, 33)] {
         t.push(layer::rope_backward_case(heads, kv, hd, r));
@@ -187,7 +187,7 @@ pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
     t.push(layer::rope_kv_case(9, 3, 64, r));
     t.push(layer::rope_backward_case(9, 3, 64, r));
     for &s in &grid.seqs {
-        t.push(layer::attention_case(9, 3, 64, s, s));
+        t.push(layer::attention_case(9, 3, 64, s, s, false));
         t.push(layer::attention_backward_case(9, 3, 64, vec![s]));
     }
     t.push(layer::swiglu_case(r, 1536));
