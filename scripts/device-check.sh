@@ -22,6 +22,19 @@ started=$(date +%s)
 declare -a rows
 
 row() { rows+=("| $1 | $2 | $3 |"); echo "== $1: $2 ($3)" >&2; }
+# `step NAME LIMIT LOG CMD...`: runs CMD under a time limit into LOG; the row says what became of it
+step() {
+    local name=$1 limit=$2 log=$3 t rc
+    shift 3
+    t=$(date +%s)
+    timeout "$limit" "$@" > "$log" 2>&1
+    rc=$?
+    case $rc in
+        0) row "$name" "$(grep -E 'tokens/s|ceilings' "$log" | tail -2 | tr '\n' ' ')" "$(elapsed "$t")" ;;
+        124) row "$name" "timed out after ${limit}s" "$(elapsed "$t")" ;;
+        *) row "$name" "FAILED (exit $rc): $(grep -m1 'error' "$log")" "$(elapsed "$t")" ;;
+    esac
+}
 elapsed() { echo $(( $(date +%s) - $1 ))s; }
 
 if [ ! -f "$model" ] && ls "${model%.gguf}".part.* >/dev/null 2>&1; then
@@ -40,9 +53,10 @@ if grep -q '"device_type": "CPU' "$out/devices.json" 2>/dev/null && ! grep -q 'd
     row warning "adapter 0 is a software device" "-"
 fi
 
-for t_bin in target/release/deps/kernels-* target/release/deps/matmul-* target/release/deps/lora-*; do
-    [ -x "$t_bin" ] || continue
-    name=$(basename "$t_bin" | sed 's/-[0-9a-f]*$//')
+# the newest build of each test binary (cargo keeps older ones beside it)
+for name in kernels matmul lora; do
+    t_bin=$(ls -t target/release/deps/"$name"-* 2>/dev/null | grep -v '\.d$' | head -1)
+    [ -n "$t_bin" ] && [ -x "$t_bin" ] || continue
     t=$(date +%s)
     if timeout 240 "$t_bin" --test-threads=4 > "$out/test-$name.log" 2>&1; then
         row "tests/$name.rs" "$(grep -m1 '^test result' "$out/test-$name.log")" "$(elapsed "$t")"
@@ -51,26 +65,10 @@ for t_bin in target/release/deps/kernels-* target/release/deps/matmul-* target/r
     fi
 done
 
-t=$(date +%s)
-if timeout 240 "$bin" bench kernels --quick --json "$out/kernels.json" --markdown "$out/kernels.md" > "$out/kernels.log" 2>&1; then
-    row "bench kernels --quick" "$(grep -m1 'ceilings' "$out/kernels.log")" "$(elapsed "$t")"
-else
-    row "bench kernels --quick" "FAILED: $(tail -1 "$out/kernels.log")" "$(elapsed "$t")"
-fi
-
+step "bench kernels --quick" 240 "$out/kernels.log" "$bin" bench kernels --quick --json "$out/kernels.json" --markdown "$out/kernels.md"
 if [ -f "$model" ]; then
-    t=$(date +%s)
-    if timeout 150 "$bin" bench model --model "$model" --json "$out/model.json" --markdown "$out/model.md" > "$out/model.log" 2>&1; then
-        row "bench model" "$(grep -E 'tokens/s' "$out/model.log" | tail -2 | tr '\n' ' ')" "$(elapsed "$t")"
-    else
-        row "bench model" "FAILED: $(tail -1 "$out/model.log")" "$(elapsed "$t")"
-    fi
-    t=$(date +%s)
-    if timeout 150 "$bin" bench train --model "$model" --json "$out/train.json" --markdown "$out/train.md" > "$out/train.log" 2>&1; then
-        row "bench train" "$(grep -E 'tokens/s' "$out/train.log" | tail -2 | tr '\n' ' ')" "$(elapsed "$t")"
-    else
-        row "bench train" "FAILED: $(tail -1 "$out/train.log")" "$(elapsed "$t")"
-    fi
+    step "bench model" 150 "$out/model.log" "$bin" bench model --model "$model" --json "$out/model.json" --markdown "$out/model.md"
+    step "bench train" 150 "$out/train.log" "$bin" bench train --model "$model" --json "$out/train.json" --markdown "$out/train.md"
 else
     row "bench model, bench train" "skipped: no $model" "-"
 fi
