@@ -42,6 +42,10 @@ pub fn parse_adapter(spec: &str) -> (PathBuf, f32) {
     (PathBuf::from(spec), 1.0)
 }
 
+fn load_adapters(dirs: &[PathBuf]) -> Result<Vec<Adapter>> {
+    Ok(dirs.iter().map(|d| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?)
+}
+
 /// A model on a device with its tokenizer and chat template, and the flags it was opened with
 /// (their adapters are the ones attached).
 pub struct Session {
@@ -55,8 +59,7 @@ pub struct Session {
 impl Session {
     /// Attaches the adapters in `dirs` at `weights` (replacing any), as the flags will say.
     pub fn attach(&mut self, dirs: &[PathBuf], weights: &[f32]) -> Result<()> {
-        let adapters = dirs.iter().map(|d| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?;
-        self.model.attach(&adapters, weights)?;
+        self.model.attach(&load_adapters(dirs)?, weights)?;
         self.args.adapters = dirs.iter().map(|d| d.display().to_string()).collect();
         Ok(())
     }
@@ -84,8 +87,7 @@ impl ModelArgs {
         let mut model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
         if !self.adapters.is_empty() {
             let (dirs, weights): (Vec<PathBuf>, Vec<f32>) = self.adapters.iter().map(|a| parse_adapter(a)).unzip();
-            let adapters = dirs.iter().map(|d| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?;
-            model.attach(&adapters, &weights)?;
+            model.attach(&load_adapters(&dirs)?, &weights)?;
             for (d, w) in dirs.iter().zip(&weights) {
                 eprintln!("adapter: {} at weight {w}", d.display());
             }

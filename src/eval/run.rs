@@ -94,17 +94,18 @@ pub fn run(
     Ok(())
 }
 
+/// The per-prompt adapter weights of prompts run under `arms` (none when no adapter is
+/// attached: the arms weigh nothing).
+fn mixes<'a>(arms: impl Iterator<Item = &'a Arm>) -> Vec<Vec<f32>> {
+    let w: Vec<Vec<f32>> = arms.map(|a| a.weights.clone()).collect();
+    if w.iter().all(Vec::is_empty) { Vec::new() } else { w }
+}
+
 /// Records (for the warm-up's dry run) the first batch of each stage: generation, MMLU, task
 /// loss.
 fn rehearse_all(s: &Evaluated, arms: &[Arm], sets: &Sets, opts: &Options) -> Result<()> {
     let n = opts.batch_size.max(1);
-    let mix = |k: usize| -> Vec<Vec<f32>> {
-        if arms[0].weights.is_empty() {
-            Vec::new()
-        } else {
-            (0..k).map(|i| arms[i % arms.len()].weights.clone()).collect()
-        }
-    };
+    let mix = |k: usize| mixes((0..k).map(|i| &arms[i % arms.len()]));
     let items = generation_items(sets);
     let ids: Vec<Vec<u32>> = (items.iter().take(n))
         .map(|(_, _, p)| prompt_ids(s.tok, s.template, &conversation(opts.system.as_deref(), p), false))
@@ -146,11 +147,7 @@ fn generate_responses(s: &Evaluated, arms: &[Arm], sets: &Sets, opts: &Options, 
             .iter()
             .map(|(_, (_, _, p))| prompt_ids(s.tok, s.template, &conversation(opts.system.as_deref(), p), false))
             .collect::<Result<_>>()?;
-        let mixes = if chunk[0].0.weights.is_empty() {
-            Vec::new()
-        } else {
-            chunk.iter().map(|(a, _)| a.weights.clone()).collect()
-        };
+        let mixes = mixes(chunk.iter().map(|(a, _)| *a));
         let gopts = GenerateOptions { max_new_tokens: opts.max_new_tokens, mixes, ..GenerateOptions::default() };
         let (done, _) = generate(s.model, s.tok, &ids, &gopts, None, |_, _| {})?;
         let new: Vec<Record> = chunk
@@ -337,12 +334,7 @@ fn mmlu_answers(
     let per = opts.batch_size.max(1).min(scorer.capacity_for(longest));
     scorer.reserve(per, longest)?;
     for (items, ids) in todo.chunks(per).zip(ids.chunks(per)) {
-        let mixes: Vec<Vec<f32>> = if items[0].0.weights.is_empty() {
-            Vec::new()
-        } else {
-            items.iter().map(|(a, ..)| a.weights.clone()).collect()
-        };
-        let logits = scorer.next_logits(ids, &mixes)?;
+        let logits = scorer.next_logits(ids, &mixes(items.iter().map(|(a, ..)| *a)))?;
         let new = (items.iter().zip(&logits))
             .map(|((a, sub, i), l)| Record::Mmlu {
                 arm: a.name.clone(),

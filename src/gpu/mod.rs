@@ -12,7 +12,9 @@ pub mod texture;
 
 pub use device::{AdapterSummary, BackendChoice, Caps, Disabled, Gpu, GpuOptions, list_adapters};
 pub use pipeline::PipelineKey;
-pub use profiler::{Clock, KernelSummary, KernelTiming, Op, Profile, group_ms, time_op, time_ops};
+pub use profiler::{
+    Clock, KernelSummary, KernelTiming, Op, OpTiming, Profile, group_ms, time_op, time_ops, time_ops_with_work,
+};
 pub use recorder::{Recorder, Resource, Work, flat_grid, fold_grid};
 pub use tensor::{DType, MemoryMeter, Tensor};
 pub use texture::{Layout, Matrix, TexMatrix};

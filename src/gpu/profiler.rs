@@ -53,12 +53,25 @@ pub fn time_op(gpu: &Gpu, reps: u32, op: impl FnMut(&mut Recorder) -> Result<()>
 /// in one profiled submission, so a slow spell of a shared machine hits every op alike and the
 /// ratios between them hold even when absolute times drift.
 pub fn time_ops(gpu: &Gpu, reps: u32, ops: &mut [&mut Op]) -> Result<Vec<f64>> {
+    Ok(time_ops_with_work(gpu, reps, ops)?.into_iter().map(|t| t.ms).collect())
+}
+
+/// One op's timing: its best time and what one run of it launches (count and work).
+#[derive(Clone, Copy, Debug)]
+pub struct OpTiming {
+    pub ms: f64,
+    pub launches: usize,
+    pub work: Work,
+}
+
+/// `time_ops`, with each op's launches and their work counts.
+pub fn time_ops_with_work(gpu: &Gpu, reps: u32, ops: &mut [&mut Op]) -> Result<Vec<OpTiming>> {
     let mut warm = Recorder::new(gpu);
     for op in ops.iter_mut() {
         op(&mut warm)?;
     }
     warm.run()?;
-    let n = ops.len() as u32;
+    let (n, reps) = (ops.len() as u32, reps.max(1));
     let mut rec = Recorder::profiled(gpu);
     for r in 0..reps {
         for (i, op) in ops.iter_mut().enumerate() {
@@ -66,9 +79,16 @@ pub fn time_ops(gpu: &Gpu, reps: u32, ops: &mut [&mut Op]) -> Result<Vec<f64>> {
             op(&mut rec)?;
         }
     }
-    let per_group = group_ms(&rec.run()?, reps * n);
+    let timings = rec.run()?;
+    let per_group = group_ms(&timings, reps * n);
     Ok((0..n as usize)
-        .map(|i| per_group.iter().skip(i).step_by(n as usize).copied().fold(f64::INFINITY, f64::min))
+        .map(|i| {
+            let first: Vec<&KernelTiming> = timings.iter().filter(|t| t.group == i as u32).collect();
+            let work = (first.iter())
+                .fold(Work::default(), |w, t| Work { flops: w.flops + t.work.flops, bytes: w.bytes + t.work.bytes });
+            let ms = per_group.iter().skip(i).step_by(n as usize).copied().fold(f64::INFINITY, f64::min);
+            OpTiming { ms, launches: first.len(), work }
+        })
         .collect())
 }
 

@@ -35,6 +35,15 @@ impl Batch {
         }
     }
 
+    /// `push_sequence` with its last row's logits wanted and every row at the adapter weights
+    /// `mix` (nothing when empty: the attached weights).
+    pub fn push_mixed(&mut self, slot: u32, start: u32, tokens: &[u32], mix: &[f32]) {
+        self.push_sequence(slot, start, tokens, true);
+        for _ in tokens {
+            self.adapter_weights.extend_from_slice(mix);
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.tokens.len()
     }

@@ -39,17 +39,24 @@ impl KvCache {
         Cache { k: &self.k[i], v: &self.v[i] }
     }
 
-    /// From now on slot `slot` reads its keys at positions below `len` from slot `from`, which
-    /// holds a prefix prefilled there; the slot's own rows start at position `len`. `len` 0
-    /// shares nothing.
-    pub fn share_prefix(&mut self, slot: usize, from: usize, len: usize) -> Result<()> {
-        if slot >= self.slots || from >= self.slots || len > self.max_len || (len > 0 && self.shared[from][1] > 0) {
-            return Err(Error::Invalid(format!(
-                "slot {slot} cannot share {len} positions of slot {from} ({} slots of {} positions; a prefix slot shares nothing itself)",
-                self.slots, self.max_len
-            )));
+    /// From now on, for each (slot, from, len) of `shares`, slot `slot` reads its keys at
+    /// positions below `len` from slot `from`, which holds a prefix prefilled there; the slot's
+    /// own rows start at position `len`. `len` 0 shares nothing. The table goes to the GPU once.
+    pub fn share_prefixes(&mut self, shares: &[(usize, usize, usize)]) -> Result<()> {
+        for &(slot, from, len) in shares {
+            if slot >= self.slots || from >= self.slots || len > self.max_len {
+                return Err(Error::Invalid(format!(
+                    "slot {slot} cannot share {len} positions of slot {from} ({} slots of {} positions)",
+                    self.slots, self.max_len
+                )));
+            }
+            self.shared[slot] = if len == 0 { [slot as u32, 0] } else { [from as u32, len as u32] };
         }
-        self.shared[slot] = if len == 0 { [slot as u32, 0] } else { [from as u32, len as u32] };
+        if let Some(s) =
+            (0..self.slots).find(|&s| self.shared[s][1] > 0 && self.shared[self.shared[s][0] as usize][1] > 0)
+        {
+            return Err(Error::Invalid(format!("slot {s} shares the prefix of a slot that itself shares one")));
+        }
         let flat: Vec<u32> = self.shared.iter().flatten().copied().collect();
         self.table = match self.shared.iter().any(|s| s[1] > 0) {
             true => Some(Tensor::from_u32(&self.gpu, &[self.slots, 2], &flat, "shared prefixes")?),

@@ -269,10 +269,7 @@ fn generate_batch(
         let mut b = Batch::default();
         for seq in running.iter_mut() {
             let last = *seq.ids.last().expect("every running sequence has a token");
-            b.push_sequence(seq.slot, seq.next_pos, &[last], true);
-            if let Some(m) = opts.mixes.get(seq.index) {
-                b.adapter_weights.extend_from_slice(m);
-            }
+            b.push_mixed(seq.slot, seq.next_pos, &[last], opts.mixes.get(seq.index).map_or(&[], Vec::as_slice));
             seq.next_pos += 1;
         }
         logits = forward(&b, &cache, "decode")?;
@@ -288,12 +285,7 @@ fn generate_batch(
 fn prefill_batch(prompts: &[Vec<u32>], mixes: &[Vec<f32>]) -> Batch {
     let mut batch = Batch::default();
     for (i, p) in prompts.iter().enumerate() {
-        batch.push_sequence(i as u32, 0, p, true);
-        if let Some(m) = mixes.get(i) {
-            for _ in 0..p.len() {
-                batch.adapter_weights.extend_from_slice(m);
-            }
-        }
+        batch.push_mixed(i as u32, 0, p, mixes.get(i).map_or(&[], Vec::as_slice));
     }
     batch
 }
@@ -320,10 +312,7 @@ pub fn rehearse(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
     for n in [prompts.len(), 1] {
         let mut b = Batch::default();
         for (i, p) in prompts.iter().enumerate().take(n) {
-            b.push_sequence(i as u32, p.len() as u32, &[p[p.len() - 1]], true);
-            if let Some(m) = mixes.get(i) {
-                b.adapter_weights.extend_from_slice(m);
-            }
+            b.push_mixed(i as u32, p.len() as u32, &[p[p.len() - 1]], mixes.get(i).map_or(&[], Vec::as_slice));
         }
         model.forward(&b, &cache)?;
     }

@@ -100,12 +100,10 @@ impl<'m> Scorer<'m> {
         // the new prefixes, each in its slot
         if !fresh.is_empty() {
             let mut b = Batch::default();
+            let own: Vec<(usize, usize, usize)> = fresh.iter().map(|&(slot, ..)| (slot, slot, 0)).collect();
+            cache.share_prefixes(&own)?;
             for &(slot, i, len) in &fresh {
-                cache.share_prefix(slot, slot, 0)?;
-                b.push_sequence(slot as u32, 0, &prompts[i][..len], true);
-                for _ in 0..len {
-                    b.adapter_weights.extend_from_slice(mix[i]);
-                }
+                b.push_mixed(slot as u32, 0, &prompts[i][..len], mix[i]);
                 self.counts.prefilled += len;
                 self.prefixes[slot] =
                     Some(Prefix { mix: mix[i].to_vec(), tokens: prompts[i][..len].to_vec(), used: 0 });
@@ -114,6 +112,7 @@ impl<'m> Scorer<'m> {
         }
         // then every prompt's own tokens in its own slot, past its shared prefix
         let mut b = Batch::default();
+        let mut shares = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
             let slot = nslots + i;
             let (from, len) = match sources[i] {
@@ -123,18 +122,22 @@ impl<'m> Scorer<'m> {
             if let Some(x) = self.prefixes.get_mut(from).and_then(Option::as_mut) {
                 x.used = self.clock;
             }
-            cache.share_prefix(slot, from, len)?;
-            b.push_sequence(slot as u32, len as u32, &p[len..], true);
-            for _ in len..p.len() {
-                b.adapter_weights.extend_from_slice(mix[i]);
-            }
+            shares.push((slot, from, len));
+            b.push_mixed(slot as u32, len as u32, &p[len..], mix[i]);
             self.counts.prompts += 1;
             self.counts.prompt_tokens += p.len();
             self.counts.own_tokens += p.len() - len;
             self.counts.prefilled += p.len() - len;
         }
+        cache.share_prefixes(&shares)?;
         let logits = self.model.forward(&b, cache)?.read_f32(self.model.gpu())?;
         Ok(logits.chunks(cfg.vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The cache length for prompts of up to `max_len` tokens: rounded up to 256 (fewer remakes
+    /// as lengths vary), within the model's context.
+    fn cache_len(&self, max_len: usize) -> usize {
+        max_len.next_multiple_of(256).min(self.model.cfg().max_positions).max(max_len)
     }
 
     /// Makes the cache hold `prompts` prompts of up to `max_len` tokens beside the prefix slots
@@ -145,8 +148,7 @@ impl<'m> Scorer<'m> {
         if self.cache.as_ref().is_some_and(|c| c.slots >= slots && c.max_len >= max_len) {
             return Ok(());
         }
-        let (cfg, capacity) = (self.model.cfg(), self.model.cache_capacity());
-        let max_len = max_len.next_multiple_of(256).min(cfg.max_positions).max(max_len);
+        let (capacity, max_len) = (self.model.cache_capacity(), self.cache_len(max_len));
         // as many slots as the last cache had, when they fit: fewer remakes
         let kept = slots.max(self.cache.as_ref().map_or(0, |c| c.slots));
         let slots = if kept * max_len <= capacity { kept } else { slots };
@@ -162,8 +164,7 @@ impl<'m> Scorer<'m> {
 
     /// How many prompts of up to `max_len` tokens one call can score beside the prefix slots.
     pub fn capacity_for(&self, max_len: usize) -> usize {
-        let len = max_len.next_multiple_of(256).min(self.model.cfg().max_positions).max(max_len);
-        (self.model.cache_capacity() / len.max(1)).saturating_sub(self.prefixes.len()).max(1)
+        (self.model.cache_capacity() / self.cache_len(max_len).max(1)).saturating_sub(self.prefixes.len()).max(1)
     }
 
     /// Each prompt's source: the kept prefix of its mix it shares most with, else the call's new

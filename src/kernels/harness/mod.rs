@@ -23,7 +23,7 @@ mod cases;
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Recorder, Tensor, TexMatrix, Work, group_ms};
+use crate::gpu::{DType, Gpu, Op, Recorder, Tensor, TexMatrix, time_ops_with_work};
 use crate::kernels::ceiling::Ceilings;
 use crate::rng::Rng;
 
@@ -326,32 +326,22 @@ pub fn perf(
         let insts = (group.iter().enumerate())
             .map(|(k, c)| (c.build)(gpu, &mut case_rng(0, i + k)).map_err(|e| Error::Invalid(format!("{c}: {e}"))))
             .collect::<Result<Vec<_>>>()?;
-        for inst in &insts {
-            run_once(gpu, inst)?; // pipeline compilation, first-use costs
+        for o in insts.iter().flat_map(|inst| &inst.outputs) {
+            o.prepare(gpu)?; // prior values keep in-place kernels' data sensible
         }
-        let n = insts.len() as u32;
-        let mut rec = Recorder::profiled(gpu);
-        for r in 0..reps.max(1) {
-            for (k, inst) in insts.iter().enumerate() {
-                rec.set_group(r * n + k as u32);
-                (inst.launch)(&mut rec)?;
-            }
-        }
-        let timings = rec.run()?;
-        let ms = group_ms(&timings, reps.max(1) * n);
-        for (k, c) in group.iter().enumerate() {
-            let best = ms.iter().skip(k).step_by(n as usize).copied().fold(f64::INFINITY, f64::min);
-            let first: Vec<_> = timings.iter().filter(|t| t.group == k as u32).collect();
-            let work = first
-                .iter()
-                .fold(Work::default(), |w, t| Work { flops: w.flops + t.work.flops, bytes: w.bytes + t.work.bytes });
+        let mut launches: Vec<Box<Op>> =
+            insts.iter().map(|inst| Box::new(|rec: &mut Recorder| (inst.launch)(rec)) as Box<Op>).collect();
+        let mut ops: Vec<&mut Op> = launches.iter_mut().map(|l| l.as_mut()).collect();
+        let times = time_ops_with_work(gpu, reps, &mut ops)?;
+        for (c, t) in group.iter().zip(times) {
+            let (best, work) = (t.ms, t.work);
             let (gflops, gbps) = (work.flops as f64 / best / 1e6, work.bytes as f64 / best / 1e6);
             let r = PerfRow {
                 op: c.op.clone(),
                 shape: c.shape.clone(),
                 dtype: c.dtype,
                 variant: c.variant.clone(),
-                launches: first.len(),
+                launches: t.launches,
                 ms: best,
                 gflops,
                 gbps,

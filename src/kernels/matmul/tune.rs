@@ -186,19 +186,13 @@ impl Tuner {
     }
 }
 
-type Shared = Mutex<Tuner>;
-
-fn shared(gpu: &Gpu) -> Arc<Shared> {
-    gpu.state(|| Mutex::new(Tuner::load(Settings::from_env(), gpu)))
-}
-
 /// This device's tuner (loaded from `Settings::from_env` on first use).
 pub fn tuner(gpu: &Gpu) -> TunerGuard {
-    TunerGuard(shared(gpu))
+    TunerGuard(gpu.state(|| Mutex::new(Tuner::load(Settings::from_env(), gpu))))
 }
 
-/// A locked handle on a device's tuner.
-pub struct TunerGuard(Arc<Shared>);
+/// A handle on a device's tuner; `lock` to read or change it.
+pub struct TunerGuard(Arc<Mutex<Tuner>>);
 
 impl TunerGuard {
     pub fn lock(&self) -> MutexGuard<'_, Tuner> {
@@ -248,8 +242,8 @@ pub fn lookup(gpu: &Gpu, p: &Problem) -> Result<Variant> {
 fn resolve(gpu: &Gpu, p: &Problem, note: bool) -> Result<Variant> {
     let candidates = candidates(gpu, p.form, p.layout, p.m)?;
     let key = p.key();
-    let shared = shared(gpu);
-    let mut t = shared.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = tuner(gpu);
+    let mut t = shared.lock();
     if let Some(v) = t.entries.get(&key).and_then(|c| c.variant.parse::<Variant>().ok())
         && candidates.contains(&v)
     {
@@ -279,23 +273,22 @@ fn default_variant(gpu: &Gpu, candidates: &[Variant], m: usize) -> Variant {
 /// choice, behind one progress line unless `quiet`, and caches the choices. Does nothing when
 /// timing is off. Returns how many classes it timed.
 pub fn warm_up<T>(gpu: &Gpu, quiet: bool, work: impl FnOnce() -> Result<T>) -> Result<usize> {
-    let shared = shared(gpu);
-    if !shared.lock().unwrap_or_else(|e| e.into_inner()).timing {
+    let shared = tuner(gpu);
+    if !shared.lock().timing {
         return Ok(0);
     }
     gpu.dry_run(work)?;
-    let missing: Vec<Problem> =
-        std::mem::take(&mut shared.lock().unwrap_or_else(|e| e.into_inner()).missing).into_values().collect();
+    let missing: Vec<Problem> = std::mem::take(&mut shared.lock().missing).into_values().collect();
     tune_now(gpu, &missing, quiet)
 }
 
 /// Times every problem of `problems` whose class has no choice yet (whatever the timing
 /// setting: this is the explicit step), caches the choices, and returns how many it timed.
 pub fn tune_now(gpu: &Gpu, problems: &[Problem], quiet: bool) -> Result<usize> {
-    let shared = shared(gpu);
+    let shared = tuner(gpu);
     let mut todo: BTreeMap<String, Problem> = BTreeMap::new();
     {
-        let t = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let t = shared.lock();
         for p in problems {
             let key = p.key();
             let cached = t.entries.get(&key).and_then(|c| c.variant.parse::<Variant>().ok());
@@ -309,17 +302,17 @@ pub fn tune_now(gpu: &Gpu, problems: &[Problem], quiet: bool) -> Result<usize> {
         return Ok(0);
     }
     let started = Instant::now();
-    let path = shared.lock().unwrap_or_else(|e| e.into_inner()).path.clone();
+    let path = shared.lock().path.clone();
     let cached_in = path.map_or("kept in memory".to_string(), |p| format!("cached in {}", p.display()));
     let bar =
         Progress::new(todo.len(), &format!("tuning kernels for this device (once; {cached_in})"), "shapes", quiet);
     for (key, p) in &todo {
         let choice = time_candidates(gpu, p, &candidates(gpu, p.form, p.layout, p.m)?)?;
-        shared.lock().unwrap_or_else(|e| e.into_inner()).entries.insert(key.clone(), choice);
+        shared.lock().entries.insert(key.clone(), choice);
         bar.inc(1);
     }
     bar.finish();
-    shared.lock().unwrap_or_else(|e| e.into_inner()).save();
+    shared.lock().save();
     if !quiet {
         eprintln!("tuned {} kernel shapes in {:.1} s", todo.len(), started.elapsed().as_secs_f64());
     }
