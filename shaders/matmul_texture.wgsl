@@ -31,12 +31,18 @@ struct Params {
     w_width: u32,    // texels per row of W (nn: clamp for output texels past the edge)
     b_width: u32,
     alpha: f32,
+    eps: f32,        // NORM: the RMSNorm epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 #if X_BUF
-// nt_dot only: the activation straight from its buffer, [M, K/4] vec4s (x_rpl holds K/4).
+// One-row kernels: the activation straight from its buffer, [M, K/4] vec4s (x_rpl holds K/4),
+// with a prologue applied as it is read: NORM, x = src·ρ·gain (ρ = 1/sqrt(mean(src²) + eps) of
+// the row); SWIGLU, x = silu(g)·u of src = [g | u] [M, 2K].
 @group(0) @binding(1) var<storage, read> xbuf: array<vec4<f32>>;
+#if NORM
+@group(0) @binding(9) var<storage, read> gain: array<vec4<f32>>;
+#endif
 #else
 @group(0) @binding(1) var xt: texture_2d_array<f32>;
 #endif
@@ -58,6 +64,39 @@ struct Params {
 #if ROW_COEF
 @group(0) @binding(6) var<storage, read> coef: array<f32>;   // [M, n_adapters]
 @group(0) @binding(7) var<storage, read> seg: array<u32>;    // adapter of each output column
+#endif
+
+#if X_BUF
+// Texel i of activation row r, its prologue applied (`rho` is the row's row_scale); zero past
+// the row (the buffer is not padded).
+fn x_at(r: u32, i: u32, rho: f32) -> vec4<f32> {
+    let j = min(i, p.x_rpl - 1u);
+#if SWIGLU
+    let g = xbuf[r * 2u * p.x_rpl + j];
+    let v = g / (vec4<f32>(1.0) + exp(-g)) * xbuf[r * 2u * p.x_rpl + p.x_rpl + j];
+#else
+#if NORM
+    let v = xbuf[r * p.x_rpl + j] * rho * gain[j];
+#else
+    let v = xbuf[r * p.x_rpl + j];
+#endif
+#endif
+    return select(vec4<f32>(0.0), v, i < p.x_rpl);
+}
+
+// ρ of row r for NORM (the subgroup sums the squares side by side), else 1.
+fn row_scale(r: u32, lane: u32) -> f32 {
+#if NORM
+    var ss = 0.0;
+    for (var i = lane; i < p.x_rpl; i += SG) {
+        let v = xbuf[r * p.x_rpl + i];
+        ss += dot(v, v);
+    }
+    return inverseSqrt(subgroupAdd(ss) / f32(4u * p.x_rpl) + p.eps);
+#else
+    return 1.0;
+#endif
+}
 #endif
 
 #if W_Q4
@@ -87,7 +126,6 @@ fn finish(row: u32, col: u32, acc: f32) {
     }
 }
 
-#if !X_BUF
 @compute @workgroup_size(SG)
 fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
       @builtin(subgroup_invocation_id) lane: u32) {
@@ -97,6 +135,9 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     let xr{r} = min(row0 + {r}u, p.m - 1u);
     let xy{r} = i32(xr{r} % p.x_rpl);
     let xl{r} = i32(xr{r} / p.x_rpl);
+#if X_BUF
+    let sc{r} = row_scale(xr{r}, lane);
+#endif
 #repeat c C
     var acc{r}_{c} = 0.0;
 #end
@@ -109,7 +150,11 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     for (var q = 0u; q < p.chunks; q++) {
         let kx = i32(q * SG + lane);
 #repeat r R
+#if X_BUF
+        let xv{r} = x_at(xr{r}, u32(kx), sc{r});
+#else
         let xv{r} = textureLoad(xt, vec2<i32>(kx, xy{r}), xl{r}, 0);
+#endif
 #end
 #if W_Q4
         // a chunk of 4·SG values holds QB blocks; lane t's texel is value 4t of the chunk
@@ -204,6 +249,7 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 }
 
+#if !X_BUF
 // nn: W is [K, N] as a texture of K rows; lane column j covers PER outputs: f32 W, texel j and
 // outputs 4j..4j+3; f16 W (W8), texel j and outputs 8j..8j+7; 4-bit W (W8, W_Q4), word j%4 of
 // block texel j/4, its low nibbles outputs 32(j/4) + 4(j%4) + 0..3 and its high nibbles the
@@ -367,14 +413,6 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 }
-
-#endif
-
-#if X_BUF
-// Texel i of activation row r from the buffer; zero past the row (the buffer is not padded).
-fn x_at(r: u32, i: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), xbuf[r * p.x_rpl + min(i, p.x_rpl - 1u)], i < p.x_rpl);
-}
 #endif
 
 // nt for few rows (decode): lanes walk the inner dimension side by side (lane l takes texel
@@ -392,6 +430,9 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let xr{r} = min(row0 + {r}u, p.m - 1u);
     let xy{r} = i32(xr{r} % p.x_rpl);
     let xl{r} = i32(xr{r} / p.x_rpl);
+#if X_BUF
+    let sc{r} = row_scale(xr{r}, lane);
+#endif
 #repeat c C
     var acc{r}_{c} = 0.0;
 #end
@@ -418,7 +459,7 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #end
 #repeat u 8
 #if X_BUF
-        let x{u}_{r} = x_at(xr{r}, 8u * bx + {u}u);
+        let x{u}_{r} = x_at(xr{r}, 8u * bx + {u}u, sc{r});
 #else
         let x{u}_{r} = textureLoad(xt, vec2<i32>(i32(8u * bx + {u}u), xy{r}), xl{r}, 0);
 #endif
@@ -442,8 +483,8 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #end
 #repeat r R
 #if X_BUF
-        let xa{r} = x_at(xr{r}, 2u * u32(wx));
-        let xb{r} = x_at(xr{r}, 2u * u32(wx) + 1u);
+        let xa{r} = x_at(xr{r}, 2u * u32(wx), sc{r});
+        let xb{r} = x_at(xr{r}, 2u * u32(wx) + 1u, sc{r});
 #else
         let xa{r} = textureLoad(xt, vec2<i32>(2 * wx, xy{r}), xl{r}, 0);
         let xb{r} = textureLoad(xt, vec2<i32>(2 * wx + 1, xy{r}), xl{r}, 0);
@@ -458,7 +499,7 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #end
 #repeat r R
 #if X_BUF
-        let x{r} = x_at(xr{r}, tx);
+        let x{r} = x_at(xr{r}, tx, sc{r});
 #else
         let x{r} = textureLoad(xt, vec2<i32>(i32(tx), xy{r}), xl{r}, 0);
 #endif

@@ -67,8 +67,17 @@ pub fn run(gpu: &Gpu, cmd: &ProfileCommand) -> Result<()> {
     };
     let clock = if gpu.caps().timestamps { "GPU timestamps" } else { "wall clock per launch" };
     for phase in profile.phases() {
-        eprintln!("\n{phase} ({clock}):");
-        eprint!("{}", profiler::table(&profile.summary(Some(&phase))));
+        let summary = profile.summary(Some(&phase));
+        let (steps, launches) = profile.counts(&phase);
+        // one attention launch a layer: launches a layer are the step's launches over those
+        let layers = summary.iter().filter(|k| k.label == "attention").map(|k| k.dispatches).sum::<usize>();
+        let per_layer =
+            if layers > 0 { format!(", {:.1} a layer", launches as f64 / layers as f64) } else { String::new() };
+        eprintln!(
+            "\n{phase} ({clock}): {launches} launches in {steps} submission(s), {:.1} a submission{per_layer}",
+            launches as f64 / steps.max(1) as f64
+        );
+        eprint!("{}", profiler::table(&summary));
     }
     let text = serde_json::to_string(&profile.chrome_trace())?;
     lorafuse::atomic::write_atomic(trace, &text).with_context(|| format!("writing {}", trace.display()))?;

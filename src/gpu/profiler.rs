@@ -174,6 +174,14 @@ impl Profile {
         self.spans.extend(timings.into_iter().map(|t| (phase.to_string(), at_ns, t)));
     }
 
+    /// (submissions, launches) of `phase`: a generation phase submits once per step.
+    pub fn counts(&self, phase: &str) -> (usize, usize) {
+        let spans: Vec<f64> = self.spans.iter().filter(|(ph, _, _)| ph == phase).map(|(_, at, _)| *at).collect();
+        let mut at = spans.clone();
+        at.dedup();
+        (at.len(), spans.len())
+    }
+
     pub fn phases(&self) -> Vec<String> {
         let mut p: Vec<String> = Vec::new();
         for (ph, _, _) in &self.spans {

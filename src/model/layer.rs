@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Matrix, Recorder, Tensor};
 use crate::kernels::attention::{Attention, Saved, Spans, attention, attention_backward};
 use crate::kernels::dropout::{Dropout, dropout};
-use crate::kernels::elementwise::{add_bias, copy, swiglu, swiglu_backward};
+use crate::kernels::elementwise::{add_bias, copy, swiglu_backward};
 use crate::kernels::lora::{
     FusedLinear, LoraGrads, LoraStack, SeqAdapter, Sequential, fused_forward, lora_backward, lora_sequential,
 };
@@ -101,7 +101,7 @@ pub(super) enum SiteLora<'a> {
 impl Pass<'_> {
     /// The adapters of layer `layer` at `site` for the input `x` (recorded after x is),
     /// dropping x out with this site's mask when the pass drops out.
-    fn site(&self, rec: &mut Recorder, layer: usize, site: Site, x: &Tensor) -> Result<SiteLora<'_>> {
+    fn site(&self, rec: &mut Recorder, layer: usize, site: Site, x: &Act) -> Result<SiteLora<'_>> {
         match &self.lora {
             PassLora::None => Ok(SiteLora::None),
             PassLora::Sequential(all) => Ok(SiteLora::Sequential(
@@ -109,12 +109,13 @@ impl Pass<'_> {
             )),
             PassLora::Fused { attached, coef } => {
                 let Some(stack) = attached.layers[layer].get(site) else { return Ok(SiteLora::None) };
-                let t = Tensor::zeros(rec.gpu(), &[x.shape()[0], stack.rp()], DType::F32, "lora t")?;
+                let t = Tensor::zeros(rec.gpu(), &[x.rows()?, stack.rp()], DType::F32, "lora t")?;
                 let drop = match self.dropout {
                     Some(d) if d.p > 0.0 => {
                         let d = d.stream((layer * Site::ALL.len() + site.index()) as u64);
+                        let x = x.value(rec)?.clone();
                         let xd = Tensor::zeros(rec.gpu(), x.shape(), DType::F32, "lora x dropped")?;
-                        dropout(rec, &d, x, &xd, false)?;
+                        dropout(rec, &d, &x, &xd, false)?;
                         Some((d, xd))
                     }
                     _ => None,
@@ -166,7 +167,8 @@ impl Linear {
                     .map(|(s, _)| Tensor::zeros(rec.gpu(), &[rows, s.rp()], DType::F32, "lora t"))
                     .collect::<Result<Vec<_>>>()?;
                 let seq = Sequential { w: &self.w, adapters: &adapters, ts: &ts, accumulate };
-                lora_sequential(rec, &seq, x.tensor(), y)?
+                let xv = x.value(rec)?.clone();
+                lora_sequential(rec, &seq, &xv, y)?
             }
         }
         if let Some(b) = &self.bias {
@@ -263,19 +265,18 @@ impl Layer {
         s: &Scratch,
         attn: &AttnActs,
     ) -> Result<()> {
-        rmsnorm(rec, h, &self.attn_norm, &s.x, p.eps())?;
-        self.attend(rec, p, i, &s.x, attn)?;
+        self.attend(rec, p, i, &Act::normed(h, &self.attn_norm, p.eps(), &s.x, 0), attn)?;
         self.attn_out(rec, p, i, &attn.att, h)?;
-        self.mlp_in(rec, p, i, h, s)?;
-        let ld = p.site(rec, i, Site::Down, &s.act)?;
-        self.down.forward(rec, &Act::new(&s.act, 0), h, true, &ld)
+        let (_, act) = self.mlp_in(rec, p, i, h, s, false)?;
+        let ld = p.site(rec, i, Site::Down, &act)?;
+        self.down.forward(rec, &act, h, true, &ld)
     }
 
     /// qkv = x·Wqkvᵀ (+ LoRA, + bias); q and k rotated, k and v stored in the cache; attention of
     /// q over the cache.
-    fn attend(&self, rec: &mut Recorder, p: &Pass, i: usize, x: &Tensor, a: &AttnActs) -> Result<()> {
+    fn attend(&self, rec: &mut Recorder, p: &Pass, i: usize, x: &Act, a: &AttnActs) -> Result<()> {
         let lq = p.site(rec, i, Site::Qkv, x)?;
-        self.qkv.forward(rec, &Act::new(x, 0), &a.qkv, false, &lq)?;
+        self.qkv.forward(rec, x, &a.qkv, false, &lq)?;
         let cache = p.cache.layer(i);
         rope_kv(rec, &a.qkv, p.cfg.heads, &p.rows, p.cache.rope(), &cache)?;
         let at = Attention { qkv: &a.qkv, heads: p.cfg.heads, cache: &cache, rows: &p.rows, prefix: p.cache.prefix() };
@@ -291,18 +292,35 @@ impl Layer {
         att: &Tensor,
         h: &Tensor,
     ) -> Result<SiteLora<'p>> {
-        let lo = p.site(rec, i, Site::O, att)?;
-        self.o.forward(rec, &Act::new(att, 0), h, true, &lo)?;
+        let att = Act::new(att, 0);
+        let lo = p.site(rec, i, Site::O, &att)?;
+        self.o.forward(rec, &att, h, true, &lo)?;
         Ok(lo)
     }
 
-    /// x2 = rmsnorm(h); gu = x2·Wguᵀ (+ LoRA); act = silu(g) ⊙ u; the site's adapters come back.
-    fn mlp_in<'p>(&self, rec: &mut Recorder, p: &'p Pass, i: usize, h: &Tensor, s: &Scratch) -> Result<SiteLora<'p>> {
-        rmsnorm(rec, h, &self.mlp_norm, &s.x, p.eps())?;
-        let lg = p.site(rec, i, Site::GateUp, &s.x)?;
-        self.gate_up.forward(rec, &Act::new(&s.x, 0), &s.gu, false, &lg)?;
-        swiglu(rec, &s.gu, &s.act)?;
-        Ok(lg)
+    /// x2 = rmsnorm(h); gu = x2·Wguᵀ (+ LoRA); act = silu(g) ⊙ u. The site's adapters come back
+    /// with act, which the kernels that read it compute as they do (a decode step's matvecs) or
+    /// materialize into s.act; `keep` materializes x2 (in s.x) and act for a backward.
+    fn mlp_in<'p>(
+        &self,
+        rec: &mut Recorder,
+        p: &'p Pass,
+        i: usize,
+        h: &Tensor,
+        s: &Scratch,
+        keep: bool,
+    ) -> Result<(SiteLora<'p>, Act)> {
+        let x2 = Act::normed(h, &self.mlp_norm, p.eps(), &s.x, 0);
+        if keep {
+            x2.value(rec)?;
+        }
+        let lg = p.site(rec, i, Site::GateUp, &x2)?;
+        self.gate_up.forward(rec, &x2, &s.gu, false, &lg)?;
+        let act = Act::swiglu(&s.gu, &s.act, 0);
+        if keep {
+            act.value(rec)?;
+        }
+        Ok((lg, act))
     }
 
     /// The layer's backward: from dh (the gradient of its output, updated in place to that of
@@ -329,12 +347,12 @@ impl Layer {
         let (att, qkv) = (&save.attn.att, &save.attn.qkv);
         // recompute
         rmsnorm(rec, &save.h_in, &self.attn_norm, &x1, eps)?;
-        let lq = p.site(rec, i, Site::Qkv, &x1)?;
+        let lq = p.site(rec, i, Site::Qkv, &Act::new(&x1, 0))?;
         lq.shrink(rec, &x1)?;
         copy(rec, &save.h_in, &h_mid)?;
         let lo = self.attn_out(rec, p, i, att, &h_mid)?;
-        let lg = self.mlp_in(rec, p, i, &h_mid, &s)?;
-        let ld = p.site(rec, i, Site::Down, &s.act)?;
+        let (lg, act) = self.mlp_in(rec, p, i, &h_mid, &s, true)?;
+        let ld = p.site(rec, i, Site::Down, &act)?;
         ld.shrink(rec, &s.act)?;
         // MLP
         let dact = t(&[r, f], "dact")?;

@@ -13,7 +13,6 @@ use crate::gpu::{DType, Gpu, Layout, Matrix, Profile, Recorder, Tensor};
 use crate::kernels::embedding::gather;
 use crate::kernels::lora::Mix;
 use crate::kernels::matmul::{Act, Form, MatmulOpts, matmul_act};
-use crate::kernels::rmsnorm::rmsnorm;
 use crate::kernels::rope::{RopeTable, Rows};
 use crate::lora::attach::{Attached, Site, attach};
 use crate::lora::peft::Adapter;
@@ -494,8 +493,8 @@ impl Llama {
             logits: t(&[b, self.cfg.vocab], "logits")?,
         };
         gather(rec, h, rows, &head.h)?;
-        rmsnorm(rec, &head.h, &self.norm, &head.x, self.cfg.rms_eps as f32)?;
-        matmul_act(rec, Form::Nt, &Act::new(&head.x, 0), &self.lm_head, &head.logits, &MatmulOpts::default())?;
+        let x = Act::normed(&head.h, &self.norm, self.cfg.rms_eps as f32, &head.x, 0);
+        matmul_act(rec, Form::Nt, &x, &self.lm_head, &head.logits, &MatmulOpts::default())?;
         Ok(head)
     }
 

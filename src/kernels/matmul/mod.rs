@@ -215,13 +215,27 @@ impl Default for MatmulOpts<'_> {
     }
 }
 
-/// The left operand of a product: an activation tensor, packed into a scratch texture the first
-/// time a texture kernel needs it and reused by every later product of the same activation (the
-/// q, k and v projections of one normalized input pack it once; a decode step's one-row kernels
-/// read the buffer directly and never pack it).
+/// What a kernel computes from the activation's source tensor as it reads it, so that the
+/// elementwise step between two products costs no launch of its own.
+#[derive(Clone)]
+pub(crate) enum Prologue {
+    /// x = src · ρ · gain, ρ = 1/sqrt(mean(src²) + eps) per row: the RMSNorm before q/k/v,
+    /// gate/up and the LM head.
+    RmsNorm { gain: Tensor, eps: f32 },
+    /// x = silu(src[:, :F]) ⊙ src[:, F:]: SwiGLU before the down projection.
+    SwiGlu,
+}
+
+/// The left operand of a product: an activation, maybe with a prologue pending. Kernels that
+/// apply the prologue themselves (the one-row texture kernels, which read the buffer) read the
+/// source; any other kernel gets the value materialized once into `dst` (or packed into a
+/// scratch texture, once), and every later product of the same activation reuses it (the q, k
+/// and v projections of one normalized input pack it once).
 pub(crate) struct Act {
-    x: Tensor,
+    src: Tensor,
+    prologue: Option<(Prologue, Tensor)>,
     slot: u32,
+    value: std::cell::OnceCell<()>,
     packed: std::cell::OnceCell<TexMatrix>,
 }
 
@@ -229,11 +243,55 @@ impl Act {
     /// `slot` names the scratch texture: activations packed while another is still to be read
     /// need different slots.
     pub(crate) fn new(x: &Tensor, slot: u32) -> Act {
-        Act { x: x.clone(), slot, packed: std::cell::OnceCell::new() }
+        Act::with(x, None, slot)
     }
 
-    pub(crate) fn tensor(&self) -> &Tensor {
-        &self.x
+    /// x = rmsnorm(src)·gain, materialized into `dst` [R, H] only if a kernel needs it.
+    pub(crate) fn normed(src: &Tensor, gain: &Tensor, eps: f32, dst: &Tensor, slot: u32) -> Act {
+        Act::with(src, Some((Prologue::RmsNorm { gain: gain.clone(), eps }, dst.clone())), slot)
+    }
+
+    /// x = silu(gate)·up of src = [gate | up] [R, 2F], materialized into `dst` [R, F] only if a
+    /// kernel needs it.
+    pub(crate) fn swiglu(src: &Tensor, dst: &Tensor, slot: u32) -> Act {
+        Act::with(src, Some((Prologue::SwiGlu, dst.clone())), slot)
+    }
+
+    fn with(src: &Tensor, prologue: Option<(Prologue, Tensor)>, slot: u32) -> Act {
+        let act = Act {
+            src: src.clone(),
+            prologue,
+            slot,
+            value: std::cell::OnceCell::new(),
+            packed: std::cell::OnceCell::new(),
+        };
+        if act.prologue.is_none() {
+            act.value.set(()).expect("a fresh cell");
+        }
+        act
+    }
+
+    /// The activation's value as a tensor, its prologue run on first use.
+    pub(crate) fn value(&self, rec: &mut Recorder) -> Result<&Tensor> {
+        let Some((prologue, dst)) = &self.prologue else { return Ok(&self.src) };
+        if self.value.get().is_none() {
+            match prologue {
+                Prologue::RmsNorm { gain, eps } => crate::kernels::rmsnorm::rmsnorm(rec, &self.src, gain, dst, *eps)?,
+                Prologue::SwiGlu => crate::kernels::elementwise::swiglu(rec, &self.src, dst)?,
+            }
+            self.value.set(()).expect("checked empty");
+        }
+        Ok(dst)
+    }
+
+    /// The buffer a prologue-capable kernel reads and the prologue it must apply: the source
+    /// while nothing materialized the value, else the value and none.
+    pub(crate) fn source(&self) -> (&Tensor, Option<&Prologue>) {
+        match &self.prologue {
+            Some((prologue, _)) if self.value.get().is_none() => (&self.src, Some(prologue)),
+            Some((_, dst)) => (dst, None),
+            None => (&self.src, None),
+        }
     }
 
     /// The texture form, packed on first use.
@@ -241,20 +299,30 @@ impl Act {
         if let Some(t) = self.packed.get() {
             return Ok(t);
         }
-        let t = pack::to_scratch_texture(rec, &self.x, self.slot)?;
+        let x = self.value(rec)?.clone();
+        let t = pack::to_scratch_texture(rec, &x, self.slot)?;
         Ok(self.packed.get_or_init(|| t))
     }
 
+    /// Rows of the activation.
+    pub(crate) fn rows(&self) -> Result<usize> {
+        Ok(self.dims()?.0)
+    }
+
     fn dims(&self) -> Result<(usize, usize)> {
-        self.x.dims2("matmul")
+        match &self.prologue {
+            Some((_, dst)) => dst.dims2("matmul"),
+            None => self.src.dims2("matmul"),
+        }
     }
 }
 
 /// Where a texture kernel reads the activation from.
 pub(crate) enum XOperand<'a> {
     Texture(&'a TexMatrix),
-    /// [M, K] f32 with K a multiple of 4 (read as vec4s): only the one-row kernels take it.
-    Buffer(&'a Tensor),
+    /// [M, K] f32 with K a multiple of 4 (read as vec4s), and the prologue the kernel applies
+    /// as it reads (then the buffer is the prologue's source): only the one-row kernels take it.
+    Buffer(&'a Tensor, Option<&'a Prologue>),
 }
 
 /// Checked shapes of one product: Y [m, n], inner size k, epilogue inner size e.
@@ -353,18 +421,32 @@ pub(crate) fn matmul_act(
     if !Variant::candidates(rec.gpu(), form, b.layout()).contains(&variant) {
         return Err(unsupported(&format!("not a candidate for {} operands of this device", b.layout().name())));
     }
-    let k4 = dims.k.is_multiple_of(4);
+    // One-row nt kernels read the activation's buffer (with its prologue) rather than a packed
+    // texture: a decode step packs nothing and runs no separate norm or SwiGLU launch.
+    let from_buffer = match variant {
+        Variant::TextureDot { .. } => true,
+        Variant::Texture { rows, .. } => rows == 1 && form == Form::Nt,
+        _ => false,
+    } && dims.k.is_multiple_of(4)
+        && a.packed.get().is_none();
     let l = Launch { form, y, opts, dims, variant };
     match (variant, b) {
-        (Variant::TextureDot { .. }, Matrix::Texture(w)) if k4 => {
-            texture::launch(rec, &l, XOperand::Buffer(a.tensor()), w)
+        (Variant::Texture { .. } | Variant::TextureDot { .. }, Matrix::Texture(w)) if from_buffer => {
+            let (x, prologue) = a.source();
+            texture::launch(rec, &l, XOperand::Buffer(x, prologue), w)
         }
         (Variant::Texture { .. } | Variant::TextureDot { .. }, Matrix::Texture(w)) => {
             let x = a.packed(rec)?.clone();
             texture::launch(rec, &l, XOperand::Texture(&x), w)
         }
-        (Variant::Blocked { .. }, Matrix::Buffer(w)) => blocked::launch(rec, &l, a.tensor(), w),
-        (Variant::Tiled, Matrix::Buffer(w)) => tiled::launch(rec, &l, a.tensor(), w),
+        (Variant::Blocked { .. }, Matrix::Buffer(w)) => {
+            let x = a.value(rec)?.clone();
+            blocked::launch(rec, &l, &x, w)
+        }
+        (Variant::Tiled, Matrix::Buffer(w)) => {
+            let x = a.value(rec)?.clone();
+            tiled::launch(rec, &l, &x, w)
+        }
         _ => Err(unsupported(&format!("B is in a {} layout", b.layout().name()))),
     }
 }

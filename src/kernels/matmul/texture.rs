@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
 use crate::gpu::texture::col_align;
 use crate::gpu::{DType, Matrix, PipelineKey, Recorder, Resource, TexMatrix, Work, fold_grid};
-use crate::kernels::matmul::{Form, Launch, Variant, XOperand, traffic};
+use crate::kernels::matmul::{Form, Launch, Prologue, Variant, XOperand, traffic};
 
 /// (rows, cols) per invocation that the autotuner tries for nt. Measured on lavapipe (Mesa 25,
 /// 256×2048×2048): 32×2 and 16×4 reach 35–45 GF/s, 8×4 wins at M≈16, and one-row strips win the
@@ -43,6 +43,7 @@ struct Params {
     w_width: u32,
     b_width: u32,
     alpha: f32,
+    eps: f32,
 }
 
 /// Y = op(X)·Wᵀ or op(X)·W for `l`, W in a texture and X in a texture or (one-row kernels) a
@@ -62,7 +63,14 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
     }
     let x_aligned = match x {
         XOperand::Texture(t) => t.col_align == 4 * sg as usize && t.dtype() == DType::F32,
-        XOperand::Buffer(t) => dot && prob.k.is_multiple_of(4) && t.dtype() == DType::F32,
+        XOperand::Buffer(t, prologue) => {
+            let one_row = dot || (rows == 1 && form == Form::Nt);
+            let want = match prologue {
+                Some(Prologue::SwiGlu) => [prob.m, 2 * prob.k],
+                _ => [prob.m, prob.k],
+            };
+            one_row && prob.k.is_multiple_of(4) && t.dtype() == DType::F32 && t.shape() == want
+        }
     };
     if !x_aligned || w.col_align != 4 * sg as usize {
         return Err(unsupported("operands not in this kernel's layout (padding, dtype or a buffer activation)".into()));
@@ -85,7 +93,7 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         x_rpl: match x {
             XOperand::Texture(t) => t.rows_per_layer,
             // the buffer path reads rows of K/4 vec4s
-            XOperand::Buffer(_) => (prob.k / 4) as u32,
+            XOperand::Buffer(..) => (prob.k / 4) as u32,
         },
         w_rpl: w.rows_per_layer,
         e_chunks: 0,
@@ -96,6 +104,7 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         w_width: if q4 && form == Form::Nn { 4 * w.width } else { w.width },
         b_width: 1,
         alpha: opts.alpha,
+        eps: 0.0,
     };
     let mut defines: Defines = [
         ("SG", sg),
@@ -109,12 +118,21 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         ("EPILOGUE", opts.epilogue.is_some() as u32),
         ("ROW_COEF", opts.row_coef.is_some() as u32),
         ("ACCUMULATE", opts.accumulate as u32),
-        ("X_BUF", matches!(x, XOperand::Buffer(_)) as u32),
+        ("X_BUF", matches!(x, XOperand::Buffer(..)) as u32),
+        ("NORM", matches!(x, XOperand::Buffer(_, Some(Prologue::RmsNorm { .. }))) as u32),
+        ("SWIGLU", matches!(x, XOperand::Buffer(_, Some(Prologue::SwiGlu))) as u32),
     ]
     .into_iter()
     .collect();
     defines.retain(|_, v| *v != 0);
     let mut binds = vec![(1, x_resource(&x)), (2, Resource::View(w.view.clone())), (3, Resource::from(y))];
+    if let XOperand::Buffer(_, Some(Prologue::RmsNorm { gain, eps })) = &x {
+        if gain.numel() != prob.k || gain.dtype() != DType::F32 {
+            return Err(unsupported(format!("an RMSNorm gain {:?} for rows of {}", gain.shape(), prob.k)));
+        }
+        params.eps = *eps;
+        binds.push((9, Resource::from(gain)));
+    }
     if let Some((_, scales)) = &w.scales {
         binds.push((8, Resource::View(scales.clone())));
     }
@@ -152,6 +170,6 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
 fn x_resource(x: &XOperand) -> Resource {
     match x {
         XOperand::Texture(t) => Resource::View(t.view.clone()),
-        XOperand::Buffer(t) => Resource::from(*t),
+        XOperand::Buffer(t, _) => Resource::from(*t),
     }
 }

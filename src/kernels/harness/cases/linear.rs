@@ -11,7 +11,7 @@ use crate::kernels::lora::{
     lora_backward_ref, lora_forward, lora_forward_ref, lora_merge, lora_sequential,
 };
 use crate::kernels::lora_merge::merge_ref;
-use crate::kernels::matmul::{Form, MatmulOpts, Variant, matmul, matmul_ref, pack};
+use crate::kernels::matmul::{Act, Form, MatmulOpts, Variant, matmul, matmul_act, matmul_ref, pack};
 use crate::rng::Rng;
 
 const TOL: f64 = 1e-4;
@@ -300,4 +300,51 @@ pub fn pack_case(dtype: DType, rows: usize, cols: usize) -> Case {
 
 fn f64s_bytes(b: &[u8]) -> Vec<f64> {
     b.iter().map(|&x| x as f64).collect()
+}
+
+/// The elementwise step a product's prologue computes from its source.
+#[derive(Clone, Copy, Debug)]
+pub enum PrologueKind {
+    RmsNorm,
+    SwiGlu,
+}
+
+/// Y = f(S)·Wᵀ with f an RMSNorm (S [m, k], a gain, eps 1e-5) or SwiGLU (S [m, 2k]) that the
+/// kernel applies as it reads S (one-row texture kernels) or that runs first into a scratch
+/// activation (every other kernel): both must give the same Y.
+pub fn prologue_case(v: Variant, dtype: DType, kind: PrologueKind, mkn: Shape) -> Case {
+    let (m, k, n) = mkn;
+    let shape = format!("{m}x{k}x{n} {kind:?}");
+    case("matmul nt prologue", &shape, dtype, &v.to_string(), move |gpu, rng| {
+        let eps = 1e-5;
+        let (src, x, gain) = match kind {
+            PrologueKind::RmsNorm => {
+                let (s, g) = (rng.vec(m * k, 2.0), rng.vec(k, 1.0));
+                let x = crate::kernels::rmsnorm::rmsnorm_ref(&s, &g, eps as f64);
+                (input(gpu, &[m, k], &s)?, x, Some(input(gpu, &[k], &g)?))
+            }
+            PrologueKind::SwiGlu => {
+                let s = rng.vec(m * 2 * k, 3.0);
+                let (g, u): (Vec<f32>, Vec<f32>) = (
+                    s.chunks(2 * k).flat_map(|row| row[..k].to_vec()).collect(),
+                    s.chunks(2 * k).flat_map(|row| row[k..].to_vec()).collect(),
+                );
+                (input(gpu, &[m, 2 * k], &s)?, crate::kernels::elementwise::swiglu_ref(&g, &u), None)
+            }
+        };
+        let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let (b, bm) = weights(gpu, rng, v.layout(), n, k, dtype)?;
+        let want = matmul_ref(Form::Nt, m, n, k, &x, &b);
+        let (y, scratch) = (output(gpu, &[m, n], DType::F32, "y")?, output(gpu, &[m, k], DType::F32, "x")?);
+        let yo = y.clone();
+        let launch = move |rec: &mut crate::gpu::Recorder| {
+            let act = match &gain {
+                Some(g) => Act::normed(&src, g, eps, &scratch, 0),
+                None => Act::swiglu(&src, &scratch, 0),
+            };
+            let opts = MatmulOpts { variant: Some(v), ..Default::default() };
+            matmul_act(rec, Form::Nt, &act, &bm, &yo, &opts)
+        };
+        Ok(Instance { launch: Box::new(launch), outputs: vec![Output::new("Y", &y, want, Expect::Close(TOL))] })
+    })
 }

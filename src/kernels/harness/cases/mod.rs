@@ -74,6 +74,33 @@ fn matmuls(gpu: &Gpu, form: Form, shapes: &[Shape], q4_shapes: &[Shape]) -> Vec<
     out
 }
 
+/// Products with an RMSNorm or SwiGLU prologue, K a multiple of 4 (the buffer read's condition)
+/// but not of the subgroup's chunk: one row through every one-row texture variant and weight
+/// type (they apply it as they read), and three rows through each layout's first variant (the
+/// prologue runs first, into a scratch activation).
+fn prologues(gpu: &Gpu) -> Vec<Case> {
+    use linear::PrologueKind::{RmsNorm, SwiGlu};
+    let mut out = Vec::new();
+    for layout in [Layout::Buffer, Layout::Texture] {
+        let variants = Variant::candidates(gpu, Form::Nt, layout);
+        for (i, &v) in variants.iter().enumerate() {
+            let one_row = v.rows() == 1 && layout == Layout::Texture;
+            for dtype in linear::dtypes_of(gpu, Form::Nt, v) {
+                let k = if dtype == DType::Q4 { 288 } else { 132 };
+                for kind in [RmsNorm, SwiGlu] {
+                    if one_row {
+                        out.push(linear::prologue_case(v, dtype, kind, (1, k, 37)));
+                    }
+                    if i == 0 && dtype == DType::F32 {
+                        out.push(linear::prologue_case(v, dtype, kind, (3, k, 37)));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The check and grad table: every kernel, every variant, awkward sizes.
 pub fn check_table(gpu: &Gpu) -> Vec<Case> {
     let mut t = Vec::new();
@@ -94,6 +121,7 @@ pub fn check_table(gpu: &Gpu) -> Vec<Case> {
             t.push(linear::lora_backward_case(layout, (13, 45, 37), vec![4, 8], accumulate));
         }
     }
+    t.extend(prologues(gpu));
     for dtype in [DType::F32, DType::F16] {
         t.push(linear::merge_case(dtype, (37, 45), vec![4, 8]));
         for (r, c) in [(7, 45), (70, 64), (257, 130)] {
