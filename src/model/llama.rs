@@ -59,7 +59,7 @@ pub struct Llama {
 }
 
 /// The LM head's intermediates over some rows: the gathered hidden states, their normalization
-/// and the logits.
+/// (written only where the head's kernel does not normalize as it reads) and the logits.
 pub(super) struct Head {
     pub h: Tensor,
     pub x: Tensor,

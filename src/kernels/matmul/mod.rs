@@ -235,7 +235,8 @@ pub(crate) struct Act {
     src: Tensor,
     prologue: Option<(Prologue, Tensor)>,
     slot: u32,
-    value: std::cell::OnceCell<()>,
+    /// Whether `dst` holds the prologue's result.
+    materialized: std::cell::Cell<bool>,
     packed: std::cell::OnceCell<TexMatrix>,
 }
 
@@ -258,28 +259,24 @@ impl Act {
     }
 
     fn with(src: &Tensor, prologue: Option<(Prologue, Tensor)>, slot: u32) -> Act {
-        let act = Act {
+        Act {
             src: src.clone(),
             prologue,
             slot,
-            value: std::cell::OnceCell::new(),
+            materialized: std::cell::Cell::new(false),
             packed: std::cell::OnceCell::new(),
-        };
-        if act.prologue.is_none() {
-            act.value.set(()).expect("a fresh cell");
         }
-        act
     }
 
     /// The activation's value as a tensor, its prologue run on first use.
     pub(crate) fn value(&self, rec: &mut Recorder) -> Result<&Tensor> {
         let Some((prologue, dst)) = &self.prologue else { return Ok(&self.src) };
-        if self.value.get().is_none() {
+        if !self.materialized.get() {
             match prologue {
                 Prologue::RmsNorm { gain, eps } => crate::kernels::rmsnorm::rmsnorm(rec, &self.src, gain, dst, *eps)?,
                 Prologue::SwiGlu => crate::kernels::elementwise::swiglu(rec, &self.src, dst)?,
             }
-            self.value.set(()).expect("checked empty");
+            self.materialized.set(true);
         }
         Ok(dst)
     }
@@ -288,7 +285,7 @@ impl Act {
     /// while nothing materialized the value, else the value and none.
     pub(crate) fn source(&self) -> (&Tensor, Option<&Prologue>) {
         match &self.prologue {
-            Some((prologue, _)) if self.value.get().is_none() => (&self.src, Some(prologue)),
+            Some((prologue, _)) if !self.materialized.get() => (&self.src, Some(prologue)),
             Some((_, dst)) => (dst, None),
             None => (&self.src, None),
         }
