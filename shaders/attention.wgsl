@@ -121,6 +121,87 @@ fn attention(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 #endif
 #endif
 
+#if GROUPS
+// The same attention with one subgroup per (row, KV group), for rows with many keys each and few
+// rows sharing them (decode): lanes walk the keys side by side (lane l takes keys l, l + SG, ...)
+// and each key is read once for the group's GH query heads instead of once per head; every lane
+// keeps an online softmax per head, and the subgroup merges the lanes' (max, sum, accumulator)
+// at the end. The per-(row, head) kernel above leaves most of a SIMD group idle for one row and
+// reads the group's K/V GH times.
+@compute @workgroup_size(SG)
+fn attention_groups(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(subgroup_invocation_id) lane: u32) {
+    let unit = wg.x + (wg.y + wg.z * nwg.y) * nwg.x;
+    if (unit >= p.rows * p.kv_heads) {
+        return;
+    }
+    let row = unit / p.kv_heads;
+    let g = unit % p.kv_heads;
+    let d4 = HD / 4u;
+    let qb = row * (p.heads + 2u * p.kv_heads) * d4 + g * GH * d4;
+#repeat h GH
+#repeat i HD4
+    let q{h}_{i} = qkv[qb + ({h}u * HD4 + {i}u)] * p.scale;
+    var acc{h}_{i} = vec4<f32>(0.0);
+#end
+    var m{h} = NEG;
+    var l{h} = 0.0;
+#end
+    let n = pos[row] + 1u;
+    let kb = (slot[row] * p.kv_heads + g) * p.max_len * d4;
+#if PREFIX
+    let shared_len = prefix[2u * slot[row] + 1u];
+    let pb = (prefix[2u * slot[row]] * p.kv_heads + g) * p.max_len * d4;
+#endif
+    for (var t = lane; t < n; t += SG) {
+#if PREFIX
+        let kr = select(kb, pb, t < shared_len) + t * d4;
+#else
+        let kr = kb + t * d4;
+#endif
+#repeat i HD4
+        let k{i} = kc[kr + {i}u];
+#end
+#repeat h GH
+        var s{h} = 0.0;
+#repeat i HD4
+        s{h} += dot(q{h}_{i}, k{i});
+#end
+        let mn{h} = max(m{h}, s{h});
+        let c{h} = exp(m{h} - mn{h});
+        let e{h} = exp(s{h} - mn{h});
+        l{h} = l{h} * c{h} + e{h};
+        m{h} = mn{h};
+#end
+#repeat i HD4
+        let v{i} = vc[kr + {i}u];
+#repeat h GH
+        acc{h}_{i} = acc{h}_{i} * c{h} + e{h} * v{i};
+#end
+#end
+    }
+    // A lane without keys has m = NEG and l = acc = 0, so its weight exp(m - max) is 0.
+#repeat h GH
+    let mx{h} = subgroupMax(m{h});
+    let f{h} = exp(m{h} - mx{h});
+    let lt{h} = subgroupAdd(l{h} * f{h});
+    let inv{h} = 1.0 / lt{h};
+    let ob{h} = (row * p.heads + g * GH + {h}u) * d4;
+#repeat i HD4
+    let o{h}_{i} = subgroupAdd(acc{h}_{i} * f{h}) * inv{h};
+#end
+    if (lane == 0u) {
+#repeat i HD4
+        out[ob{h} + {i}u] = o{h}_{i};
+#end
+#if LSE
+        lse[row * p.heads + g * GH + {h}u] = mx{h} + log(lt{h});
+#endif
+    }
+#end
+}
+#endif
+
 #if BACKWARD_DQ
 // Backward, queries: per (row, head), with P recomputed from the saved log-sum-exp,
 //   D = dO·O,  dq = scale · Σ_t P_t (dO·v_t − D) k_t

@@ -32,6 +32,7 @@ struct Params {
     b_width: u32,
     alpha: f32,
     eps: f32,        // NORM: the RMSNorm epsilon
+    k: u32,          // the inner dimension
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -148,6 +149,52 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     let wl{c} = i32(wr{c} / p.w_rpl);
 #end
     for (var q = 0u; q < p.chunks; q++) {
+#if W_Q4
+        // An iteration takes two blocks, the pair whose (d, m) share one scale texel, so a lane
+        // fetches three texels a column for 64 values instead of four (the fetches bound this
+        // loop on lavapipe): QP chunks of 4·SG values, QB blocks each. Chunks past K read as
+        // zero, and a zero activation makes any block's d·Σq·x + m·Σx zero.
+#repeat h QP
+        let kx{h} = (q * QP + {h}u) * SG + lane;
+#end
+#repeat r R
+        var xq{r}: array<vec4<f32>, QP>;
+#repeat h QP
+#if X_BUF
+        xq{r}[{h}] = x_at(xr{r}, kx{h}, sc{r});
+#else
+        xq{r}[{h}] = select(vec4<f32>(0.0), textureLoad(xt, vec2<i32>(i32(kx{h}), xy{r}), xl{r}, 0), 4u * kx{h} < p.k);
+#endif
+#end
+#end
+#repeat c C
+        let sp{c} = textureLoad(ws, vec2<i32>(i32(q), wy{c}), wl{c}, 0);
+#end
+#repeat i 2
+#repeat c C
+        let wq{i}_{c} = textureLoad(wt, vec2<i32>(i32(min(2u * q + {i}u, p.w_width - 1u)), wy{c}), wl{c}, 0);
+#repeat u 8
+        let nv{i}_{u}_{c} = nib(wq{i}_{c}[{u}u % 4u], 4u * ({u}u / 4u));
+#end
+#end
+#repeat r R
+        var xs{i}_{r} = 0.0;
+#repeat c C
+        var dq{i}_{r}_{c} = 0.0;
+#end
+#repeat u 8
+        let x{i}_{u}_{r} = subgroupBroadcast(xq{r}[{i}u / QB], ({i}u % QB) * 8u + {u}u);
+        xs{i}_{r} += dot(x{i}_{u}_{r}, vec4<f32>(1.0));
+#repeat c C
+        dq{i}_{r}_{c} += dot(x{i}_{u}_{r}, nv{i}_{u}_{c});
+#end
+#end
+#repeat c C
+        acc{r}_{c} += sp{c}[2u * {i}u] * dq{i}_{r}_{c} + sp{c}[2u * {i}u + 1u] * xs{i}_{r};
+#end
+#end
+#end
+#else
         let kx = i32(q * SG + lane);
 #repeat r R
 #if X_BUF
@@ -156,34 +203,6 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
         let xv{r} = textureLoad(xt, vec2<i32>(kx, xy{r}), xl{r}, 0);
 #endif
 #end
-#if W_Q4
-        // a chunk of 4·SG values holds QB blocks; lane t's texel is value 4t of the chunk
-#repeat j QB
-#repeat c C
-        let wq{j}_{c} = textureLoad(wt, vec2<i32>(i32(q * QB + {j}u), wy{c}), wl{c}, 0);
-        let dm{j}_{c} = q4_scale(q * QB + {j}u, wy{c}, wl{c});
-#repeat u 8
-        let nv{j}_{u}_{c} = nib(wq{j}_{c}[{u}u % 4u], 4u * ({u}u / 4u));
-#end
-#end
-#repeat r R
-        var xs{j}_{r} = 0.0;
-#repeat c C
-        var dq{j}_{r}_{c} = 0.0;
-#end
-#repeat u 8
-        let x{j}_{u}_{r} = subgroupBroadcast(xv{r}, {j}u * 8u + {u}u);
-        xs{j}_{r} += dot(x{j}_{u}_{r}, vec4<f32>(1.0));
-#repeat c C
-        dq{j}_{r}_{c} += dot(x{j}_{u}_{r}, nv{j}_{u}_{c});
-#end
-#end
-#repeat c C
-        acc{r}_{c} += dm{j}_{c}.x * dq{j}_{r}_{c} + dm{j}_{c}.y * xs{j}_{r};
-#end
-#end
-#end
-#else
 #if W_F16
         let kw = i32(q * (SG / 2u));
 #repeat h HSG

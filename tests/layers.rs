@@ -229,8 +229,13 @@ fn attention_over_ragged_rows() {
         lse.poison(gpu);
         let mut rec = Recorder::new(gpu);
         let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
-        attention(&mut rec, &Attention { qkv: &qt, heads, cache: &cache, rows: &rows, prefix: None }, &out, Some(&lse))
-            .unwrap();
+        attention(
+            &mut rec,
+            &Attention { qkv: &qt, heads, cache: &cache, rows: &rows, prefix: None, variant: None },
+            &out,
+            Some(&lse),
+        )
+        .unwrap();
         rec.run().unwrap();
         let shape = Heads { heads, kv_heads, hd };
         let (want, want_lse) = attention_ref(&q, &kc, &vc, (&pos, &slot), shape, max_len);

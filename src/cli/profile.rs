@@ -70,7 +70,9 @@ pub fn run(gpu: &Gpu, cmd: &ProfileCommand) -> Result<()> {
         let summary = profile.summary(Some(&phase));
         let (steps, launches) = profile.counts(&phase);
         // one attention launch a layer: launches a layer are the step's launches over those
-        let layers = summary.iter().filter(|k| k.label == "attention").map(|k| k.dispatches).sum::<usize>();
+        let layers = (summary.iter().filter(|k| matches!(k.label.as_str(), "attention" | "attention_groups")))
+            .map(|k| k.dispatches)
+            .sum::<usize>();
         let per_layer =
             if layers > 0 { format!(", {:.1} a layer", launches as f64 / layers as f64) } else { String::new() };
         eprintln!(

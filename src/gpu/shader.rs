@@ -10,11 +10,36 @@
 //!   with `{VAR}` replaced by 0, 1, ... (repeats nest).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
-/// The WGSL files, compiled into the binary.
+/// The WGSL source of shader `name`: the file compiled into the binary or, for kernel work without
+/// a rebuild, the file of the same name in `$LORAFUSE_SHADER_DIR` where that is set and holds one
+/// (read once a process, and part of `sources_hash`, so the tuner re-times edited kernels).
 pub fn source(name: &str) -> Option<&'static str> {
+    static OVERRIDES: OnceLock<BTreeMap<&'static str, &'static str>> = OnceLock::new();
+    let overrides = OVERRIDES.get_or_init(|| {
+        let Some(dir) = std::env::var_os("LORAFUSE_SHADER_DIR") else { return BTreeMap::new() };
+        let dir = std::path::PathBuf::from(dir);
+        let found: BTreeMap<&'static str, &'static str> = (ALL.iter())
+            .filter_map(|&n| {
+                let text = std::fs::read_to_string(dir.join(format!("{n}.wgsl"))).ok()?;
+                Some((n, &*Box::leak(text.into_boxed_str())))
+            })
+            .collect();
+        let names: Vec<&str> = found.keys().copied().collect();
+        eprintln!(
+            "shaders from {}: {}",
+            dir.display(),
+            if names.is_empty() { "none found".into() } else { names.join(", ") }
+        );
+        found
+    });
+    overrides.get(name).copied().or_else(|| builtin(name))
+}
+
+fn builtin(name: &str) -> Option<&'static str> {
     Some(match name {
         "matmul_texture" => include_str!("../../shaders/matmul_texture.wgsl"),
         "matmul_blocked" => include_str!("../../shaders/matmul_blocked.wgsl"),

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
-use crate::gpu::{DType, PipelineKey, Recorder, Tensor, Work, flat_grid};
+use crate::gpu::{DType, Gpu, PipelineKey, Recorder, Tensor, Work, flat_grid, fold_grid};
 use crate::kernels::rope::{Cache, Rows};
 
 #[repr(C)]
@@ -28,6 +28,43 @@ pub struct Attention<'a> {
     /// Shared prefixes ([slots, 2] u32: the slot holding slot s's first keys, and how many):
     /// forward only; None, every slot reads its own.
     pub prefix: Option<&'a Tensor>,
+    /// The kernel; None: the launcher's choice (`AttentionVariant::choose`).
+    pub variant: Option<AttentionVariant>,
+}
+
+/// How the forward kernel spreads the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// One invocation per (row, query head), walking that row's keys alone.
+    Heads,
+    /// One subgroup per (row, KV group): the lanes split the keys, each key read once for the
+    /// group's query heads (needs subgroups of a known size).
+    Groups,
+}
+
+impl AttentionVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Heads => "heads",
+            AttentionVariant::Groups => "groups",
+        }
+    }
+
+    /// The variants this device can run for `heads` over `kv_heads` of `hd`.
+    pub fn available(gpu: &Gpu, heads: usize, kv_heads: usize, hd: usize) -> Vec<AttentionVariant> {
+        let mut v = vec![AttentionVariant::Heads];
+        // the group's queries and accumulators live in registers: (H/G)·d/4 vec4s of each
+        if gpu.caps().subgroups && gpu.caps().fixed_subgroup_size.is_some() && (heads / kv_heads) * hd <= 512 {
+            v.push(AttentionVariant::Groups);
+        }
+        v
+    }
+
+    /// Groups where the device has it: it reads each key once per group rather than once per
+    /// head, and keeps a SIMD group busy however few the rows are.
+    pub fn choose(gpu: &Gpu, heads: usize, kv_heads: usize, hd: usize) -> AttentionVariant {
+        *Self::available(gpu, heads, kv_heads, hd).last().expect("Heads is always available")
+    }
 }
 
 /// Head counts and size, for the CPU references.
@@ -88,8 +125,27 @@ pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&T
         defines.insert("PREFIX", 1);
         binds.push((8, pt.into()));
     }
-    let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention", &defines))?;
-    let grid = flat_grid(rec.gpu(), r * heads);
+    let variant = a.variant.unwrap_or_else(|| AttentionVariant::choose(rec.gpu(), heads, g, hd));
+    if !AttentionVariant::available(rec.gpu(), heads, g, hd).contains(&variant) {
+        return Err(Error::Unsupported {
+            kernel: op.into(),
+            variant: variant.name().into(),
+            reason: format!(
+                "needs subgroups of a known size and at most 512 query values a KV group ({heads} heads over {g} of {hd})"
+            ),
+        });
+    }
+    let (entry, grid) = match variant {
+        AttentionVariant::Heads => ("attention", flat_grid(rec.gpu(), r * heads)),
+        AttentionVariant::Groups => {
+            let sg = rec.gpu().caps().fixed_subgroup_size.unwrap_or(1);
+            defines.insert("GROUPS", 1);
+            defines.insert("SG", sg);
+            defines.insert("GH", (heads / g) as u32);
+            ("attention_groups", fold_grid(rec.gpu(), 1, (r * g) as u32))
+        }
+    };
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", entry, &defines))?;
     let params = Params {
         rows: r as u32,
         heads: heads as u32,
@@ -100,7 +156,7 @@ pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&T
     };
     // Work depends on the positions (not known here): count a full max_len window per row.
     let work = Work { flops: 4 * (r * heads * hd * max_len) as u64, bytes: 2 * out.bytes() };
-    rec.dispatch(pipeline, &params, binds, grid, "attention", work)
+    rec.dispatch(pipeline, &params, binds, grid, entry, work)
 }
 
 /// Where each sequence of a training batch sits: its rows are seq_start[s] .. seq_start[s] +

@@ -279,7 +279,14 @@ impl Layer {
         self.qkv.forward(rec, x, &a.qkv, false, &lq)?;
         let cache = p.cache.layer(i);
         rope_kv(rec, &a.qkv, p.cfg.heads, &p.rows, p.cache.rope(), &cache)?;
-        let at = Attention { qkv: &a.qkv, heads: p.cfg.heads, cache: &cache, rows: &p.rows, prefix: p.cache.prefix() };
+        let at = Attention {
+            qkv: &a.qkv,
+            heads: p.cfg.heads,
+            cache: &cache,
+            rows: &p.rows,
+            prefix: p.cache.prefix(),
+            variant: None,
+        };
         attention(rec, &at, &a.att, a.lse.as_ref())
     }
 
@@ -369,7 +376,7 @@ impl Layer {
         let spans = p.spans.as_ref().ok_or_else(|| Error::Invalid("a backward needs the batch's spans".into()))?;
         let lse = save.attn.lse.as_ref().ok_or_else(|| Error::Invalid("a backward needs the saved lse".into()))?;
         let cache = p.cache.layer(i);
-        let at = Attention { qkv, heads: cfg.heads, cache: &cache, rows: &p.rows, prefix: None };
+        let at = Attention { qkv, heads: cfg.heads, cache: &cache, rows: &p.rows, prefix: None, variant: None };
         attention_backward(rec, &at, spans, &Saved { out: att, lse }, &datt, &dqkv, &dsum)?;
         rope_backward(rec, &dqkv, cfg.heads, cfg.kv_heads, p.rows.pos, p.cache.rope())?;
         let dx1 = t(&[r, h], "dx1")?;

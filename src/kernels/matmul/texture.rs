@@ -44,6 +44,7 @@ struct Params {
     b_width: u32,
     alpha: f32,
     eps: f32,
+    k: u32,
 }
 
 /// Y = op(X)·Wᵀ or op(X)·W for `l`, W in a texture and X in a texture or (one-row kernels) a
@@ -77,17 +78,19 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
     }
     let f16 = w.dtype() == DType::F16;
     let q4 = w.dtype() == DType::Q4;
-    if q4 && !sg.is_multiple_of(8) {
+    if q4 && sg != 8 && sg != 16 {
         return Err(unsupported("4-bit weights need subgroups of 8 or 16".into()));
     }
     let mut params = Params {
         m: prob.m as u32,
         n: prob.n as u32,
         ldy: prob.n as u32,
-        // nt_dot with f16 weights walks 8 values a lane per step, with 4-bit weights a block of 32
+        // nt_dot with f16 weights walks 8 values a lane per step, with 4-bit weights a block of 32;
+        // nt with 4-bit weights two blocks a step (one scale texel)
         chunks: (prob.k as u32).div_ceil(match (dot, f16, q4) {
             (true, _, true) => 32 * sg,
             (true, true, _) => 8 * sg,
+            (false, _, true) if form == Form::Nt => 64,
             _ => 4 * sg,
         }),
         x_rpl: match x {
@@ -105,6 +108,7 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         b_width: 1,
         alpha: opts.alpha,
         eps: 0.0,
+        k: prob.k as u32,
     };
     let mut defines: Defines = [
         ("SG", sg),
@@ -115,6 +119,7 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         ("W_Q4", q4 as u32),
         ("W8", (f16 || q4) as u32),
         ("QB", if q4 { sg / 8 } else { 0 }),
+        ("QP", if q4 { 16 / sg } else { 0 }),
         ("EPILOGUE", opts.epilogue.is_some() as u32),
         ("ROW_COEF", opts.row_coef.is_some() as u32),
         ("ACCUMULATE", opts.accumulate as u32),

@@ -4,8 +4,8 @@
 use super::{case, f64s, input, input_u32, round_f16};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::attention::{
-    Attention, Heads, Saved, Spans, attention, attention_backward, attention_backward_ref, attention_causal_ref,
-    attention_ref,
+    Attention, AttentionVariant, Heads, Saved, Spans, attention, attention_backward, attention_backward_ref,
+    attention_causal_ref, attention_ref,
 };
 use crate::kernels::elementwise::{add_bias, copy, swiglu, swiglu_backward, swiglu_backward_ref, swiglu_ref};
 use crate::kernels::embedding::{gather, gather_ref, scatter};
@@ -166,10 +166,11 @@ pub fn rope_backward_case(heads: usize, kv: usize, hd: usize, r: usize) -> Case 
 /// output and its log-sum-exps; the k and v blocks of qkv are NaN, which proves they are not read.
 /// With `shared`, slots 1.. read their first keys (each its own number of them) from a prefix in
 /// slot 0 and their rows lie past those: the reference reads the cache as each slot sees it.
-pub fn attention_case(heads: usize, kv_heads: usize, hd: usize, r: usize, max_len: usize, shared: bool) -> Case {
+pub fn attention_case(heads: Heads, r: usize, max_len: usize, shared: bool, variant: AttentionVariant) -> Case {
+    let Heads { heads, kv_heads, hd } = heads;
     let shape =
         format!("H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len}{}", if shared { " shared prefix" } else { "" });
-    case("attention", &shape, DType::F32, "-", move |gpu, rng| {
+    case("attention", &shape, DType::F32, variant.name(), move |gpu, rng| {
         let slots = 4;
         let prefix_len: Vec<usize> =
             (0..slots).map(|s| if shared && s > 0 { rng.below(max_len / 2) } else { 0 }).collect();
@@ -214,7 +215,14 @@ pub fn attention_case(heads: usize, kv_heads: usize, hd: usize, r: usize, max_le
         ];
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
-            let at = Attention { qkv: &qkv, heads, cache: &cache, rows: &rows, prefix: prefix.as_ref() };
+            let at = Attention {
+                qkv: &qkv,
+                heads,
+                cache: &cache,
+                rows: &rows,
+                prefix: prefix.as_ref(),
+                variant: Some(variant),
+            };
             attention(rec, &at, &out, Some(&lse))
         };
         Ok(Instance { launch: Box::new(launch), outputs })
@@ -274,7 +282,7 @@ pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usi
             rope_kv(&mut rec, &qkvt, heads, &rows, &RopeTable::new(gpu, &vec![0.0; hd / 2], max_len)?, &cache)?;
             attention(
                 &mut rec,
-                &Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None },
+                &Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, variant: None },
                 &out,
                 Some(&lse),
             )?;
@@ -292,7 +300,7 @@ pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usi
         ];
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kc, v: &vc }, Rows { pos: &pt, slot: &st });
-            let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None };
+            let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, variant: None };
             let spans = Spans { start: &sst, len: &slt };
             attention_backward(rec, &at, &spans, &Saved { out: &out, lse: &lse }, &dout_t, &dqkv, &dsum)
         };

@@ -7,6 +7,7 @@ mod train;
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Layout, Tensor};
+use crate::kernels::attention::{AttentionVariant, Heads};
 use crate::kernels::harness::{Case, Instance};
 use crate::kernels::matmul::tune::{self, Problem};
 use crate::kernels::matmul::{Form, Variant};
@@ -101,6 +102,35 @@ fn prologues(gpu: &Gpu) -> Vec<Case> {
     out
 }
 
+/// A decode step's matvecs at SmolLM2-135M's sizes with the prologues they run with: q/k/v and
+/// gate/up read the residual stream through its RMSNorm, down reads gate/up through SwiGLU (4-bit
+/// weights, as the default model's layers), the LM head reads it through the final norm (f16).
+/// The one-row variants of each problem are timed side by side.
+fn decode_matvecs(gpu: &Gpu) -> Vec<Case> {
+    use linear::PrologueKind::{RmsNorm, SwiGlu};
+    let mut out = Vec::new();
+    for (kind, k, n, dtype) in [
+        (RmsNorm, 576, 960, DType::Q4),
+        (RmsNorm, 576, 3072, DType::Q4),
+        (SwiGlu, 1536, 576, DType::Q4),
+        (RmsNorm, 576, 49152, DType::F16),
+    ] {
+        for v in Variant::candidates(gpu, Form::Nt, Layout::Texture) {
+            if v.rows() != 1 || !linear::dtypes_of(gpu, Form::Nt, v).contains(&dtype) {
+                continue;
+            }
+            let mut c = linear::prologue_case(v, dtype, kind, (1, k, n));
+            c.group = format!("decode {} {dtype}", c.shape);
+            let p = Problem { form: Form::Nt, layout: Layout::Texture, dtype, m: 1, n, k };
+            if tune::lookup(gpu, &p).is_ok_and(|pick| pick == v) {
+                c.note = "tuner's pick".into();
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The check and grad table: every kernel, every variant, awkward sizes.
 pub fn check_table(gpu: &Gpu) -> Vec<Case> {
     let mut t = Vec::new();
@@ -135,10 +165,13 @@ pub fn check_table(gpu: &Gpu) -> Vec<Case> {
         t.push(layer::swiglu_case(r, h));
         t.push(layer::swiglu_backward_case(r, h));
     }
-    for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 4, 12, 33), (2, 1, 8, 1)] {
+    for (heads, kv, hd, r, keys) in [(9, 3, 64, 7, 40), (4, 4, 12, 33, 40), (2, 1, 8, 1, 40), (9, 3, 64, 3, 301)] {
         t.push(layer::rope_kv_case(heads, kv, hd, r));
-        t.push(layer::attention_case(heads, kv, hd, r, 40, false));
-        t.push(layer::attention_case(heads, kv, hd, r, 40, true));
+        for v in AttentionVariant::available(gpu, heads, kv, hd) {
+            let h = Heads { heads, kv_heads: kv, hd };
+            t.push(layer::attention_case(h, r, keys, false, v));
+            t.push(layer::attention_case(h, r, keys, true, v));
+        }
     }
     for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 2, 12, 33)] {
         t.push(layer::rope_backward_case(heads, kv, hd, r));
@@ -202,6 +235,7 @@ pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
             }
         }
     }
+    t.extend(decode_matvecs(gpu));
     let r = grid.rows;
     let layout = tune::preferred_layout(gpu);
     t.push(linear::lora_forward_case(layout, DType::F16, (r, 576, 576), vec![16, 16]));
@@ -214,8 +248,16 @@ pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
     t.push(layer::rmsnorm_backward_case(r, 576, true));
     t.push(layer::rope_kv_case(9, 3, 64, r));
     t.push(layer::rope_backward_case(9, 3, 64, r));
+    let smol = Heads { heads: 9, kv_heads: 3, hd: 64 };
     for &s in &grid.seqs {
-        t.push(layer::attention_case(9, 3, 64, s, s, false));
+        // a prefill's rows, then four sequences' decode rows
+        for rows in [s, 4] {
+            for v in AttentionVariant::available(gpu, 9, 3, 64) {
+                let mut c = layer::attention_case(smol, rows, s, false, v);
+                c.group = format!("attention {rows} {s}");
+                t.push(c);
+            }
+        }
         t.push(layer::attention_backward_case(9, 3, 64, vec![s]));
     }
     t.push(layer::swiglu_case(r, 1536));
