@@ -24,8 +24,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
+#if ROPE
+@group(0) @binding(2) var<storage, read_write> kc: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> vc: array<vec4<f32>>;
+// cos and sin of position·θᵢ, [positions, d/2], as rope.wgsl reads them
+@group(0) @binding(9) var<storage, read> cos_t: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read> sin_t: array<vec4<f32>>;
+#else
 @group(0) @binding(2) var<storage, read> kc: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;
+#endif
 @group(0) @binding(4) var<storage, read> pos: array<u32>;
 @group(0) @binding(5) var<storage, read> slot: array<u32>;
 #if BACKWARD_DQ
@@ -138,45 +146,95 @@ fn attention_groups(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     let row = unit / p.kv_heads;
     let g = unit % p.kv_heads;
     let d4 = HD / 4u;
-    let qb = row * (p.heads + 2u * p.kv_heads) * d4 + g * GH * d4;
-#repeat h GH
+    let rb = row * (p.heads + 2u * p.kv_heads) * d4;
+    let qb = rb + g * GH * d4;
+    let ps = pos[row];
+    let kb = (slot[row] * p.kv_heads + g) * p.max_len * d4;
+#if ROPE
+    // A decode row: rotate its q heads and its group's k here (rope.wgsl's arithmetic), store k
+    // and v at (slot, pos), and attend to the cached keys before pos and to this one from
+    // registers (the last key of lane pos % SG, as if read back).
+    let tb = ps * (HD4 / 2u);
+    var kn: array<vec4<f32>, HD4>;
+    var vn: array<vec4<f32>, HD4>;
+#repeat i HD4H
+    let cs{i} = cos_t[tb + {i}u];
+    let sn{i} = sin_t[tb + {i}u];
+    let k1_{i} = qkv[rb + (p.heads + g) * d4 + {i}u];
+    let k2_{i} = qkv[rb + (p.heads + g) * d4 + HD4H + {i}u];
+    kn[{i}u] = k1_{i} * cs{i} - k2_{i} * sn{i};
+    kn[HD4H + {i}u] = k2_{i} * cs{i} + k1_{i} * sn{i};
+#end
 #repeat i HD4
-    let q{h}_{i} = qkv[qb + ({h}u * HD4 + {i}u)] * p.scale;
+    vn[{i}u] = qkv[rb + (p.heads + p.kv_heads + g) * d4 + {i}u];
+#end
+    if (lane == 0u) {
+#repeat i HD4
+        kc[kb + ps * d4 + {i}u] = kn[{i}u];
+        vc[kb + ps * d4 + {i}u] = vn[{i}u];
+#end
+    }
+#endif
+#repeat h GH
+    var q{h}: array<vec4<f32>, HD4>;
+#if ROPE
+#repeat i HD4H
+    let q1_{h}_{i} = qkv[qb + ({h}u * HD4 + {i}u)];
+    let q2_{h}_{i} = qkv[qb + ({h}u * HD4 + HD4H + {i}u)];
+    q{h}[{i}u] = (q1_{h}_{i} * cs{i} - q2_{h}_{i} * sn{i}) * p.scale;
+    q{h}[HD4H + {i}u] = (q2_{h}_{i} * cs{i} + q1_{h}_{i} * sn{i}) * p.scale;
+#end
+#else
+#repeat i HD4
+    q{h}[{i}u] = qkv[qb + ({h}u * HD4 + {i}u)] * p.scale;
+#end
+#endif
+#repeat i HD4
     var acc{h}_{i} = vec4<f32>(0.0);
 #end
     var m{h} = NEG;
     var l{h} = 0.0;
 #end
-    let n = pos[row] + 1u;
-    let kb = (slot[row] * p.kv_heads + g) * p.max_len * d4;
 #if PREFIX
     let shared_len = prefix[2u * slot[row] + 1u];
     let pb = (prefix[2u * slot[row]] * p.kv_heads + g) * p.max_len * d4;
 #endif
-    for (var t = lane; t < n; t += SG) {
+    for (var t = lane; t < ps + 1u; t += SG) {
 #if PREFIX
         let kr = select(kb, pb, t < shared_len) + t * d4;
 #else
         let kr = kb + t * d4;
 #endif
+        var kt: array<vec4<f32>, HD4>;
+        var vt: array<vec4<f32>, HD4>;
+#if ROPE
+        if (t == ps) {
+            kt = kn;
+            vt = vn;
+        } else {
 #repeat i HD4
-        let k{i} = kc[kr + {i}u];
+            kt[{i}u] = kc[kr + {i}u];
+            vt[{i}u] = vc[kr + {i}u];
 #end
+        }
+#else
+#repeat i HD4
+        kt[{i}u] = kc[kr + {i}u];
+        vt[{i}u] = vc[kr + {i}u];
+#end
+#endif
 #repeat h GH
         var s{h} = 0.0;
 #repeat i HD4
-        s{h} += dot(q{h}_{i}, k{i});
+        s{h} += dot(q{h}[{i}u], kt[{i}u]);
 #end
         let mn{h} = max(m{h}, s{h});
         let c{h} = exp(m{h} - mn{h});
         let e{h} = exp(s{h} - mn{h});
         l{h} = l{h} * c{h} + e{h};
         m{h} = mn{h};
-#end
 #repeat i HD4
-        let v{i} = vc[kr + {i}u];
-#repeat h GH
-        acc{h}_{i} = acc{h}_{i} * c{h} + e{h} * v{i};
+        acc{h}_{i} = acc{h}_{i} * c{h} + e{h} * vt[{i}u];
 #end
 #end
     }

@@ -363,7 +363,7 @@ fn attention_backward_matches_reference_and_finite_differences() {
             Tensor::from_u32(gpu, &[slots], &lens_u, "len").unwrap(),
         );
         let mut rec = Recorder::new(gpu);
-        let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, variant: None };
+        let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, rope: None, variant: None };
         attention(&mut rec, &at, &out, Some(&lse)).unwrap();
         attention_backward(
             &mut rec,

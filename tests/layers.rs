@@ -231,7 +231,7 @@ fn attention_over_ragged_rows() {
         let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
         attention(
             &mut rec,
-            &Attention { qkv: &qt, heads, cache: &cache, rows: &rows, prefix: None, variant: None },
+            &Attention { qkv: &qt, heads, cache: &cache, rows: &rows, prefix: None, rope: None, variant: None },
             &out,
             Some(&lse),
         )

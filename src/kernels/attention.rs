@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
 use crate::gpu::{DType, Gpu, PipelineKey, Recorder, Tensor, Work, flat_grid, fold_grid};
-use crate::kernels::rope::{Cache, Rows};
+use crate::kernels::rope::{Cache, RopeTable, Rows, rope_kv};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -28,6 +28,11 @@ pub struct Attention<'a> {
     /// Shared prefixes ([slots, 2] u32: the slot holding slot s's first keys, and how many):
     /// forward only; None, every slot reads its own.
     pub prefix: Option<&'a Tensor>,
+    /// Decode rows (each row its slot's only row in the batch, the slot's earlier keys cached):
+    /// the rotation and the cache store of rope_kv, done by the attention launch itself where the
+    /// variant can (groups, d a multiple of 8), else by a rope_kv launch first. q's block of qkv
+    /// may be left rotated or not: nothing may read it after. None: rope_kv ran before.
+    pub rope: Option<&'a RopeTable>,
     /// The kernel; None: the launcher's choice (`AttentionVariant::choose`).
     pub variant: Option<AttentionVariant>,
 }
@@ -134,6 +139,20 @@ pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&T
                 "needs subgroups of a known size and at most 512 query values a KV group ({heads} heads over {g} of {hd})"
             ),
         });
+    }
+    let fuse_rope = a.rope.is_some() && variant == AttentionVariant::Groups && hd.is_multiple_of(8);
+    if let Some(table) = a.rope {
+        if 2 * table.half != hd {
+            return Err(Error::shape(op, format!("a rope table of {} pairs for heads of {hd}", table.half)));
+        }
+        if fuse_rope {
+            defines.insert("ROPE", 1);
+            defines.insert("HD4H", hd as u32 / 8);
+            binds.push((9, (&table.cos).into()));
+            binds.push((10, (&table.sin).into()));
+        } else {
+            rope_kv(rec, qkv, heads, rows, table, cache)?;
+        }
     }
     let (entry, grid) = match variant {
         AttentionVariant::Heads => ("attention", flat_grid(rec.gpu(), r * heads)),

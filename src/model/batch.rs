@@ -138,6 +138,9 @@ pub(crate) struct RowTensors {
     pub pos: Tensor,
     pub slot: Tensor,
     pub spans: Option<(Tensor, Tensor)>,
+    /// No slot has two rows here (a decode step): each row's earlier keys are all cached before
+    /// the pass, so attention may store the row's own key as it attends.
+    pub distinct_slots: bool,
 }
 
 impl RowTensors {
@@ -159,6 +162,10 @@ impl RowTensors {
             pos: Tensor::from_u32(gpu, &[r], &b.positions, "positions")?,
             slot: Tensor::from_u32(gpu, &[r], &b.slots, "slots")?,
             spans,
+            distinct_slots: {
+                let mut seen = std::collections::BTreeSet::new();
+                b.slots.iter().all(|s| seen.insert(*s))
+            },
         })
     }
 }

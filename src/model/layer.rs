@@ -79,6 +79,9 @@ pub(super) struct Pass<'a> {
     /// Where each sequence's rows are: a training pass, for attention's backward.
     pub spans: Option<Spans<'a>>,
     pub cache: &'a KvCache,
+    /// No slot has two rows (RowTensors::distinct_slots): RoPE and the cache store run inside
+    /// attention.
+    pub distinct_slots: bool,
     pub lora: PassLora<'a>,
     /// LoRA dropout: probability and this micro-batch's seed (training only).
     pub dropout: Option<Dropout>,
@@ -278,13 +281,18 @@ impl Layer {
         let lq = p.site(rec, i, Site::Qkv, x)?;
         self.qkv.forward(rec, x, &a.qkv, false, &lq)?;
         let cache = p.cache.layer(i);
-        rope_kv(rec, &a.qkv, p.cfg.heads, &p.rows, p.cache.rope(), &cache)?;
+        // a pass that keeps attention's results for a backward keeps the rotated q too
+        let in_attention = p.distinct_slots && a.lse.is_none();
+        if !in_attention {
+            rope_kv(rec, &a.qkv, p.cfg.heads, &p.rows, p.cache.rope(), &cache)?;
+        }
         let at = Attention {
             qkv: &a.qkv,
             heads: p.cfg.heads,
             cache: &cache,
             rows: &p.rows,
             prefix: p.cache.prefix(),
+            rope: in_attention.then(|| p.cache.rope()),
             variant: None,
         };
         attention(rec, &at, &a.att, a.lse.as_ref())
@@ -376,7 +384,8 @@ impl Layer {
         let spans = p.spans.as_ref().ok_or_else(|| Error::Invalid("a backward needs the batch's spans".into()))?;
         let lse = save.attn.lse.as_ref().ok_or_else(|| Error::Invalid("a backward needs the saved lse".into()))?;
         let cache = p.cache.layer(i);
-        let at = Attention { qkv, heads: cfg.heads, cache: &cache, rows: &p.rows, prefix: None, variant: None };
+        let at =
+            Attention { qkv, heads: cfg.heads, cache: &cache, rows: &p.rows, prefix: None, rope: None, variant: None };
         attention_backward(rec, &at, spans, &Saved { out: att, lse }, &datt, &dqkv, &dsum)?;
         rope_backward(rec, &dqkv, cfg.heads, cfg.kv_heads, p.rows.pos, p.cache.rope())?;
         let dx1 = t(&[r, h], "dx1")?;

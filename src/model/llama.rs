@@ -447,7 +447,15 @@ impl Llama {
             }
         };
         let spans = rt.spans.as_ref().map(|(start, len)| crate::kernels::attention::Spans { start, len });
-        Pass { cfg: &self.cfg, rows: Rows { pos: &rt.pos, slot: &rt.slot }, spans, cache, lora, dropout }
+        Pass {
+            cfg: &self.cfg,
+            rows: Rows { pos: &rt.pos, slot: &rt.slot },
+            spans,
+            cache,
+            distinct_slots: rt.distinct_slots,
+            lora,
+            dropout,
+        }
     }
 
     /// h = embed(tokens), then every layer: the final hidden states [R, hidden]. With `saves`,

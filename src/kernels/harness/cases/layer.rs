@@ -162,57 +162,111 @@ pub fn rope_backward_case(heads: usize, kv: usize, hd: usize, r: usize) -> Case 
     })
 }
 
-/// Attention over ragged rows (several sequences at any positions of a shared cache): the
-/// output and its log-sum-exps; the k and v blocks of qkv are NaN, which proves they are not read.
-/// With `shared`, slots 1.. read their first keys (each its own number of them) from a prefix in
-/// slot 0 and their rows lie past those: the reference reads the cache as each slot sees it.
-pub fn attention_case(heads: Heads, r: usize, max_len: usize, shared: bool, variant: AttentionVariant) -> Case {
+/// Attention over a cache of random keys, rows of random slots and positions (with `shared`, the
+/// slots after the first read their first keys from slot 0). With `rope`, the rows are decode
+/// rows (distinct slots, qkv as the projection wrote it): the launch itself rotates q and k and
+/// stores k and v at each row's (slot, position), which the row then attends to, as rope_kv and
+/// attention would in two launches; every other cache cell stays as it was.
+pub fn attention_case(
+    heads: Heads,
+    r: usize,
+    max_len: usize,
+    shared: bool,
+    rope: bool,
+    variant: AttentionVariant,
+) -> Case {
     let Heads { heads, kv_heads, hd } = heads;
-    let shape =
-        format!("H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len}{}", if shared { " shared prefix" } else { "" });
+    let shape = format!(
+        "H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len}{}{}",
+        if shared { " shared prefix" } else { "" },
+        if rope { " rope" } else { "" }
+    );
     case("attention", &shape, DType::F32, variant.name(), move |gpu, rng| {
-        let slots = 4;
+        let first = shared as usize;
+        let slots = 4.max(r + first);
         let prefix_len: Vec<usize> =
             (0..slots).map(|s| if shared && s > 0 { rng.below(max_len / 2) } else { 0 }).collect();
-        let first = shared as usize;
-        let slot: Vec<u32> = (0..r).map(|_| (first + rng.below(slots - first)) as u32).collect();
+        let slot: Vec<u32> = if rope {
+            let mut all: Vec<u32> = (first as u32..slots as u32).collect();
+            rng.shuffle(&mut all);
+            all[..r].to_vec()
+        } else {
+            (0..r).map(|_| (first + rng.below(slots - first)) as u32).collect()
+        };
         let pos: Vec<u32> = slot
             .iter()
             .map(|&s| (prefix_len[s as usize] + rng.below(max_len - prefix_len[s as usize])) as u32)
             .collect();
-        let q = rng.vec(r * heads * hd, 4.0);
+        let (nq, nkv) = (heads * hd, kv_heads * hd);
+        let q = rng.vec(r * nq, 4.0);
         let cell = kv_heads * max_len * hd;
         let (kc, vc) = (rng.vec(slots * cell, 1.0), rng.vec(slots * cell, 1.0));
+        let (k, v) = if rope {
+            (rng.vec(r * nkv, 1.0), rng.vec(r * nkv, 1.0))
+        } else {
+            (vec![f32::NAN; r * nkv], vec![f32::NAN; r * nkv])
+        };
+        let freqs = inv_freq(hd);
+        // the cache after the launch, and the query it attends with
+        let (mut kc_after, mut vc_after) = (f64s(&kc), f64s(&vc));
+        let qa: Vec<f32> = if rope {
+            let kr = rope_ref(&k, kv_heads, hd, &pos, &freqs);
+            for row in 0..r {
+                for g in 0..kv_heads {
+                    let at = ((slot[row] as usize * kv_heads + g) * max_len + pos[row] as usize) * hd;
+                    for e in 0..hd {
+                        kc_after[at + e] = kr[(row * kv_heads + g) * hd + e];
+                        vc_after[at + e] = v[(row * kv_heads + g) * hd + e] as f64;
+                    }
+                }
+            }
+            rope_ref(&q, heads, hd, &pos, &freqs).iter().map(|&x| x as f32).collect()
+        } else {
+            q.clone()
+        };
         // each slot's keys as attention sees them: the first ones from slot 0
-        let seen = |c: &[f32]| -> Vec<f32> {
-            let mut out = c.to_vec();
+        let seen = |c: &[f64]| -> Vec<f32> {
+            let mut out: Vec<f32> = c.iter().map(|&x| x as f32).collect();
             for (s, &len) in prefix_len.iter().enumerate() {
                 for g in 0..kv_heads {
                     for t in 0..len {
                         let (dst, src) = (((s * kv_heads + g) * max_len + t) * hd, ((g * max_len) + t) * hd);
-                        out[dst..dst + hd].copy_from_slice(&c[src..src + hd]);
+                        out.copy_within(src..src + hd, dst);
                     }
                 }
             }
             out
         };
-        let (nq, nkv) = (heads * hd, kv_heads * hd);
-        let (want, want_lse) =
-            attention_ref(&q, &seen(&kc), &seen(&vc), (&pos, &slot), Heads { heads, kv_heads, hd }, max_len);
+        let (want, want_lse) = attention_ref(
+            &qa,
+            &seen(&kc_after),
+            &seen(&vc_after),
+            (&pos, &slot),
+            Heads { heads, kv_heads, hd },
+            max_len,
+        );
         let cache_shape = [slots, kv_heads, max_len, hd];
-        let nan = vec![f32::NAN; r * nkv];
-        let qkv = input(gpu, &[r, nq + 2 * nkv], &stack_qkv(&q, &nan, &nan, r, nq, nkv))?;
-        let (kt, vt) = (input(gpu, &cache_shape, &kc)?, input(gpu, &cache_shape, &vc)?);
+        let qkv = input(gpu, &[r, nq + 2 * nkv], &stack_qkv(&q, &k, &v, r, nq, nkv))?;
+        let (kt, vt) = if rope {
+            (output(gpu, &cache_shape, DType::F32, "k cache")?, output(gpu, &cache_shape, DType::F32, "v cache")?)
+        } else {
+            (input(gpu, &cache_shape, &kc)?, input(gpu, &cache_shape, &vc)?)
+        };
         let (pt, st) = (input_u32(gpu, &pos)?, input_u32(gpu, &slot)?);
         let table: Vec<u32> = (prefix_len.iter().enumerate())
             .flat_map(|(s, &l)| if l > 0 { [0, l as u32] } else { [s as u32, 0] })
             .collect();
         let prefix = if shared { Some(Tensor::from_u32(gpu, &[slots, 2], &table, "prefix")?) } else { None };
+        let rope_table = if rope { Some(RopeTable::new(gpu, &freqs, max_len)?) } else { None };
         let (out, lse) = (output(gpu, &[r, nq], DType::F32, "out")?, output(gpu, &[r, heads], DType::F32, "lse")?);
-        let outputs = vec![
+        let mut outputs = vec![
             Output::new("out", &out, want, Expect::Close(1e-5)),
             Output::new("lse", &lse, want_lse, Expect::Close(1e-6)),
         ];
+        if rope {
+            outputs.push(Output::new("k cache", &kt, kc_after, Expect::Close(1e-6)).with_prior(kc));
+            outputs.push(Output::new("v cache", &vt, vc_after, Expect::Exact).with_prior(vc));
+        }
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kt, v: &vt }, Rows { pos: &pt, slot: &st });
             let at = Attention {
@@ -221,6 +275,7 @@ pub fn attention_case(heads: Heads, r: usize, max_len: usize, shared: bool, vari
                 cache: &cache,
                 rows: &rows,
                 prefix: prefix.as_ref(),
+                rope: rope_table.as_ref(),
                 variant: Some(variant),
             };
             attention(rec, &at, &out, Some(&lse))
@@ -282,7 +337,7 @@ pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usi
             rope_kv(&mut rec, &qkvt, heads, &rows, &RopeTable::new(gpu, &vec![0.0; hd / 2], max_len)?, &cache)?;
             attention(
                 &mut rec,
-                &Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, variant: None },
+                &Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, rope: None, variant: None },
                 &out,
                 Some(&lse),
             )?;
@@ -300,7 +355,8 @@ pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usi
         ];
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kc, v: &vc }, Rows { pos: &pt, slot: &st });
-            let at = Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, variant: None };
+            let at =
+                Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, rope: None, variant: None };
             let spans = Spans { start: &sst, len: &slt };
             attention_backward(rec, &at, &spans, &Saved { out: &out, lse: &lse }, &dout_t, &dqkv, &dsum)
         };

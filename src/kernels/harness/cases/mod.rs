@@ -169,8 +169,9 @@ pub fn check_table(gpu: &Gpu) -> Vec<Case> {
         t.push(layer::rope_kv_case(heads, kv, hd, r));
         for v in AttentionVariant::available(gpu, heads, kv, hd) {
             let h = Heads { heads, kv_heads: kv, hd };
-            t.push(layer::attention_case(h, r, keys, false, v));
-            t.push(layer::attention_case(h, r, keys, true, v));
+            for (shared, rope) in [(false, false), (true, false), (false, true), (true, true)] {
+                t.push(layer::attention_case(h, r, keys, shared, rope, v));
+            }
         }
     }
     for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 2, 12, 33)] {
@@ -250,10 +251,10 @@ pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
     t.push(layer::rope_backward_case(9, 3, 64, r));
     let smol = Heads { heads: 9, kv_heads: 3, hd: 64 };
     for &s in &grid.seqs {
-        // a prefill's rows, then four sequences' decode rows
-        for rows in [s, 4] {
+        // a prefill's rows (rope_kv launched before), then four sequences' decode rows (rope in it)
+        for (rows, rope) in [(s, false), (4, true)] {
             for v in AttentionVariant::available(gpu, 9, 3, 64) {
-                let mut c = layer::attention_case(smol, rows, s, false, v);
+                let mut c = layer::attention_case(smol, rows, s, false, rope, v);
                 c.group = format!("attention {rows} {s}");
                 t.push(c);
             }
