@@ -183,7 +183,8 @@ pub fn attention_case(
     );
     case("attention", &shape, DType::F32, variant.name(), move |gpu, rng| {
         let first = shared as usize;
-        let slots = 4.max(r + first);
+        // decode rows need a slot each
+        let slots = if rope { 4.max(r + first) } else { 4 };
         let prefix_len: Vec<usize> =
             (0..slots).map(|s| if shared && s > 0 { rng.below(max_len / 2) } else { 0 }).collect();
         let slot: Vec<u32> = if rope {
