@@ -7,6 +7,12 @@
 // bounds tests in their inner loops. Rows past `rows` are left alone: kernels clamp activation
 // rows, and a fresh texture's padding rows (which weight reductions do read) are zero already.
 // One invocation per texel; workgroups cover (texels, rows) with rows folded over (y, z).
+//
+// With a prologue, the source is an activation whose value is computed as it is packed (the
+// launch it replaces wrote it to a buffer first), in the arithmetic of that launch:
+//   SWIGLU:    value[r, c] = silu(src[r, c]) · src[r, cols + c], src [rows, 2·cols] (ld = 2·cols)
+//   pack_norm: value[r, c] = src[r, c] · ρ · gain[c], ρ = 1/sqrt(mean(src[r]²) + eps), one
+//              invocation a row (ρ needs the whole row; rmsnorm.wgsl's serial sum).
 
 struct Params {
     rows: u32,
@@ -14,6 +20,7 @@ struct Params {
     ld: u32,
     width: u32,     // texels per texture row
     rpl: u32,       // rows per layer
+    eps: f32,       // pack_norm's epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,7 +46,12 @@ fn at4(row: u32, col: u32) -> vec4<f32> {
 #else
 fn at(row: u32, col: u32) -> f32 {
     if (col < p.cols) {
+#if SWIGLU
+        let g = src[row * p.ld + col];
+        return g / (1.0 + exp(-g)) * src[row * p.ld + p.cols + col];
+#else
         return src[row * p.ld + col];
+#endif
     }
     return 0.0;
 }
@@ -67,3 +79,32 @@ fn pack(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     textureStore(dst, coord, layer, at4(row, x * 4u));
 #endif
 }
+
+#if NORM
+@group(0) @binding(3) var<storage, read> gain: array<f32>;
+
+@compute @workgroup_size(64)
+fn pack_norm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * 64u;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.ld;
+    var ss = 0.0;
+    for (var i = 0u; i < p.cols; i++) {
+        let v = src[base + i];
+        ss += v * v;
+    }
+    let inv = inverseSqrt(ss / f32(p.cols) + p.eps);
+    for (var x = 0u; x < p.width; x++) {
+        var v = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            let c = 4u * x + e;
+            if (c < p.cols) {
+                v[e] = src[base + c] * inv * gain[c];
+            }
+        }
+        textureStore(dst, vec2<u32>(x, row % p.rpl), row / p.rpl, v);
+    }
+}
+#endif

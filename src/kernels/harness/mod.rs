@@ -71,8 +71,18 @@ pub struct Instance {
 /// Where an output lives.
 pub enum Target {
     Tensor(Tensor),
-    /// A texture matrix, compared texel for texel (padding included) with the host packer.
+    /// A texture matrix, compared texel for texel (padding included) with the host packer's
+    /// layout: f32 textures value by value, others byte by byte (`texel_values`).
     Texture(Box<TexMatrix>),
+}
+
+/// What a texture output is compared as: the f32 values of an f32 texture's texel bytes, or the
+/// bytes themselves.
+pub fn texel_values(dtype: DType, bytes: &[u8]) -> Vec<f64> {
+    match dtype {
+        DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(bytes).iter().map(|&v| v as f64).collect(),
+        _ => bytes.iter().map(|&b| b as f64).collect(),
+    }
 }
 
 /// How an output is compared with its reference.
@@ -159,7 +169,7 @@ impl Output {
                     _ => t.read_f32(gpu)?.iter().map(|&v| v as f64).collect(),
                 }
             }
-            Target::Texture(t) => t.read_texels(gpu)?.iter().map(|&b| b as f64).collect(),
+            Target::Texture(t) => texel_values(t.dtype(), &t.read_texels(gpu)?),
         };
         if got.len() != self.want.len() {
             return Ok(Some(format!("{} values for a reference of {}", got.len(), self.want.len())));

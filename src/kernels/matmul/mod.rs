@@ -296,8 +296,20 @@ impl Act {
         if let Some(t) = self.packed.get() {
             return Ok(t);
         }
-        let x = self.value(rec)?.clone();
-        let t = pack::to_scratch_texture(rec, &x, self.slot)?;
+        let t = match self.source() {
+            // the prologue's value goes straight into the texture (one launch, not two)
+            (src, Some(prologue)) => {
+                let (src, prologue) = (src.clone(), prologue.clone());
+                let (rows, cols) = self.dims()?;
+                let dst = rec.gpu().scratch_texture(rows, cols, self.slot)?;
+                pack::pack_prologue(rec, &src, &prologue, &dst)?;
+                dst
+            }
+            (x, None) => {
+                let x = x.clone();
+                pack::to_scratch_texture(rec, &x, self.slot)?
+            }
+        };
         Ok(self.packed.get_or_init(|| t))
     }
 

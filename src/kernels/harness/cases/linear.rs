@@ -5,13 +5,13 @@ use super::{Shape, case, input, round_f16};
 use crate::error::Result;
 use crate::gpu::texture::pack_host;
 use crate::gpu::{DType, Gpu, Layout, Matrix, Tensor, TexMatrix};
-use crate::kernels::harness::{Case, Expect, FiniteDiff, Instance, Loss, Output, output};
+use crate::kernels::harness::{Case, Expect, FiniteDiff, Instance, Loss, Output, output, texel_values};
 use crate::kernels::lora::{
     FusedLinear, HostAdapter, LoraGrads, LoraStack, Mix, RefStack, SeqAdapter, Sequential, lora_backward,
     lora_backward_ref, lora_forward, lora_forward_ref, lora_merge, lora_sequential,
 };
 use crate::kernels::lora_merge::merge_ref;
-use crate::kernels::matmul::{Act, Form, MatmulOpts, Variant, matmul, matmul_act, matmul_ref, pack};
+use crate::kernels::matmul::{Act, Form, MatmulOpts, Prologue, Variant, matmul, matmul_act, matmul_ref, pack};
 use crate::rng::Rng;
 
 const TOL: f64 = 1e-4;
@@ -289,7 +289,7 @@ pub fn pack_case(dtype: DType, rows: usize, cols: usize) -> Case {
             name: "texels",
             target: crate::kernels::harness::Target::Texture(Box::new(dst.clone())),
             prior: None,
-            want: f64s_bytes(&want),
+            want: texel_values(dtype, &want),
             expect: Expect::Exact,
             fd: None,
         };
@@ -298,8 +298,47 @@ pub fn pack_case(dtype: DType, rows: usize, cols: usize) -> Case {
     })
 }
 
-fn f64s_bytes(b: &[u8]) -> Vec<f64> {
-    b.iter().map(|&x| x as f64).collect()
+/// The pack of an activation whose prologue is pending (the texture kernels' left operand with
+/// several rows): RMSNorm or SwiGLU applied as it packs, one launch for the two it replaces.
+pub fn pack_prologue_case(kind: PrologueKind, rows: usize, cols: usize) -> Case {
+    case("pack prologue", &format!("{rows}x{cols} {kind:?}"), DType::F32, "-", move |gpu, rng| {
+        let align = crate::gpu::texture::col_align(gpu).unwrap_or(32);
+        let dst = TexMatrix::zeros(gpu, rows, cols, DType::F32, align, "packed")?;
+        let eps = 1e-5;
+        let (src, x, gain) = match kind {
+            PrologueKind::RmsNorm => {
+                let (s, g) = (rng.vec(rows * cols, 2.0), rng.vec(cols, 1.0));
+                let x = crate::kernels::rmsnorm::rmsnorm_ref(&s, &g, eps as f64);
+                (input(gpu, &[rows, cols], &s)?, x, Some(input(gpu, &[cols], &g)?))
+            }
+            PrologueKind::SwiGlu => {
+                let s = rng.vec(rows * 2 * cols, 3.0);
+                let (g, u): (Vec<f32>, Vec<f32>) = (
+                    s.chunks(2 * cols).flat_map(|row| row[..cols].to_vec()).collect(),
+                    s.chunks(2 * cols).flat_map(|row| row[cols..].to_vec()).collect(),
+                );
+                (input(gpu, &[rows, 2 * cols], &s)?, crate::kernels::elementwise::swiglu_ref(&g, &u), None)
+            }
+        };
+        let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let want = pack_host(&x, rows, cols, DType::F32, dst.width as usize, dst.padded_rows());
+        let out = Output {
+            name: "texels",
+            target: crate::kernels::harness::Target::Texture(Box::new(dst.clone())),
+            prior: None,
+            want: texel_values(DType::F32, &want),
+            expect: Expect::Close(1e-6),
+            fd: None,
+        };
+        let launch = move |rec: &mut crate::gpu::Recorder| {
+            let prologue = match &gain {
+                Some(g) => Prologue::RmsNorm { gain: g.clone(), eps },
+                None => Prologue::SwiGlu,
+            };
+            pack::pack_prologue(rec, &src, &prologue, &dst)
+        };
+        Ok(Instance { launch: Box::new(launch), outputs: vec![out] })
+    })
 }
 
 /// The elementwise step a product's prologue computes from its source.

@@ -156,6 +156,10 @@ pub fn check_table(gpu: &Gpu) -> Vec<Case> {
         t.push(linear::merge_case(dtype, (37, 45), vec![4, 8]));
         for (r, c) in [(7, 45), (70, 64), (257, 130)] {
             t.push(linear::pack_case(dtype, r, c));
+            if dtype == DType::F32 {
+                t.push(linear::pack_prologue_case(linear::PrologueKind::RmsNorm, r, c));
+                t.push(linear::pack_prologue_case(linear::PrologueKind::SwiGlu, r, c));
+            }
         }
     }
     for (r, h) in [(1, 576), (7, 45), (33, 130)] {
@@ -245,6 +249,8 @@ pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
     }
     t.push(linear::merge_case(DType::F16, (576, 576), vec![16, 16]));
     t.push(linear::pack_case(DType::F32, r, 1536));
+    t.push(linear::pack_prologue_case(linear::PrologueKind::RmsNorm, r, 576));
+    t.push(linear::pack_prologue_case(linear::PrologueKind::SwiGlu, r, 1536));
     t.push(layer::rmsnorm_case(r, 576));
     t.push(layer::rmsnorm_backward_case(r, 576, true));
     t.push(layer::rope_kv_case(9, 3, 64, r));
