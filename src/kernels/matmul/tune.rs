@@ -256,10 +256,14 @@ fn resolve(gpu: &Gpu, p: &Problem, note: bool) -> Result<Variant> {
 }
 
 /// The built-in choice: the texture kernel's widest row block on CPU drivers, row strips for
-/// decode-sized M, shared-memory tiles on GPUs.
+/// decode-sized M (texture_r1c4, which beat texdot_r1c4 with every weight type at the model's
+/// decode shapes on lavapipe: 2.5–6× with 4-bit weights, 1.5× for the f16 LM head), shared-memory
+/// tiles on GPUs.
 fn default_variant(gpu: &Gpu, candidates: &[Variant], m: usize) -> Variant {
     let wanted = if m <= 4 {
-        candidates.iter().find(|v| matches!(v, Variant::TextureDot { rows: 1, .. } | Variant::Blocked { rows: 1, .. }))
+        candidates
+            .iter()
+            .find(|v| matches!(v, Variant::Texture { rows: 1, cols: 4 } | Variant::Blocked { rows: 1, .. }))
     } else if gpu.is_software() {
         candidates.iter().find(|v| !matches!(v, Variant::Tiled))
     } else {
