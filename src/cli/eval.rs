@@ -14,7 +14,7 @@ use lorafuse::eval::{mmlu, prompts, xstest};
 use lorafuse::gpu::Gpu;
 use lorafuse::train::data;
 
-use super::model::{ModelArgs, Session, parse_adapter};
+use super::model::{ModelArgs, Session};
 
 /// The prompt sets and how they are run, shared by eval, sweep and reproduce.
 #[derive(Args, Clone, Debug)]
@@ -249,7 +249,7 @@ pub struct EvalArgs {
 
 pub fn run(gpu: &Gpu, args: &EvalArgs) -> Result<()> {
     let mut m = args.model.load(gpu)?;
-    let weights: Vec<f32> = args.model.adapters.iter().map(|a| parse_adapter(a).1).collect();
+    let weights: Vec<f32> = args.model.adapter_specs()?.into_iter().map(|(_, w)| w).collect();
     let name = if weights.is_empty() { "model".to_string() } else { "with adapters".to_string() };
     let arms = [Arm { name, weights }];
     let (sets, reports) = evaluate(&mut m, &args.flags, &arms, &args.out)?;

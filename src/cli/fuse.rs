@@ -77,7 +77,7 @@ pub fn run(args: &FuseArgs) -> Result<()> {
     opts.rank = args.rank;
     opts.seed = args.seed;
     opts.peft_svd_scale = args.peft_svd_scale;
-    let specs: Vec<(PathBuf, f32)> = args.adapters.iter().map(|a| parse_adapter(a)).collect();
+    let specs: Vec<(PathBuf, f32)> = args.adapters.iter().map(|a| parse_adapter(a)).collect::<Result<_>>()?;
     let adapters = specs.iter().map(|(d, _)| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?;
     if args.model.is_some() && !args.merge_into_base {
         bail!("--model is the base for --merge-into-base; a fused adapter needs no model");

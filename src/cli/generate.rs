@@ -11,7 +11,7 @@ use lorafuse::model::chat::{Message, conversation};
 use lorafuse::model::generate::{Completion, GenerateOptions, Stats, generate, prompt_ids, rehearse};
 use lorafuse::model::sampling::SamplingOptions;
 
-use super::model::{ModelArgs, parse_adapter};
+use super::model::{ModelArgs, adapter_weight};
 
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
@@ -19,13 +19,13 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Nucleus sampling: the most likely tokens holding this probability (1: all).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -36,8 +36,12 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn options(&self) -> Result<GenerateOptions> {
-        if self.temperature < 0.0 || !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
-            bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+        // written so that NaN fails both
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!("--temperature must be a finite number ≥ 0 (0 is greedy), not {}", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], not {}", self.top_p);
         }
         Ok(GenerateOptions {
             max_new_tokens: self.max_new_tokens,
@@ -115,11 +119,15 @@ fn read_prompts(path: &Path, system: Option<&str>, adapters: usize) -> Result<Ve
         let weights = match v.get("adapter_weights") {
             None => None,
             Some(w) => {
-                let w: Vec<f32> = serde_json::from_value(w.clone())
+                let w: Vec<f64> = serde_json::from_value(w.clone())
                     .map_err(|e| bad(&format!("\"adapter_weights\" must be a list of numbers: {e}")))?;
                 if w.len() != adapters {
                     return Err(bad(&format!("\"adapter_weights\" has {} weights for {adapters} --adapter", w.len())));
                 }
+                // as f64, so 1e300 is reported rather than read as infinity
+                let w: Vec<f32> = (w.iter().map(|&x| adapter_weight(x)))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| bad(&format!("\"adapter_weights\": {e}")))?;
                 Some(w)
             }
         };
@@ -148,7 +156,7 @@ pub fn run_generate(gpu: &Gpu, args: &GenerateArgs, mut profile: Option<&mut Pro
         (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl"),
     };
     let conversations: Vec<&[Message]> = lines.iter().map(|l| l.messages.as_slice()).collect();
-    let default_mix: Vec<f32> = args.model.adapters.iter().map(|a| parse_adapter(a).1).collect();
+    let default_mix: Vec<f32> = args.model.adapter_specs()?.into_iter().map(|(_, w)| w).collect();
     let mixes: Vec<Vec<f32>> = if lines.iter().any(|l| l.weights.is_some()) {
         lines.iter().map(|l| l.weights.clone().unwrap_or_else(|| default_mix.clone())).collect()
     } else {
@@ -270,4 +278,35 @@ pub fn run_chat(gpu: &Gpu, args: &ChatArgs) -> Result<()> {
         history.push(Message::new("assistant", &c[0].text));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(temperature: f32, top_p: f32) -> SamplingArgs {
+        SamplingArgs { max_new_tokens: 1, temperature, top_k: 0, top_p, seed: 0, stop: Vec::new() }
+    }
+
+    #[test]
+    fn sampling_flags_must_be_finite_and_in_range() {
+        assert!(sampling(0.0, 1.0).options().is_ok() && sampling(0.7, 0.9).options().is_ok());
+        for (t, p) in [(f32::NAN, 1.0), (f32::INFINITY, 1.0), (-1.0, 1.0), (0.5, f32::NAN), (0.5, 0.0), (0.5, 1.5)] {
+            assert!(sampling(t, p).options().is_err(), "temperature {t}, top-p {p} accepted");
+        }
+    }
+
+    #[test]
+    fn prompt_files_refuse_non_finite_or_huge_weights() {
+        let path = std::env::temp_dir().join(format!("lorafuse-prompts-{}.jsonl", std::process::id()));
+        for (w, ok) in [("[0.5, 0.5]", true), ("[1e300, 0]", false), ("[0.5, -1e5]", false)] {
+            std::fs::write(&path, format!("{{\"prompt\": \"hi\", \"adapter_weights\": {w}}}\n")).unwrap();
+            let r = read_prompts(&path, None, 2);
+            assert_eq!(r.is_ok(), ok, "{w}: {:?}", r.err());
+            if let Err(e) = r {
+                assert!(e.to_string().contains("finite number"), "{e}");
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -2,9 +2,9 @@
 //! precision, adapters) and the session they open (the device, the model with its tokenizer and
 //! chat template, and the flags it came from).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow, bail};
 use clap::Args;
 
 use lorafuse::gpu::{DType, Gpu};
@@ -32,14 +32,35 @@ pub struct ModelArgs {
     pub adapters: Vec<String>,
 }
 
-/// "DIR" or "DIR:WEIGHT" (a path may itself hold colons: only a parseable suffix is a weight).
-pub fn parse_adapter(spec: &str) -> (PathBuf, f32) {
-    if let Some((dir, w)) = spec.rsplit_once(':')
-        && let Ok(w) = w.parse::<f32>()
-    {
-        return (PathBuf::from(dir), w);
+/// The largest adapter weight taken (PEFT's combination weights are a few units at most; a
+/// weight of 1e30 is a typo, and its logits would not be finite).
+pub const MAX_ADAPTER_WEIGHT: f64 = 1e4;
+
+/// An adapter weight from the command line or a prompts file: finite and at most
+/// MAX_ADAPTER_WEIGHT in size (as f32, so 1e300 does not become infinity).
+pub fn adapter_weight(w: f64) -> std::result::Result<f32, String> {
+    if !w.is_finite() || w.abs() > MAX_ADAPTER_WEIGHT {
+        return Err(format!("an adapter weight must be a finite number of size at most {MAX_ADAPTER_WEIGHT}, not {w}"));
     }
-    (PathBuf::from(spec), 1.0)
+    Ok(w as f32)
+}
+
+/// "DIR" or "DIR:WEIGHT". A path may itself hold colons: a spec naming an existing path is that
+/// path at weight 1; otherwise the suffix after the last colon is the weight, and one that is
+/// not a number is an error when the part before it exists (a typo, not a missing directory).
+pub fn parse_adapter(spec: &str) -> Result<(PathBuf, f32)> {
+    if let Some((dir, w)) = spec.rsplit_once(':')
+        && !Path::new(spec).exists()
+    {
+        match w.trim().parse::<f64>() {
+            Ok(x) => {
+                return Ok((PathBuf::from(dir), adapter_weight(x).map_err(|e| anyhow!("--adapter '{spec}': {e}"))?));
+            }
+            Err(_) if Path::new(dir).exists() => bail!("--adapter '{spec}': the weight '{w}' is not a number"),
+            Err(_) => {}
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
 }
 
 fn load_adapters(dirs: &[PathBuf]) -> Result<Vec<Adapter>> {
@@ -76,6 +97,11 @@ impl Session {
 }
 
 impl ModelArgs {
+    /// The --adapter flags as (directory, weight), checked.
+    pub fn adapter_specs(&self) -> Result<Vec<(PathBuf, f32)>> {
+        self.adapters.iter().map(|a| parse_adapter(a)).collect()
+    }
+
     pub fn load(&self, gpu: &Gpu) -> Result<Session> {
         let started = std::time::Instant::now();
         let src = ModelSource::open(&self.model)?;
@@ -86,7 +112,7 @@ impl ModelArgs {
         };
         let mut model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
         if !self.adapters.is_empty() {
-            let (dirs, weights): (Vec<PathBuf>, Vec<f32>) = self.adapters.iter().map(|a| parse_adapter(a)).unzip();
+            let (dirs, weights): (Vec<PathBuf>, Vec<f32>) = self.adapter_specs()?.into_iter().unzip();
             model.attach(&load_adapters(&dirs)?, &weights)?;
             for (d, w) in dirs.iter().zip(&weights) {
                 eprintln!("adapter: {} at weight {w}", d.display());
@@ -105,5 +131,29 @@ impl ModelArgs {
             started.elapsed().as_secs_f64()
         );
         Ok(Session { gpu: gpu.clone(), args: self.clone(), model, tok, template })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_specs_take_finite_weights_and_name_typos() {
+        let dir = std::env::temp_dir().join(format!("lorafuse-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        assert_eq!(parse_adapter(&format!("{d}:0.6")).unwrap(), (dir.clone(), 0.6));
+        assert_eq!(parse_adapter(&format!("{d}:-1.5")).unwrap(), (dir.clone(), -1.5));
+        assert_eq!(parse_adapter(&d.to_string()).unwrap(), (dir.clone(), 1.0));
+        for bad in ["nan", "inf", "-inf", "1e400", "1e300", "20000"] {
+            let e = parse_adapter(&format!("{d}:{bad}")).unwrap_err().to_string();
+            assert!(e.contains("finite number"), "{bad}: {e}");
+        }
+        let e = parse_adapter(&format!("{d}:abc")).unwrap_err().to_string();
+        assert!(e.contains("'abc' is not a number"), "{e}");
+        // a missing directory stays the loader's error to report
+        assert!(parse_adapter("/no/such/dir:abc").is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,6 +19,9 @@ pub fn arms(lambdas: &[f64]) -> Vec<Arm> {
 }
 
 /// Parses "0,0.1,0.4" or a range "0:1:0.1" (start:end:step, end included).
+/// The most λ values a sweep takes (each is an arm evaluated on every set).
+pub const MAX_LAMBDAS: usize = 1000;
+
 pub fn parse_lambdas(s: &str) -> Result<Vec<f64>, String> {
     let bad = || format!("--lambdas '{s}': give a list (0,0.2,0.4) or a range start:end:step (0:1:0.1)");
     let v: Vec<f64> = if let [a, b, st] = s.split(':').collect::<Vec<_>>()[..] {
@@ -30,13 +33,21 @@ pub fn parse_lambdas(s: &str) -> Result<Vec<f64>, String> {
         if st <= 0.0 || b < a {
             return Err(bad());
         }
-        let n = ((b - a) / st + 1e-9).floor() as usize;
+        // counted in f64 before anything is allocated: 0:1e9:1e-9 asks for 10^18 values
+        let n = ((b - a) / st + 1e-9).floor();
+        if !n.is_finite() || n + 1.0 > MAX_LAMBDAS as f64 {
+            return Err(format!("--lambdas '{s}' gives {:.3e} values; a sweep takes at most {MAX_LAMBDAS}", n + 1.0));
+        }
+        let n = n as usize;
         (0..=n).map(|i| ((a + i as f64 * st) * 1e6).round() / 1e6).collect()
     } else {
         s.split(',').map(|x| x.trim().parse::<f64>().map_err(|_| bad())).collect::<Result<_, _>>()?
     };
     if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
         return Err(bad());
+    }
+    if v.len() > MAX_LAMBDAS {
+        return Err(format!("--lambdas '{s}' gives {} values; a sweep takes at most {MAX_LAMBDAS}", v.len()));
     }
     Ok(v)
 }
@@ -175,6 +186,11 @@ mod tests {
         assert_eq!(parse_lambdas("0:1:0.25").unwrap(), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
         assert_eq!(parse_lambdas("0:1:0.1").unwrap().len(), 11);
         assert!(parse_lambdas("0:1:0").is_err() && parse_lambdas("a,b").is_err() && parse_lambdas("").is_err());
+        // no allocation of 10^18 values, no ten-million-arm sweep
+        for huge in ["0:1e9:1e-9", "0:1:1e-7", "0:1e308:1e-308"] {
+            assert!(parse_lambdas(huge).unwrap_err().contains("at most 1000"), "{huge}");
+        }
+        assert_eq!(parse_lambdas("0:1:0.002").unwrap().len(), 501);
         let a = arms(&[0.0, 0.4]);
         assert_eq!(a[0].weights, vec![0.0, 0.0]);
         assert_eq!(a[2].weights, vec![0.6, 0.4]);
