@@ -264,8 +264,12 @@ pub fn merge_case(out_dtype: DType, nk: (usize, usize), ranks: Vec<usize>) -> Ca
             .collect();
         let mut want = merge_ref(&w, &a, &b, &c, n, k, stack.rp());
         let tol = if out_dtype == DType::F16 {
+            // The kernel rounds its f32 sum to f16, the reference the exact one: a value within
+            // f32 error of a rounding midpoint lands one f16 step (2^-11 relative) away. A few
+            // such elements give ~1e-5 over the matrix (seed 1796225468800557635 did); a wrong
+            // result is off everywhere.
             want = want.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect();
-            1e-6
+            1e-4
         } else {
             TOL
         };
