@@ -308,23 +308,7 @@ pub fn pack_prologue_case(kind: PrologueKind, rows: usize, cols: usize) -> Case 
     case("pack prologue", &format!("{rows}x{cols} {kind:?}"), DType::F32, "-", move |gpu, rng| {
         let align = crate::gpu::texture::col_align(gpu).unwrap_or(32);
         let dst = TexMatrix::zeros(gpu, rows, cols, DType::F32, align, "packed")?;
-        let eps = 1e-5;
-        let (src, x, gain) = match kind {
-            PrologueKind::RmsNorm => {
-                let (s, g) = (rng.vec(rows * cols, 2.0), rng.vec(cols, 1.0));
-                let x = crate::kernels::rmsnorm::rmsnorm_ref(&s, &g, eps as f64);
-                (input(gpu, &[rows, cols], &s)?, x, Some(input(gpu, &[cols], &g)?))
-            }
-            PrologueKind::SwiGlu => {
-                let s = rng.vec(rows * 2 * cols, 3.0);
-                let (g, u): (Vec<f32>, Vec<f32>) = (
-                    s.chunks(2 * cols).flat_map(|row| row[..cols].to_vec()).collect(),
-                    s.chunks(2 * cols).flat_map(|row| row[cols..].to_vec()).collect(),
-                );
-                (input(gpu, &[rows, 2 * cols], &s)?, crate::kernels::elementwise::swiglu_ref(&g, &u), None)
-            }
-        };
-        let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let (src, x, prologue) = prologue_operand(gpu, rng, kind, rows, cols)?;
         let want = pack_host(&x, rows, cols, DType::F32, dst.width as usize, dst.padded_rows());
         let out = Output {
             name: "texels",
@@ -334,13 +318,7 @@ pub fn pack_prologue_case(kind: PrologueKind, rows: usize, cols: usize) -> Case 
             expect: Expect::Close(1e-6),
             fd: None,
         };
-        let launch = move |rec: &mut crate::gpu::Recorder| {
-            let prologue = match &gain {
-                Some(g) => Prologue::RmsNorm { gain: g.clone(), eps },
-                None => Prologue::SwiGlu,
-            };
-            pack::pack_prologue(rec, &src, &prologue, &dst)
-        };
+        let launch = move |rec: &mut crate::gpu::Recorder| pack::pack_prologue(rec, &src, &prologue, &dst);
         Ok(Instance { launch: Box::new(launch), outputs: vec![out] })
     })
 }
@@ -352,6 +330,34 @@ pub enum PrologueKind {
     SwiGlu,
 }
 
+/// A prologue's source S with fresh random values ([rows, k] for RMSNorm with a random gain and
+/// eps 1e-5, [rows, 2k] for SwiGLU), the prologue, and its value f(S) [rows, k] from the f64
+/// references, rounded to f32.
+fn prologue_operand(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    kind: PrologueKind,
+    rows: usize,
+    k: usize,
+) -> Result<(Tensor, Vec<f32>, Prologue)> {
+    let (src, x, prologue) = match kind {
+        PrologueKind::RmsNorm => {
+            let (s, g, eps) = (rng.vec(rows * k, 2.0), rng.vec(k, 1.0), 1e-5);
+            let x = crate::kernels::rmsnorm::rmsnorm_ref(&s, &g, eps as f64);
+            (input(gpu, &[rows, k], &s)?, x, Prologue::RmsNorm { gain: input(gpu, &[k], &g)?, eps })
+        }
+        PrologueKind::SwiGlu => {
+            let s = rng.vec(rows * 2 * k, 3.0);
+            let (g, u): (Vec<f32>, Vec<f32>) = (
+                s.chunks(2 * k).flat_map(|row| row[..k].to_vec()).collect(),
+                s.chunks(2 * k).flat_map(|row| row[k..].to_vec()).collect(),
+            );
+            (input(gpu, &[rows, 2 * k], &s)?, crate::kernels::elementwise::swiglu_ref(&g, &u), Prologue::SwiGlu)
+        }
+    };
+    Ok((src, x.iter().map(|&v| v as f32).collect(), prologue))
+}
+
 /// Y = f(S)·Wᵀ with f an RMSNorm (S [m, k], a gain, eps 1e-5) or SwiGLU (S [m, 2k]) that the
 /// kernel applies as it reads S (one-row texture kernels) or that runs first into a scratch
 /// activation (every other kernel): both must give the same Y.
@@ -359,31 +365,15 @@ pub fn prologue_case(v: Variant, dtype: DType, kind: PrologueKind, mkn: Shape) -
     let (m, k, n) = mkn;
     let shape = format!("{m}x{k}x{n} {kind:?}");
     case("matmul nt prologue", &shape, dtype, &v.to_string(), move |gpu, rng| {
-        let eps = 1e-5;
-        let (src, x, gain) = match kind {
-            PrologueKind::RmsNorm => {
-                let (s, g) = (rng.vec(m * k, 2.0), rng.vec(k, 1.0));
-                let x = crate::kernels::rmsnorm::rmsnorm_ref(&s, &g, eps as f64);
-                (input(gpu, &[m, k], &s)?, x, Some(input(gpu, &[k], &g)?))
-            }
-            PrologueKind::SwiGlu => {
-                let s = rng.vec(m * 2 * k, 3.0);
-                let (g, u): (Vec<f32>, Vec<f32>) = (
-                    s.chunks(2 * k).flat_map(|row| row[..k].to_vec()).collect(),
-                    s.chunks(2 * k).flat_map(|row| row[k..].to_vec()).collect(),
-                );
-                (input(gpu, &[m, 2 * k], &s)?, crate::kernels::elementwise::swiglu_ref(&g, &u), None)
-            }
-        };
-        let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let (src, x, prologue) = prologue_operand(gpu, rng, kind, m, k)?;
         let (b, bm) = weights(gpu, rng, v.layout(), n, k, dtype)?;
         let want = matmul_ref(Form::Nt, m, n, k, &x, &b);
         let (y, scratch) = (output(gpu, &[m, n], DType::F32, "y")?, output(gpu, &[m, k], DType::F32, "x")?);
         let yo = y.clone();
         let launch = move |rec: &mut crate::gpu::Recorder| {
-            let act = match &gain {
-                Some(g) => Act::normed(&src, g, eps, &scratch, 0),
-                None => Act::swiglu(&src, &scratch, 0),
+            let act = match &prologue {
+                Prologue::RmsNorm { gain, eps } => Act::normed(&src, gain, *eps, &scratch, 0),
+                Prologue::SwiGlu => Act::swiglu(&src, &scratch, 0),
             };
             let opts = MatmulOpts { variant: Some(v), ..Default::default() };
             matmul_act(rec, Form::Nt, &act, &bm, &yo, &opts)
