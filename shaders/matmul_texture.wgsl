@@ -15,7 +15,9 @@
 // Weights are f32, f16 (W_F16: 8 halves a texel) or 4-bit (W_Q4): a texel
 // of 32 nibbles per block of 32 values in GGUF Q4_1 order (byte b: value b in the low nibble,
 // value b+16 in the high one), and beside it a texture of (scale d, offset m) pairs, two blocks a
-// texel, value = d·q + m. A block's dot product is d·Σ q·x + m·Σ x.
+// texel, value = d·q + m. A block's dot product is d·Σ q·x + m·Σ x. Or 8-bit (W_Q8, GGUF's
+// Q8_0): two texels of 16 signed bytes a block, in order, and a texture of scales d, four blocks a
+// texel, value = d·q.
 
 struct Params {
     m: u32,
@@ -54,7 +56,12 @@ struct Params {
 @group(0) @binding(2) var wt: texture_2d_array<u32>;
 @group(0) @binding(8) var ws: texture_2d_array<f32>;
 #else
+#if W_Q8
+@group(0) @binding(2) var wt: texture_2d_array<u32>;
+@group(0) @binding(8) var ws: texture_2d_array<f32>;
+#else
 @group(0) @binding(2) var wt: texture_2d_array<f32>;
+#endif
 #endif
 #endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
@@ -113,6 +120,18 @@ fn q4_scale(b: u32, y: i32, l: i32) -> vec2<f32> {
 }
 #endif
 
+#if W_Q8
+// The four signed bytes of word w, low byte first.
+fn i8x4(w: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(w));
+}
+
+// d of block b of weight row (y, layer).
+fn q8_scale(b: u32, y: i32, l: i32) -> f32 {
+    return textureLoad(ws, vec2<i32>(i32(b / 4u), y), l, 0)[b % 4u];
+}
+#endif
+
 fn finish(row: u32, col: u32, acc: f32) {
     if (row < p.m && col < p.n) {
         var v = p.alpha * acc;
@@ -125,6 +144,14 @@ fn finish(row: u32, col: u32, acc: f32) {
 #endif
         y[i] = v;
     }
+}
+
+// Four neighbouring outputs of a row.
+fn finish4(row: u32, col: u32, v: vec4<f32>) {
+    finish(row, col, v.x);
+    finish(row, col + 1u, v.y);
+    finish(row, col + 2u, v.z);
+    finish(row, col + 3u, v.w);
 }
 
 @compute @workgroup_size(SG)
@@ -195,6 +222,48 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 #else
+#if W_Q8
+        // As the 4-bit loop: two blocks an iteration (QP chunks of 4·SG values), whose scales are
+        // one half of a scale texel; four quant texels a column.
+#repeat h QP
+        let kx{h} = (q * QP + {h}u) * SG + lane;
+#end
+#repeat r R
+        var xq{r}: array<vec4<f32>, QP>;
+#repeat h QP
+#if X_BUF
+        xq{r}[{h}] = x_at(xr{r}, kx{h}, sc{r});
+#else
+        xq{r}[{h}] = select(vec4<f32>(0.0), textureLoad(xt, vec2<i32>(i32(kx{h}), xy{r}), xl{r}, 0), 4u * kx{h} < p.k);
+#endif
+#end
+#end
+#repeat c C
+        let sq{c} = textureLoad(ws, vec2<i32>(i32(q / 2u), wy{c}), wl{c}, 0);
+        let sp{c} = select(sq{c}.xy, sq{c}.zw, (q & 1u) == 1u);
+#end
+#repeat i 2
+#repeat c C
+        let wq{i}_{c} = array<vec4<u32>, 2>(
+            textureLoad(wt, vec2<i32>(i32(min(4u * q + 2u * {i}u, p.w_width - 1u)), wy{c}), wl{c}, 0),
+            textureLoad(wt, vec2<i32>(i32(min(4u * q + 2u * {i}u + 1u, p.w_width - 1u)), wy{c}), wl{c}, 0));
+#end
+#repeat r R
+#repeat c C
+        var dq{i}_{r}_{c} = 0.0;
+#end
+#repeat u 8
+        let x{i}_{u}_{r} = subgroupBroadcast(xq{r}[(8u * {i}u + {u}u) / SG], (8u * {i}u + {u}u) % SG);
+#repeat c C
+        dq{i}_{r}_{c} += dot(x{i}_{u}_{r}, i8x4(wq{i}_{c}[{u}u / 4u][{u}u % 4u]));
+#end
+#end
+#repeat c C
+        acc{r}_{c} += sp{c}[{i}u] * dq{i}_{r}_{c};
+#end
+#end
+#end
+#else
         let kx = i32(q * SG + lane);
 #repeat r R
 #if X_BUF
@@ -232,6 +301,7 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 #end
+#endif
 #endif
 #endif
     }
@@ -273,7 +343,8 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 // outputs 4j..4j+3; f16 W (W8), texel j and outputs 8j..8j+7; 4-bit W (W8, W_Q4), word j%4 of
 // block texel j/4, its low nibbles outputs 32(j/4) + 4(j%4) + 0..3 and its high nibbles the
 // same + 16. A 4-bit value is d·q + m, so Σ_k x_k(d_k q_k + m_k) = Σ_k (x_k d_k) q_k + Σ_k x_k m_k,
-// the second sum shared by the lane's 8 outputs. The inner index k of a chunk is
+// the second sum shared by the lane's 8 outputs; 8-bit W (W8, W_Q8), quant texel j, outputs
+// 16j..16j+15 (word w: 16j + 4w + 0..3), scaled by the d of block j/2. The inner index k of a chunk is
 // (q*SG + t)*4 + e: lane t's X texel, component e.
 @compute @workgroup_size(SG)
 fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -287,6 +358,10 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     let qb{c} = jc{c} / 4u;
     let qw{c} = jc{c} % 4u;
 #endif
+#if W_Q8
+    let sx{c} = i32(jc{c} / 8u);
+    let sw{c} = (jc{c} / 2u) % 4u;
+#endif
 #end
 #repeat r R
     let xr{r} = min(row0 + {r}u, p.m - 1u);
@@ -299,6 +374,10 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #endif
 #if W_Q4
     var ms{r}_{c} = 0.0;
+#endif
+#if W_Q8
+    var a2{r}_{c} = vec4<f32>(0.0);
+    var a3{r}_{c} = vec4<f32>(0.0);
 #endif
 #end
 #end
@@ -322,12 +401,17 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
             let w{t}_{c} = nib(wq{t}_{c}, 0u);
             let v{t}_{c} = nib(wq{t}_{c}, 4u);
 #else
+#if W_Q8
+            let wq{t}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + e), wl, 0);
+            let d{t}_{c} = textureLoad(ws, vec2<i32>(sx{c}, wy + {t} * 4 + e), wl, 0)[sw{c}];
+#else
 #if W_F16
             let wp{t}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + e), wl, 0);
             let w{t}_{c} = vec4<f32>(unpack2x16float(wp{t}_{c}.x), unpack2x16float(wp{t}_{c}.y));
             let v{t}_{c} = vec4<f32>(unpack2x16float(wp{t}_{c}.z), unpack2x16float(wp{t}_{c}.w));
 #else
             let w{t}_{c} = textureLoad(wt, vec2<i32>(wj{c}, wy + {t} * 4 + e), wl, 0);
+#endif
 #endif
 #endif
 #end
@@ -340,9 +424,17 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
             hi{r}_{c} += xd{t}_{r}_{c} * v{t}_{c};
             ms{r}_{c} += xe{t}_{r} * dm{t}_{c}.y;
 #else
+#if W_Q8
+            let xd{t}_{r}_{c} = xe{t}_{r} * d{t}_{c};
+            acc{r}_{c} += xd{t}_{r}_{c} * i8x4(wq{t}_{c}.x);
+            hi{r}_{c} += xd{t}_{r}_{c} * i8x4(wq{t}_{c}.y);
+            a2{r}_{c} += xd{t}_{r}_{c} * i8x4(wq{t}_{c}.z);
+            a3{r}_{c} += xd{t}_{r}_{c} * i8x4(wq{t}_{c}.w);
+#else
             acc{r}_{c} += xe{t}_{r} * w{t}_{c};
 #if W_F16
             hi{r}_{c} += xe{t}_{r} * v{t}_{c};
+#endif
 #endif
 #endif
 #end
@@ -351,8 +443,14 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
     }
 #if EPILOGUE
-    // B is f32 [E, N]: a lane column of f16 or 4-bit W spans two f32 texels of B.
+    // B is f32 [E, N]: a lane column of f16 or 4-bit W spans two f32 texels of B, of 8-bit W four.
 #repeat c C
+#if W_Q8
+    let bj{c} = i32(min(4u * (j0 + {c}u), p.b_width - 1u));
+    let bk{c} = i32(min(4u * (j0 + {c}u) + 1u, p.b_width - 1u));
+    let b2j{c} = i32(min(4u * (j0 + {c}u) + 2u, p.b_width - 1u));
+    let b3j{c} = i32(min(4u * (j0 + {c}u) + 3u, p.b_width - 1u));
+#else
 #if W_Q4
     let bj{c} = i32(min(8u * qb{c} + qw{c}, p.b_width - 1u));
     let bk{c} = i32(min(8u * qb{c} + 4u + qw{c}, p.b_width - 1u));
@@ -362,6 +460,7 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     let bk{c} = i32(min(2u * (j0 + {c}u) + 1u, p.b_width - 1u));
 #else
     let bj{c} = i32(min(j0 + {c}u, p.b_width - 1u));
+#endif
 #endif
 #endif
 #end
@@ -385,12 +484,20 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #if W8
         let g{t}_{e}_{c} = textureLoad(bt, vec2<i32>(bk{c}, by + {t} * 4 + {e}), bl, 0);
 #endif
+#if W_Q8
+        let g2{t}_{e}_{c} = textureLoad(bt, vec2<i32>(b2j{c}, by + {t} * 4 + {e}), bl, 0);
+        let g3{t}_{e}_{c} = textureLoad(bt, vec2<i32>(b3j{c}, by + {t} * 4 + {e}), bl, 0);
+#endif
 #end
 #repeat r R
 #repeat c C
         acc{r}_{c} += s{t}_{r}[{e}] * b{t}_{e}_{c};
 #if W8
         hi{r}_{c} += s{t}_{r}[{e}] * g{t}_{e}_{c};
+#endif
+#if W_Q8
+        a2{r}_{c} += s{t}_{r}[{e}] * g2{t}_{e}_{c};
+        a3{r}_{c} += s{t}_{r}[{e}] * g3{t}_{e}_{c};
 #endif
 #end
 #end
@@ -413,6 +520,13 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     finish(row0 + {r}u, o{r}_{c} + 18u, up{r}_{c}.z);
     finish(row0 + {r}u, o{r}_{c} + 19u, up{r}_{c}.w);
 #else
+#if W_Q8
+    let o{r}_{c} = (j0 + {c}u) * 16u;
+    finish4(row0 + {r}u, o{r}_{c}, acc{r}_{c});
+    finish4(row0 + {r}u, o{r}_{c} + 4u, hi{r}_{c});
+    finish4(row0 + {r}u, o{r}_{c} + 8u, a2{r}_{c});
+    finish4(row0 + {r}u, o{r}_{c} + 12u, a3{r}_{c});
+#else
 #if W_F16
     let o{r}_{c} = (j0 + {c}u) * 8u;
 #else
@@ -427,6 +541,7 @@ fn nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     finish(row0 + {r}u, o{r}_{c} + 5u, hi{r}_{c}.y);
     finish(row0 + {r}u, o{r}_{c} + 6u, hi{r}_{c}.z);
     finish(row0 + {r}u, o{r}_{c} + 7u, hi{r}_{c}.w);
+#endif
 #endif
 #endif
 #end
@@ -492,6 +607,34 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #end
 #end
 #else
+#if W_Q8
+        // lane takes block tx whole: two quant texels per weight row, eight activation texels
+        let inside = 2u * tx < p.w_width;
+        let bx = min(tx, p.w_width / 2u - 1u);
+#repeat c C
+        let wq{c} = array<vec4<u32>, 2>(textureLoad(wt, vec2<i32>(i32(2u * bx), wy{c}), wl{c}, 0),
+                                        textureLoad(wt, vec2<i32>(i32(2u * bx + 1u), wy{c}), wl{c}, 0));
+        let d{c} = q8_scale(bx, wy{c}, wl{c});
+#end
+#repeat r R
+#repeat c C
+        var dq{r}_{c} = 0.0;
+#end
+#repeat u 8
+#if X_BUF
+        let x{u}_{r} = x_at(xr{r}, 8u * bx + {u}u, sc{r});
+#else
+        let x{u}_{r} = textureLoad(xt, vec2<i32>(i32(8u * bx + {u}u), xy{r}), xl{r}, 0);
+#endif
+#repeat c C
+        dq{r}_{c} += dot(x{u}_{r}, i8x4(wq{c}[{u}u / 4u][{u}u % 4u]));
+#end
+#end
+#repeat c C
+        acc{r}_{c} += select(0.0, d{c} * dq{r}_{c}, inside);
+#end
+#end
+#else
 #if W_F16
         let inside = tx < p.w_width;
         let wx = i32(min(tx, p.w_width - 1u));
@@ -526,6 +669,7 @@ fn nt_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         acc{r}_{c} += dot(x{r}, w{c});
 #end
 #end
+#endif
 #endif
 #endif
     }

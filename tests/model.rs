@@ -54,36 +54,43 @@ fn tiny_models_match_the_cpu_reference() {
     }
 }
 
-/// A GGUF with Q4_1 weights runs with them kept 4-bit (dequantized inside the kernels) and
-/// matches the f64 reference on the file's dequantized values, as tightly as f32 weights do.
+/// A GGUF with Q4_1 or Q8_0 weights runs with them kept in their blocks (dequantized inside the
+/// kernels), the untied LM head and the tied one (the embedding's blocks) included, and matches
+/// the f64 reference on the file's dequantized values.
 #[test]
-fn four_bit_gguf_runs_quantized() {
+fn quantized_gguf_runs_quantized() {
     let gpu = gpu();
     let seed = seed();
     let mut rng = Rng::new(seed);
-    let spec = Tiny { hidden: 64, inter: 96, heads: 4, kv_heads: 2, head_dim: 16, tie: false, ..Tiny::default() };
-    let w = random_weights(&spec, seed);
-    let dir = temp_dir("tiny-q4");
-    let path = dir.join("q4.gguf");
-    write_gguf_model_as(&path, &spec, &w, 3);
-    let src = ModelSource::open(&path).unwrap();
-    let host = HostLlama::load(&src).unwrap();
-    let tokens = random_tokens(&mut rng, 9, spec.vocab);
-    let want: Vec<f64> = host.logits(&tokens).concat();
-    if Variant::candidates(gpu, Form::Nt, Layout::Texture).is_empty() {
-        // no texture kernels: 4-bit weights are expanded, which must still match
-        let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: None }).unwrap();
-        assert_close("q4 fallback", &logits(&model, &tokens), &want, 5e-3, seed);
-    } else {
-        let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: Some(Layout::Texture) }).unwrap();
-        assert!(model.weight_dtype(0, Site::Qkv) == DType::Q4 && model.weight_dtype(1, Site::Down) == DType::Q4);
-        // the f16 LM head is the only rounding left
-        assert_close("4-bit weights in the kernels", &logits(&model, &tokens), &want, 2e-3, seed);
-        let f32_model =
-            Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(Layout::Texture) }).unwrap();
-        assert_close("the same file, f32 weights", &logits(&f32_model, &tokens), &want, 1e-4, seed);
+    for (ty, dtype, tie) in [(3, DType::Q4, false), (8, DType::Q8, false), (8, DType::Q8, true)] {
+        let spec = Tiny { hidden: 64, inter: 96, heads: 4, kv_heads: 2, head_dim: 16, tie, ..Tiny::default() };
+        let w = random_weights(&spec, seed);
+        let dir = temp_dir("tiny-quant");
+        let path = dir.join("quant.gguf");
+        write_gguf_model_as(&path, &spec, &w, ty);
+        let src = ModelSource::open(&path).unwrap();
+        let host = HostLlama::load(&src).unwrap();
+        let tokens = random_tokens(&mut rng, 9, spec.vocab);
+        let want: Vec<f64> = host.logits(&tokens).concat();
+        let what = format!("{dtype} file, tied head {tie}");
+        if Variant::candidates(gpu, Form::Nt, Layout::Texture).is_empty() {
+            // no texture kernels: the blocks are expanded to f16, which must still match
+            let model = Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: None }).unwrap();
+            assert_close(&format!("{what}: f16 fallback"), &logits(&model, &tokens), &want, 5e-3, seed);
+        } else {
+            let model =
+                Llama::load(gpu, &src, LoadOptions { dtype: DType::Q4, layout: Some(Layout::Texture) }).unwrap();
+            assert_eq!(model.weight_dtype(0, Site::Qkv), dtype, "{what}");
+            assert_eq!(model.weight_dtype(1, Site::Down), dtype, "{what}");
+            assert_eq!(model.head_dtype(), dtype, "{what}");
+            // the f16 embedding table the row gather reads is the only rounding left
+            assert_close(&format!("{what}: blocks in the kernels"), &logits(&model, &tokens), &want, 1e-3, seed);
+            let f32_model =
+                Llama::load(gpu, &src, LoadOptions { dtype: DType::F32, layout: Some(Layout::Texture) }).unwrap();
+            assert_close(&format!("{what}: f32 weights"), &logits(&f32_model, &tokens), &want, 1e-4, seed);
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The same weights through a GGUF file (q/k rows permuted as llama.cpp stores them, f32 and

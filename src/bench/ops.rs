@@ -48,7 +48,7 @@ impl Grid {
                 (Form::Nn, 1024, 576, 1536),
                 (Form::Tn, 16, 1024, 576),
             ],
-            dtypes: vec![DType::F32, DType::F16, DType::Q4],
+            dtypes: vec![DType::F32, DType::F16, DType::Q4, DType::Q8],
             lora_ms: vec![1, 16, 256, 2048],
             lora_ranks: vec![8, 16, 64],
             lora_adapters: vec![1, 2, 4, 8],

@@ -22,8 +22,9 @@ pub struct ModelArgs {
     /// A GGUF file or a Hugging Face model directory.
     #[arg(long, env = "LORAFUSE_MODEL", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
-    /// Weight precision on the GPU: q4 (a GGUF's 4-bit weights stay 4-bit, dequantized inside
-    /// the kernels; the rest f16), f16, or f32 (exact dequantized weights).
+    /// Weight precision on the GPU: q4 (a GGUF's quantized weights stay in their blocks,
+    /// dequantized inside the kernels: 4-bit types as 4-bit, Q8_0 as 8-bit, the LM head
+    /// included; the rest f16), f16, or f32 (exact dequantized weights).
     #[arg(long, default_value = "q4", value_parser = ["q4", "f16", "f32"])]
     pub dtype: String,
     /// A PEFT LoRA adapter directory, optionally with its weight (DIR:0.6; default 1), applied

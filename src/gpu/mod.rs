@@ -5,6 +5,7 @@ pub mod device;
 pub mod pipeline;
 pub mod profiler;
 pub mod q4;
+pub mod q8;
 pub mod recorder;
 pub mod shader;
 pub mod tensor;

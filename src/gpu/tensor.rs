@@ -16,6 +16,8 @@ pub enum DType {
     U32,
     /// 4-bit blocks of 32 with an f32 scale and offset (src/gpu/q4.rs): texture matrices only.
     Q4,
+    /// 8-bit blocks of 32 with an f32 scale (GGUF's Q8_0, src/gpu/q8.rs): texture matrices only.
+    Q8,
 }
 
 impl DType {
@@ -24,7 +26,13 @@ impl DType {
             DType::F32 | DType::U32 => 4 * numel as u64,
             DType::F16 => 2 * numel as u64,
             DType::Q4 => numel.div_ceil(32) as u64 * 24,
+            DType::Q8 => numel.div_ceil(32) as u64 * 36,
         }
+    }
+
+    /// Blocks of 32 with scales (texture matrices only).
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q4 | DType::Q8)
     }
 
     pub fn name(self) -> &'static str {
@@ -33,6 +41,7 @@ impl DType {
             DType::F16 => "f16",
             DType::U32 => "u32",
             DType::Q4 => "q4",
+            DType::Q8 => "q8",
         }
     }
 }
@@ -225,8 +234,11 @@ impl Tensor {
             DType::F32 => bytemuck::cast_slice::<u8, f32>(&bytes)[..n].to_vec(),
             DType::F16 => bytemuck::cast_slice::<u8, half::f16>(&bytes)[..n].iter().map(|h| h.to_f32()).collect(),
             DType::U32 => bytemuck::cast_slice::<u8, u32>(&bytes)[..n].iter().map(|&u| u as f32).collect(),
-            DType::Q4 => {
-                return Err(Error::DType { op: "Tensor::read_f32".into(), detail: "no 4-bit buffers exist".into() });
+            DType::Q4 | DType::Q8 => {
+                return Err(Error::DType {
+                    op: "Tensor::read_f32".into(),
+                    detail: "no quantized buffers exist".into(),
+                });
             }
         })
     }

@@ -5,6 +5,8 @@
 //! matrix becomes a 2-D array texture:
 //! - f32: rgba32float, texel x of a row holds cols 4x..4x+3;
 //! - f16: rgba32uint, texel x holds cols 8x..8x+7 (pack2x16float pairs);
+//! - 4-bit and 8-bit blocks: rgba32uint quants (32 and 16 values a texel) and a rgba32float
+//!   texture of block scales beside them (src/gpu/q4.rs, src/gpu/q8.rs);
 //! - the row length is padded with zeros to `col_align` columns, so kernels walk the inner
 //!   dimension in whole chunks without bounds tests;
 //! - rows are padded with zeros to a multiple of `ROW_ALIGN` and split across layers of at most
@@ -13,6 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::q4::{self, Q4Block};
+use crate::gpu::q8::{self, Q8Block};
 use crate::gpu::{DType, Gpu, Tensor};
 
 /// Rows of a texture matrix are padded to this multiple.
@@ -22,7 +25,7 @@ pub const ROW_ALIGN: usize = 64;
 pub struct TexMatrix {
     pub(crate) texture: wgpu::Texture,
     pub(crate) view: wgpu::TextureView,
-    /// 4-bit matrices: the (d, m) texture beside the nibbles.
+    /// Quantized matrices: the scale texture beside the quants ((d, m) pairs for 4-bit, d for 8-bit).
     pub(crate) scales: Option<(wgpu::Texture, wgpu::TextureView)>,
     rows: usize,
     cols: usize,
@@ -153,6 +156,7 @@ impl TexMatrix {
             DType::F32 => 4,
             DType::F16 => 8,
             DType::Q4 => 32,
+            DType::Q8 => 16,
             DType::U32 => {
                 return Err(Error::DType {
                     op: "TexMatrix".into(),
@@ -197,21 +201,22 @@ impl TexMatrix {
         label: &str,
     ) -> Result<TexMatrix> {
         let (width, rpl, layers) = Self::geometry(gpu, rows, cols, dtype, col_align)?;
-        if dtype == DType::Q4 && !col_align.is_multiple_of(32) {
+        if matches!(dtype, DType::Q4 | DType::Q8) && !col_align.is_multiple_of(32) {
             return Err(Error::DType {
                 op: "TexMatrix".into(),
-                detail: "4-bit texture rows need 32-column padding".into(),
+                detail: format!("{dtype} texture rows need 32-column padding (whole blocks)"),
             });
         }
         let format = match dtype {
-            DType::F16 | DType::Q4 => wgpu::TextureFormat::Rgba32Uint,
+            DType::F16 | DType::Q4 | DType::Q8 => wgpu::TextureFormat::Rgba32Uint,
             _ => wgpu::TextureFormat::Rgba32Float,
         };
         let (texture, view) = new_texture(gpu, label, width, rpl, layers, format);
-        let scales = (dtype == DType::Q4)
-            .then(|| new_texture(gpu, label, width.div_ceil(2), rpl, layers, wgpu::TextureFormat::Rgba32Float));
+        let scale_width = scale_width(dtype, width);
+        let scales = (scale_width > 0)
+            .then(|| new_texture(gpu, label, scale_width, rpl, layers, wgpu::TextureFormat::Rgba32Float));
         let texel_rows = rpl as u64 * layers as u64;
-        let bytes = 16 * texel_rows * (width as u64 + scales.as_ref().map_or(0, |_| width.div_ceil(2) as u64));
+        let bytes = 16 * texel_rows * (width + scale_width) as u64;
         let _alloc = gpu.memory().allocate(bytes);
         Ok(TexMatrix {
             texture,
@@ -244,13 +249,13 @@ impl TexMatrix {
                 format!("{} values for [{rows}, {cols}]", data.len()),
             ));
         }
-        let t = Self::zeros(gpu, rows, cols, dtype, col_align, label)?;
-        if dtype == DType::Q4 {
+        if matches!(dtype, DType::Q4 | DType::Q8) {
             return Err(Error::DType {
                 op: format!("texture matrix '{label}'"),
-                detail: "4-bit matrices come from quantized blocks (TexMatrix::from_q4)".into(),
+                detail: format!("{dtype} matrices come from quantized blocks (TexMatrix::from_q4 / from_q8)"),
             });
         }
+        let t = Self::zeros(gpu, rows, cols, dtype, col_align, label)?;
         let texels = pack_host(data, rows, cols, dtype, t.width as usize, t.padded_rows());
         write_layers(gpu, &t.texture, &texels, t.width, t.rows_per_layer, t.layers);
         Ok(t)
@@ -280,6 +285,30 @@ impl TexMatrix {
         Ok(t)
     }
 
+    /// Uploads 8-bit blocks ([rows, cols/32] blocks, cols a multiple of 32).
+    pub fn from_q8(
+        gpu: &Gpu,
+        rows: usize,
+        cols: usize,
+        blocks: &[Q8Block],
+        col_align: usize,
+        label: &str,
+    ) -> Result<TexMatrix> {
+        if !cols.is_multiple_of(32) || blocks.len() * 32 != rows * cols {
+            return Err(Error::shape(
+                format!("texture matrix '{label}'"),
+                format!("{} 8-bit blocks for [{rows}, {cols}] (columns must be a multiple of 32)", blocks.len()),
+            ));
+        }
+        let t = Self::zeros(gpu, rows, cols, DType::Q8, col_align, label)?;
+        let (q, s) = q8::texels(blocks, rows, cols / 32, t.width as usize, t.padded_rows());
+        write_layers(gpu, &t.texture, &q, t.width, t.rows_per_layer, t.layers);
+        if let Some((scales, _)) = &t.scales {
+            write_layers(gpu, scales, &s, q8::scale_width(t.width as usize) as u32, t.rows_per_layer, t.layers);
+        }
+        Ok(t)
+    }
+
     /// The same texture seen as its first `rows` rows (scratch textures are allocated for a
     /// bucket of row counts).
     pub(crate) fn with_rows(&self, rows: usize) -> TexMatrix {
@@ -304,8 +333,7 @@ impl TexMatrix {
     }
 
     pub fn bytes(&self) -> u64 {
-        let scale_width = if self.scales.is_some() { self.width.div_ceil(2) as u64 } else { 0 };
-        (self.width as u64 + scale_width) * 16 * self.padded_rows() as u64
+        (self.width + scale_width(self.dtype, self.width)) as u64 * 16 * self.padded_rows() as u64
     }
 
     /// The texel bytes of every row, padding included (`width` texels of 16 bytes a row over
@@ -377,6 +405,15 @@ impl TexMatrix {
     }
 }
 
+/// Texels a row of the scale texture beside `width` quant texels (0: no scale texture).
+fn scale_width(dtype: DType, width: u32) -> u32 {
+    match dtype {
+        DType::Q4 => width.div_ceil(2),
+        DType::Q8 => q8::scale_width(width as usize) as u32,
+        _ => 0,
+    }
+}
+
 /// A kernel operand and where it lives: a storage buffer (any kernel) or a texture matrix (the
 /// texture kernels). Weights are placed once, in the layout the autotuner chose for the device.
 // A model holds a few hundred of these: the size difference of the variants costs nothing.
@@ -432,16 +469,21 @@ impl Matrix {
         blocks: &[Q4Block],
         label: &str,
     ) -> Result<Matrix> {
-        match layout {
-            Layout::Texture => {
-                let align = col_align(gpu)?;
-                Ok(Matrix::Texture(TexMatrix::from_q4(gpu, rows, cols, blocks, align, label)?))
-            }
-            Layout::Buffer => Err(Error::DType {
-                op: format!("matrix '{label}'"),
-                detail: "4-bit weights are read by the texture kernels only; load them as f16".into(),
-            }),
-        }
+        let align = quantized_align(gpu, layout, DType::Q4, label)?;
+        Ok(Matrix::Texture(TexMatrix::from_q4(gpu, rows, cols, blocks, align, label)?))
+    }
+
+    /// Uploads 8-bit blocks; only the texture layout holds them.
+    pub fn from_q8(
+        gpu: &Gpu,
+        layout: Layout,
+        rows: usize,
+        cols: usize,
+        blocks: &[Q8Block],
+        label: &str,
+    ) -> Result<Matrix> {
+        let align = quantized_align(gpu, layout, DType::Q8, label)?;
+        Ok(Matrix::Texture(TexMatrix::from_q8(gpu, rows, cols, blocks, align, label)?))
     }
 
     /// Uploads host data ([rows, cols], row-major) as `dtype` in `layout`.
@@ -454,21 +496,24 @@ impl Matrix {
         dtype: DType,
         label: &str,
     ) -> Result<Matrix> {
-        if dtype == DType::Q4 {
-            // quantized here: models bring their own 4-bit blocks; this serves tests and tuning
+        if matches!(dtype, DType::Q4 | DType::Q8) {
+            // quantized here: models bring their own blocks; this serves tests and tuning
             if !cols.is_multiple_of(32) {
                 return Err(Error::shape(
                     format!("matrix '{label}'"),
-                    format!("4-bit rows of {cols} values (not 32s)"),
+                    format!("{dtype} rows of {cols} values (not 32s)"),
                 ));
             }
-            return Matrix::from_q4(gpu, layout, rows, cols, &q4::quantize(data), label);
+            return match dtype {
+                DType::Q4 => Matrix::from_q4(gpu, layout, rows, cols, &q4::quantize(data), label),
+                _ => Matrix::from_q8(gpu, layout, rows, cols, &q8::quantize(data), label),
+            };
         }
         match layout {
             Layout::Buffer => Ok(Matrix::Buffer(match dtype {
                 DType::F32 => Tensor::from_f32(gpu, &[rows, cols], data, label)?,
                 DType::F16 => Tensor::from_f32_as_f16(gpu, &[rows, cols], data, label)?,
-                DType::Q4 | DType::U32 => {
+                DType::Q4 | DType::Q8 | DType::U32 => {
                     return Err(Error::DType {
                         op: "Matrix::from_host".into(),
                         detail: "u32 is not a matrix dtype".into(),
@@ -480,5 +525,16 @@ impl Matrix {
                 Ok(Matrix::Texture(TexMatrix::from_host(gpu, rows, cols, data, dtype, align, label)?))
             }
         }
+    }
+}
+
+/// The column padding for quantized blocks in `layout` (the texture kernels alone read them).
+fn quantized_align(gpu: &Gpu, layout: Layout, dtype: DType, label: &str) -> Result<usize> {
+    match layout {
+        Layout::Texture => col_align(gpu),
+        Layout::Buffer => Err(Error::DType {
+            op: format!("matrix '{label}'"),
+            detail: format!("{dtype} weights are read by the texture kernels only; load them as f16"),
+        }),
     }
 }

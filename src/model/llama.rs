@@ -20,15 +20,16 @@ use crate::model::batch::{Batch, RowTensors};
 pub use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
 use crate::model::layer::{AttnActs, Layer, LayerSave, Linear, Pass, PassLora, Scratch};
-use crate::model::source::ModelSource;
+use crate::model::source::{Blocks, ModelSource};
 
 /// How weights are held on the GPU.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
-    /// Q4: a GGUF's 4-bit linear weights (Q4_0, Q4_1, Q4_K) stay 4-bit and are dequantized
-    /// inside the matmul kernels (the texture kernels; others expand to f16); f16: everything
+    /// Q4: a GGUF's quantized matrices stay in their blocks and are dequantized inside the
+    /// matmul kernels (the texture kernels; others expand to f16): Q4_0, Q4_1 and Q4_K as 4-bit,
+    /// Q8_0 as 8-bit, the LM head included (SmolLM2's tied head is Q8_0); f16: everything
     /// expanded to half precision; f32: exact dequantized values, for parity checks. The
-    /// embeddings and LM head are f16 under Q4.
+    /// embedding table the row gather reads is f16 under Q4.
     pub dtype: DType,
     /// Weight layout; None lets the autotuner decide for the device.
     pub layout: Option<Layout>,
@@ -80,28 +81,51 @@ fn load_stacked(
     let total: usize = outs.iter().sum();
     let label = names.join("+");
     let bias = stacked_bias(gpu, src, cfg, names, outs, &label)?;
-    if opts.1 == DType::Q4 && opts.0 == Layout::Texture && inp.is_multiple_of(32) {
-        let mut blocks = Vec::with_capacity(total * inp / 32);
-        for (name, &out) in names.iter().zip(outs) {
-            match src.tensor_q4(&format!("{name}.weight"), &[out, inp], cfg)? {
-                Some(b) => blocks.extend(b),
-                None => {
-                    blocks.clear();
-                    break;
-                }
-            }
-        }
-        if !blocks.is_empty() {
-            return Ok(Linear { w: Matrix::from_q4(gpu, opts.0, total, inp, &blocks, &label)?, bias });
-        }
+    if opts.1 == DType::Q4
+        && let Some(w) = file_blocks(gpu, src, cfg, names, outs, inp, opts.0, &label)?
+    {
+        return Ok(Linear { w, bias });
     }
-    // not 4-bit in the file, or no kernel for 4-bit here: half precision
+    // not quantized alike in the file, or no kernel for blocks here: half precision
     let dtype = if opts.1 == DType::Q4 { DType::F16 } else { opts.1 };
     let mut w = Vec::with_capacity(total * inp);
     for (name, &out) in names.iter().zip(outs) {
         w.extend(src.tensor(&format!("{name}.weight"), &[out, inp], cfg)?);
     }
     Ok(Linear { w: Matrix::from_host(gpu, opts.0, total, inp, &w, dtype, &label)?, bias })
+}
+
+/// The weights `names` (each [outs[i], inp]) stacked in the file's own blocks, when every one is
+/// stored in the same type the GPU holds (all 4-bit or all Q8_0) and the layout has kernels for
+/// blocks; None otherwise.
+#[allow(clippy::too_many_arguments)]
+fn file_blocks(
+    gpu: &Gpu,
+    src: &ModelSource,
+    cfg: &LlamaConfig,
+    names: &[&str],
+    outs: &[usize],
+    inp: usize,
+    layout: Layout,
+    label: &str,
+) -> Result<Option<Matrix>> {
+    if layout != Layout::Texture || !inp.is_multiple_of(32) {
+        return Ok(None);
+    }
+    let (mut q4, mut q8) = (Vec::new(), Vec::new());
+    for (name, &out) in names.iter().zip(outs) {
+        match src.tensor_blocks(&format!("{name}.weight"), &[out, inp], cfg)? {
+            Some(Blocks::Q4(b)) if q8.is_empty() => q4.extend(b),
+            Some(Blocks::Q8(b)) if q4.is_empty() => q8.extend(b),
+            _ => return Ok(None),
+        }
+    }
+    let rows = outs.iter().sum();
+    Ok(Some(if q8.is_empty() {
+        Matrix::from_q4(gpu, layout, rows, inp, &q4, label)?
+    } else {
+        Matrix::from_q8(gpu, layout, rows, inp, &q8, label)?
+    }))
 }
 
 /// The stacked biases of `names`, zeros for layers without one; None when none has one.
@@ -138,7 +162,8 @@ impl Llama {
             return Err(Error::Invalid(format!("weights can be q4, f16 or f32, not {}", opts.dtype)));
         }
         let lo = (layout, opts.dtype);
-        // embeddings and the LM head: f16 under q4 (the row gather reads f16 or f32)
+        // the embedding table the row gather reads, and the LM head unless the file's blocks
+        // serve: f16 under q4
         let table_dtype = if opts.dtype == DType::Q4 { DType::F16 } else { opts.dtype };
         let (h, f, hd) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
         let (nq, nkv) = (cfg.heads * hd, cfg.kv_heads * hd);
@@ -147,11 +172,20 @@ impl Llama {
             DType::F16 => Tensor::from_f32_as_f16(gpu, &[cfg.vocab, h], &embed_host, "embed_tokens")?,
             _ => Tensor::from_f32(gpu, &[cfg.vocab, h], &embed_host, "embed_tokens")?,
         };
-        let lm_head = if cfg.tie_embeddings || !src.has("lm_head.weight") {
-            Matrix::from_host(gpu, layout, cfg.vocab, h, &embed_host, table_dtype, "lm_head (tied)")?
-        } else {
-            let w = src.tensor("lm_head.weight", &[cfg.vocab, h], &cfg)?;
-            Matrix::from_host(gpu, layout, cfg.vocab, h, &w, table_dtype, "lm_head")?
+        let tied = cfg.tie_embeddings || !src.has("lm_head.weight");
+        let (head_name, head_label) =
+            if tied { ("model.embed_tokens", "lm_head (tied)") } else { ("lm_head", "lm_head") };
+        let head_blocks = match opts.dtype {
+            DType::Q4 => file_blocks(gpu, src, &cfg, &[head_name], &[cfg.vocab], h, layout, head_label)?,
+            _ => None,
+        };
+        let lm_head = match head_blocks {
+            Some(m) => m,
+            None if tied => Matrix::from_host(gpu, layout, cfg.vocab, h, &embed_host, table_dtype, head_label)?,
+            None => {
+                let w = src.tensor("lm_head.weight", &[cfg.vocab, h], &cfg)?;
+                Matrix::from_host(gpu, layout, cfg.vocab, h, &w, table_dtype, head_label)?
+            }
         };
         drop(embed_host);
         let norm_vec =
@@ -269,6 +303,11 @@ impl Llama {
     }
 
     /// The weight type of layer `layer`'s stacked linear at `site` on the GPU.
+    /// How the LM head's weights are held (the file's blocks under q4 when it has them).
+    pub fn head_dtype(&self) -> DType {
+        self.lm_head.dtype()
+    }
+
     pub fn weight_dtype(&self, layer: usize, site: Site) -> DType {
         let l = &self.layers[layer];
         match site {

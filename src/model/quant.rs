@@ -14,6 +14,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::gpu::q4::Q4Block;
+use crate::gpu::q8::Q8Block;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
@@ -211,14 +212,7 @@ pub fn to_q4_blocks(ty: GgmlType, bytes: &[u8], n: usize) -> Option<Result<Vec<Q
     if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K) {
         return None;
     }
-    let check = || -> Result<()> {
-        let want = ty.bytes_for(n as u64)? as usize;
-        if bytes.len() != want {
-            return Err(Error::Invalid(format!("{} bytes for {n} {} values, expected {want}", bytes.len(), ty.name())));
-        }
-        Ok(())
-    };
-    if let Err(e) = check() {
+    if let Err(e) = check_len(ty, bytes, n) {
         return Some(Err(e));
     }
     let nib16 = |q: &[u8]| -> [u8; 16] { q.try_into().expect("16 bytes of nibbles") };
@@ -254,6 +248,29 @@ pub fn to_q4_blocks(ty: GgmlType, bytes: &[u8], n: usize) -> Option<Result<Vec<Q
             })
             .collect(),
     }))
+}
+
+/// The 8-bit GPU blocks (src/gpu/q8.rs) of a Q8_0 tensor of `n` values; None for other types.
+/// Exact: the f16 scale widens to f32, every d·q as `dequantize` gives it.
+pub fn to_q8_blocks(ty: GgmlType, bytes: &[u8], n: usize) -> Option<Result<Vec<Q8Block>>> {
+    if ty != GgmlType::Q8_0 {
+        return None;
+    }
+    if let Err(e) = check_len(ty, bytes, n) {
+        return Some(Err(e));
+    }
+    Some(Ok(bytes
+        .chunks_exact(34)
+        .map(|b| Q8Block { q: std::array::from_fn(|i| b[2 + i] as i8), d: half_at(b, 0) })
+        .collect()))
+}
+
+fn check_len(ty: GgmlType, bytes: &[u8], n: usize) -> Result<()> {
+    let want = ty.bytes_for(n as u64)? as usize;
+    if bytes.len() != want {
+        return Err(Error::Invalid(format!("{} bytes for {n} {} values, expected {want}", bytes.len(), ty.name())));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -371,6 +388,20 @@ mod tests {
             assert_eq!(got, want, "{}", ty.name());
         }
         assert!(to_q4_blocks(GgmlType::Q8_0, &[0; 34], 32).is_none());
+    }
+
+    #[test]
+    fn q8_blocks_are_exact() {
+        let mut b = Vec::new();
+        for blk in 0..3u8 {
+            b.extend(h(0.013 * (blk as f32 + 1.0)));
+            b.extend((0..32u8).map(|i| i.wrapping_mul(37).wrapping_add(blk)));
+        }
+        let want = dequantize(GgmlType::Q8_0, &b, 96).unwrap();
+        let got = crate::gpu::q8::dequantize(&to_q8_blocks(GgmlType::Q8_0, &b, 96).unwrap().unwrap());
+        assert_eq!(got, want);
+        assert!(to_q8_blocks(GgmlType::Q8_0, &b[..100], 96).unwrap().is_err());
+        assert!(to_q8_blocks(GgmlType::Q4_1, &[0; 20], 32).is_none());
     }
 
     #[test]

@@ -10,11 +10,18 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::gpu::q4::Q4Block;
+use crate::gpu::q8::Q8Block;
 use crate::model::chat::ChatTemplate;
 use crate::model::config::{Arch, LlamaConfig};
 use crate::model::gguf::Gguf;
-use crate::model::quant::to_q4_blocks;
+use crate::model::quant::{to_q4_blocks, to_q8_blocks};
 use crate::model::tokenizer::Tokenizer;
+
+/// A weight's quantized blocks as the GPU holds them.
+pub enum Blocks {
+    Q4(Vec<Q4Block>),
+    Q8(Vec<Q8Block>),
+}
 
 pub enum ModelSource {
     Gguf(Gguf),
@@ -151,9 +158,9 @@ impl ModelSource {
         }
     }
 
-    /// A 2-D weight as 4-bit GPU blocks, when the file stores it in a 4-bit type (Q4_0, Q4_1,
-    /// Q4_K); None otherwise (other types, Hugging Face files).
-    pub fn tensor_q4(&self, hf_name: &str, shape: &[usize], cfg: &LlamaConfig) -> Result<Option<Vec<Q4Block>>> {
+    /// A 2-D weight as GPU blocks, when the file stores it in a type the GPU holds as is (Q4_0,
+    /// Q4_1, Q4_K as 4-bit, Q8_0 as 8-bit); None otherwise (other types, Hugging Face files).
+    pub fn tensor_blocks(&self, hf_name: &str, shape: &[usize], cfg: &LlamaConfig) -> Result<Option<Blocks>> {
         let ModelSource::Gguf(g) = self else { return Ok(None) };
         let Some(name) = gguf_name(hf_name) else { return Ok(None) };
         let t = g.tensor(&name)?;
@@ -164,14 +171,22 @@ impl ModelSource {
             ));
         }
         let bytes = g.tensor_bytes(t)?;
-        let Some(blocks) = to_q4_blocks(t.ty, &bytes, t.numel() as usize) else { return Ok(None) };
-        let blocks = blocks.map_err(|e| Error::file(g.path(), format!("tensor '{name}': {e}")))?;
-        let per_row = shape[1] / 32;
-        Ok(Some(match permuted_heads(cfg, hf_name) {
-            Some(h) => unpermute_rows(&blocks, shape[0], per_row, h)
-                .map_err(|e| Error::file(g.path(), format!("tensor '{name}': {e}")))?,
-            None => blocks,
-        }))
+        let bad = |e: Error| Error::file(g.path(), format!("tensor '{name}': {e}"));
+        // rows in Hugging Face order: llama.cpp's rotary permutation of q and k undone
+        fn hf_rows<T: Copy>(blocks: Vec<T>, shape: &[usize], heads: Option<usize>) -> Result<Vec<T>> {
+            match heads {
+                Some(h) => unpermute_rows(&blocks, shape[0], shape[1] / 32, h),
+                None => Ok(blocks),
+            }
+        }
+        let (n, heads) = (t.numel() as usize, permuted_heads(cfg, hf_name));
+        if let Some(blocks) = to_q4_blocks(t.ty, &bytes, n) {
+            return Ok(Some(Blocks::Q4(hf_rows(blocks.map_err(bad)?, shape, heads).map_err(bad)?)));
+        }
+        if let Some(blocks) = to_q8_blocks(t.ty, &bytes, n) {
+            return Ok(Some(Blocks::Q8(hf_rows(blocks.map_err(bad)?, shape, heads).map_err(bad)?)));
+        }
+        Ok(None)
     }
 
     /// A tensor by Hugging Face name, f32, row-major, with its shape checked against `shape`.

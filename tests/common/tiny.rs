@@ -229,6 +229,18 @@ pub fn write_gguf(path: &Path, meta: &[(String, Meta)], tensors: &[(String, Vec<
     std::fs::write(path, f).unwrap();
 }
 
+/// GGUF Q8_0 bytes of `v` (a multiple of 32 values): ggml's absmax rule, d = amax/127 in f16.
+pub fn q8_0_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in v.chunks(32) {
+        let d = half::f16::from_f32(c.iter().fold(0.0f32, |m, x| m.max(x.abs())) / 127.0);
+        let id = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+        out.extend(d.to_le_bytes());
+        out.extend(c.iter().map(|&x| (x * id).round().clamp(-128.0, 127.0) as i8 as u8));
+    }
+    out
+}
+
 /// GGUF Q4_1 bytes of `v` (a multiple of 32 values): min/max blocks with f16 scale and offset.
 pub fn q4_1_bytes(v: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -252,7 +264,7 @@ pub fn write_gguf_model(path: &Path, t: &Tiny, w: &Weights, f16: bool) {
     write_gguf_model_as(path, t, w, if f16 { 1 } else { 0 });
 }
 
-/// Likewise with the 2-D weights in GGML type `ty` (0 F32, 1 F16, 3 Q4_1).
+/// Likewise with the 2-D weights in GGML type `ty` (0 F32, 1 F16, 3 Q4_1, 8 Q8_0).
 pub fn write_gguf_model_as(path: &Path, t: &Tiny, w: &Weights, ty: u32) {
     let arch = if t.qwen2 { "qwen2" } else { "llama" };
     let key = |k: &str| format!("{arch}.{k}");
@@ -280,6 +292,7 @@ pub fn write_gguf_model_as(path: &Path, t: &Tiny, w: &Weights, ty: u32) {
         let (ty, bytes): (u32, Vec<u8>) = match (ty, shape.len()) {
             (1, 2) => (1, data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()),
             (3, 2) => (3, q4_1_bytes(&data)),
+            (8, 2) => (8, q8_0_bytes(&data)),
             _ => (0, data.iter().flat_map(|x| x.to_le_bytes()).collect()),
         };
         tensors.push((gname, dims, ty, bytes));

@@ -6,7 +6,8 @@
 //! So both operands live in textures, there is no workgroup memory, and the activation is
 //! fetched once per subgroup and broadcast: per chunk of 4·SG inner values a lane issues R
 //! activation fetches and SG·C weight fetches for R·C·4·SG multiply-adds. f16 weights halve the
-//! weight fetches (8 values a texel) and unpack for free next to the fetch cost.
+//! weight fetches (8 values a texel) and unpack for free next to the fetch cost; 8-bit blocks
+//! take 16 values a texel and a scale texel per 4 blocks, 4-bit 32 and one per 2 blocks.
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::Defines;
@@ -78,16 +79,17 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
     }
     let f16 = w.dtype() == DType::F16;
     let q4 = w.dtype() == DType::Q4;
-    if q4 && sg != 8 && sg != 16 {
-        return Err(unsupported("4-bit weights need subgroups of 8 or 16".into()));
+    let q8 = w.dtype() == DType::Q8;
+    if (q4 || q8) && sg != 8 && sg != 16 {
+        return Err(unsupported(format!("{} weights need subgroups of 8 or 16", w.dtype())));
     }
     let mut params = Params {
         m: prob.m as u32,
         n: prob.n as u32,
         ldy: prob.n as u32,
-        // nt_dot with f16 weights walks 8 values a lane per step, with 4-bit weights a block of 32;
-        // nt with 4-bit weights two blocks a step (one scale texel)
-        chunks: (prob.k as u32).div_ceil(match (dot, f16, q4) {
+        // nt_dot with f16 weights walks 8 values a lane per step, with quantized weights a block
+        // of 32; nt with quantized weights two blocks a step (one scale texel or half of one)
+        chunks: (prob.k as u32).div_ceil(match (dot, f16, q4 || q8) {
             (true, _, true) => 32 * sg,
             (true, true, _) => 8 * sg,
             (false, _, true) if form == Form::Nt => 64,
@@ -117,9 +119,10 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         ("C", cols),
         ("W_F16", f16 as u32),
         ("W_Q4", q4 as u32),
-        ("W8", (f16 || q4) as u32),
+        ("W_Q8", q8 as u32),
+        ("W8", (f16 || q4 || q8) as u32),
         ("QB", if q4 { sg / 8 } else { 0 }),
-        ("QP", if q4 { 16 / sg } else { 0 }),
+        ("QP", if q4 || q8 { 16 / sg } else { 0 }),
         ("EPILOGUE", opts.epilogue.is_some() as u32),
         ("ROW_COEF", opts.row_coef.is_some() as u32),
         ("ACCUMULATE", opts.accumulate as u32),
@@ -162,7 +165,11 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         Form::Nt if dot => ("nt_dot", (prob.n as u32).div_ceil(cols)),
         Form::Nt => ("nt", (prob.n as u32).div_ceil(cols * sg)),
         _ => {
-            let per = if f16 || q4 { 8 } else { 4 };
+            let per = match w.dtype() {
+                DType::Q8 => 16,
+                DType::F16 | DType::Q4 => 8,
+                _ => 4,
+            };
             ("nn", (prob.n as u32).div_ceil(per).div_ceil(cols * sg))
         }
     };

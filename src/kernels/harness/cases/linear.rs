@@ -35,16 +35,14 @@ fn weights(
     dtype: DType,
 ) -> Result<(Vec<f32>, Matrix)> {
     let raw = rng.vec(rows * cols, 1.0);
+    // Matrix::from_host quantizes 4- and 8-bit weights with these same functions
     let host = match dtype {
         DType::F16 => round_f16(&raw),
         DType::Q4 => crate::gpu::q4::dequantize(&crate::gpu::q4::quantize(&raw)),
+        DType::Q8 => crate::gpu::q8::dequantize(&crate::gpu::q8::quantize(&raw)),
         _ => raw.clone(),
     };
-    let m = match dtype {
-        DType::Q4 => Matrix::from_q4(gpu, layout, rows, cols, &crate::gpu::q4::quantize(&raw), "b")?,
-        _ => Matrix::from_host(gpu, layout, rows, cols, &raw, dtype, "b")?,
-    };
-    Ok((host, m))
+    Ok((host, Matrix::from_host(gpu, layout, rows, cols, &raw, dtype, "b")?))
 }
 
 /// Y = op(A)·op(B), optionally Y = alpha·op(A)·op(B) + Y (accumulating), for one forced variant.
@@ -84,10 +82,10 @@ pub fn matmul_case(form: Form, v: Variant, dtype: DType, mnk: Shape, accumulate:
 
 /// The weight types a variant takes in `form`.
 pub fn dtypes_of(gpu: &Gpu, form: Form, v: Variant) -> Vec<DType> {
-    let q4 = v.layout() == Layout::Texture && crate::gpu::texture::subgroup_size(gpu).is_some_and(|sg| sg % 8 == 0);
+    let blocks = v.layout() == Layout::Texture && crate::gpu::texture::subgroup_size(gpu).is_some_and(|sg| sg % 8 == 0);
     match form {
         Form::Tn => vec![DType::F32],
-        _ if q4 => vec![DType::F32, DType::F16, DType::Q4],
+        _ if blocks => vec![DType::F32, DType::F16, DType::Q4, DType::Q8],
         _ => vec![DType::F32, DType::F16],
     }
 }

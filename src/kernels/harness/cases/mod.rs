@@ -57,13 +57,13 @@ fn layouts(gpu: &Gpu, form: Form) -> Vec<Layout> {
 }
 
 /// Every matmul variant of `form` on this device with each weight type it takes, at `shapes`
-/// (4-bit weights at `q4_shapes`, whose weight rows are whole 32-value blocks).
+/// (4- and 8-bit weights at `q4_shapes`, whose weight rows are whole 32-value blocks).
 fn matmuls(gpu: &Gpu, form: Form, shapes: &[Shape], q4_shapes: &[Shape]) -> Vec<Case> {
     let mut out = Vec::new();
     for layout in [Layout::Buffer, Layout::Texture] {
         for v in Variant::candidates(gpu, form, layout) {
             for dtype in linear::dtypes_of(gpu, form, v) {
-                for &s in if dtype == DType::Q4 { q4_shapes } else { shapes } {
+                for &s in if dtype.is_quantized() { q4_shapes } else { shapes } {
                     out.push(linear::matmul_case(form, v, dtype, s, false));
                 }
             }
@@ -87,7 +87,7 @@ fn prologues(gpu: &Gpu) -> Vec<Case> {
         for (i, &v) in variants.iter().enumerate() {
             let one_row = v.rows() == 1 && layout == Layout::Texture;
             for dtype in linear::dtypes_of(gpu, Form::Nt, v) {
-                let k = if dtype == DType::Q4 { 288 } else { 132 };
+                let k = if dtype.is_quantized() { 288 } else { 132 };
                 for kind in [RmsNorm, SwiGlu] {
                     if one_row {
                         out.push(linear::prologue_case(v, dtype, kind, (1, k, 37)));
@@ -104,7 +104,8 @@ fn prologues(gpu: &Gpu) -> Vec<Case> {
 
 /// A decode step's matvecs at SmolLM2-135M's sizes with the prologues they run with: q/k/v and
 /// gate/up read the residual stream through its RMSNorm, down reads gate/up through SwiGLU (4-bit
-/// weights, as the default model's layers), the LM head reads it through the final norm (f16).
+/// weights, as the default model's layers), the LM head reads it through the final norm (f16, and
+/// 8-bit as the default model's file holds it).
 /// The one-row variants of each problem are timed side by side.
 fn decode_matvecs(gpu: &Gpu) -> Vec<Case> {
     use linear::PrologueKind::{RmsNorm, SwiGlu};
@@ -114,6 +115,7 @@ fn decode_matvecs(gpu: &Gpu) -> Vec<Case> {
         (RmsNorm, 576, 3072, DType::Q4),
         (SwiGlu, 1536, 576, DType::Q4),
         (RmsNorm, 576, 49152, DType::F16),
+        (RmsNorm, 576, 49152, DType::Q8),
     ] {
         for v in Variant::candidates(gpu, Form::Nt, Layout::Texture) {
             if v.rows() != 1 || !linear::dtypes_of(gpu, Form::Nt, v).contains(&dtype) {
@@ -135,7 +137,7 @@ fn decode_matvecs(gpu: &Gpu) -> Vec<Case> {
 pub fn check_table(gpu: &Gpu) -> Vec<Case> {
     let mut t = Vec::new();
     for form in Form::ALL {
-        // nn with 4-bit weights: W [N, K] is read transposed, so N holds the 32-value blocks
+        // nn with quantized weights: W [N, K] is read transposed, so N holds the 32-value blocks
         let q4 = if form == Form::Nn { [(7, 67, 160), (1, 37, 288)] } else { [(7, 160, 67), (1, 288, 37)] };
         t.extend(matmuls(gpu, form, &[(33, 132, 67), (1, 301, 259)], &q4));
     }
@@ -225,9 +227,9 @@ pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
         for layout in [Layout::Buffer, Layout::Texture] {
             for &dtype in &grid.dtypes {
                 for v in Variant::candidates(gpu, form, layout) {
-                    // 4-bit weights need whole blocks along the weight rows
+                    // quantized weights need whole blocks along the weight rows
                     let blocks = if form == Form::Nn { n } else { k };
-                    if !linear::dtypes_of(gpu, form, v).contains(&dtype) || (dtype == DType::Q4 && blocks % 32 != 0) {
+                    if !linear::dtypes_of(gpu, form, v).contains(&dtype) || (dtype.is_quantized() && blocks % 32 != 0) {
                         continue;
                     }
                     let mut c = linear::matmul_case(form, v, dtype, (m, k, n), false);
