@@ -79,6 +79,11 @@ enum Command {
     /// The logits at every position of a token sequence, as safetensors (for comparing with
     /// other frameworks).
     Logits(cli::logits::LogitsArgs),
+    /// Adapters out as GGUF for llama.cpp, Ollama and LM Studio.
+    Export {
+        #[command(subcommand)]
+        what: cli::export::ExportCommand,
+    },
     /// Run a workload with every kernel timed: per-kernel tables and a Chrome trace.
     Profile {
         #[command(subcommand)]
@@ -176,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => cli::pipeline::demo(&cli.device.open()?, &args),
         Command::Reproduce(args) => cli::pipeline::reproduce(&cli.device.open()?, &args),
         Command::Logits(args) => cli::logits::run(&cli.device.open()?, &args),
+        Command::Export { what } => cli::export::run(&what),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),
         Command::Bench { what } => cli::bench::run(&cli.device.open()?, &what),

@@ -4,5 +4,6 @@
 pub mod attach;
 pub mod combine;
 pub mod fuse;
+pub mod gguf;
 pub mod peft;
 pub mod svd;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_write;
 pub mod layer;
 pub mod llama;
 pub mod loss;

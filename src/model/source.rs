@@ -39,7 +39,7 @@ pub struct HfDir {
 }
 
 /// The GGUF name of a Hugging Face tensor name.
-fn gguf_name(hf: &str) -> Option<String> {
+pub fn gguf_name(hf: &str) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -87,8 +87,25 @@ pub fn unpermute_rows<T: Copy>(data: &[T], rows: usize, cols: usize, heads: usiz
     Ok(out)
 }
 
+/// llama.cpp's q/k row permutation, the inverse of `unpermute_rows`: Hugging Face rows in, GGUF
+/// rows out (its converter's `permute`, applied to adapters' B rows on export).
+pub fn permute_rows<T: Copy>(data: &[T], rows: usize, cols: usize, heads: usize) -> Result<Vec<T>> {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) || data.len() != rows * cols {
+        return Err(Error::Invalid(format!("cannot permute {rows} rows of {cols} over {heads} heads")));
+    }
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for dst in 0..rows {
+        let (h, j, t) = (dst / hd, (dst % hd) / 2, dst % 2);
+        let src = h * hd + t * half + j;
+        out.extend_from_slice(&data[src * cols..(src + 1) * cols]);
+    }
+    Ok(out)
+}
+
 /// Heads to unpermute a Hugging Face tensor's rows over, for a GGUF of this architecture.
-fn permuted_heads(cfg: &LlamaConfig, hf_name: &str) -> Option<usize> {
+pub fn permuted_heads(cfg: &LlamaConfig, hf_name: &str) -> Option<usize> {
     match (cfg.arch, hf_name.rsplit('.').nth(1)) {
         (Arch::Llama, Some("q_proj")) => Some(cfg.heads),
         (Arch::Llama, Some("k_proj")) => Some(cfg.kv_heads),
@@ -281,4 +298,21 @@ pub fn to_f32(dtype: safetensors::Dtype, raw: &[u8]) -> Result<Vec<f32>> {
         safetensors::Dtype::BF16 => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         other => return Err(Error::Invalid(format!("dtype {other:?} (f32, f16 and bf16 are read)"))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_is_llama_cpps_and_unpermute_undoes_it() {
+        // llama.cpp's converter on 2 heads of 4 rows: GGUF row order of the Hugging Face rows
+        let rows: Vec<usize> = (0..8).collect();
+        assert_eq!(permute_rows(&rows, 8, 1, 2).unwrap(), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(permute_rows(&(0..8).collect::<Vec<_>>(), 8, 1, 1).unwrap(), vec![0, 4, 1, 5, 2, 6, 3, 7]);
+        let data: Vec<u32> = (0..12 * 3).collect();
+        let p = permute_rows(&data, 12, 3, 3).unwrap();
+        assert_eq!(unpermute_rows(&p, 12, 3, 3).unwrap(), data);
+        assert!(permute_rows(&data, 12, 3, 5).is_err());
+    }
 }

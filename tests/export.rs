@@ -1,0 +1,144 @@
+//! `lorafuse export gguf-lora`: a PEFT adapter as llama.cpp's LoRA GGUF, read back field by field
+//! (metadata types, tensor names, GGUF dims, q/k rows in llama.cpp's order against the tests' own
+//! permutation), and the bad inputs it must refuse without writing anything. llama.cpp itself
+//! reads the files in scripts/gguf_interop.py (.ci/run).
+
+mod common;
+
+use common::tiny::*;
+use common::*;
+use lorafuse::lora::gguf::gguf_lora;
+use lorafuse::model::gguf::{Gguf, Value};
+use lorafuse::model::quant::GgmlType;
+use lorafuse::model::source::ModelSource;
+
+const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+fn gguf_target(t: &str) -> &'static str {
+    match t {
+        "q_proj" => "attn_q",
+        "k_proj" => "attn_k",
+        "v_proj" => "attn_v",
+        "o_proj" => "attn_output",
+        "gate_proj" => "ffn_gate",
+        "up_proj" => "ffn_up",
+        _ => "ffn_down",
+    }
+}
+
+#[test]
+fn adapters_export_as_llama_cpp_lora_gguf() {
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    for (qwen2, rslora) in [(false, false), (false, true), (true, false)] {
+        let spec = Tiny { qwen2, tie: !qwen2, ..Tiny::default() };
+        let w = random_weights(&spec, seed);
+        let dir = temp_dir("export-lora");
+        let model = dir.join("base.gguf");
+        write_gguf_model(&model, &spec, &w, false);
+        let mut adapter = random_adapter(&mut rng, &spec, &ALL, 4, 8.0, false);
+        adapter.config.use_rslora = rslora;
+        let adapter_dir = dir.join("adapter");
+        adapter.save(&adapter_dir).unwrap();
+        let out = dir.join("lora.gguf");
+        let run = run_cli(&[
+            "export",
+            "gguf-lora",
+            "--adapter",
+            adapter_dir.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+        let g = Gguf::open(&out).unwrap();
+        let arch = if qwen2 { "qwen2" } else { "llama" };
+        assert_eq!(g.str("general.architecture").unwrap(), arch);
+        assert_eq!(g.str("general.type").unwrap(), "adapter");
+        assert_eq!(g.str("adapter.type").unwrap(), "lora");
+        // llama.cpp scales by alpha / r: alpha carries PEFT's scale × r, as F32
+        let want_alpha = if rslora { 8.0 / 2.0 * 4.0 } else { 8.0 };
+        assert_eq!(g.get("adapter.lora.alpha"), Some(&Value::F32(want_alpha)), "rslora {rslora}");
+        assert_eq!(g.tensors.len(), 2 * ALL.len() * spec.layers);
+        for ((layer, target), f) in &adapter.factors {
+            let base = format!("blk.{layer}.{}.weight", gguf_target(target));
+            let a = g.tensor(&format!("{base}.lora_a")).unwrap();
+            let b = g.tensor(&format!("{base}.lora_b")).unwrap();
+            assert_eq!((a.ty, b.ty), (GgmlType::F32, GgmlType::F32));
+            assert_eq!(a.dims, vec![f.inp as u64, 4], "{base}.lora_a dims (ne order: in, r)");
+            assert_eq!(b.dims, vec![4, f.out as u64], "{base}.lora_b dims (ne order: r, out)");
+            assert_eq!(g.tensor_f32(&a.name).unwrap().1, f.a);
+            let got_b = g.tensor_f32(&b.name).unwrap().1;
+            let want_b = match (qwen2, target.as_str()) {
+                (false, "q_proj") => permute_rows(&f.b, f.out, 4, spec.heads),
+                (false, "k_proj") => permute_rows(&f.b, f.out, 4, spec.kv_heads),
+                _ => f.b.clone(),
+            };
+            assert_eq!(got_b, want_b, "{base}.lora_b (qwen2 {qwen2})");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn bad_exports_are_refused_and_write_nothing() {
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let spec = Tiny::default();
+    let dir = temp_dir("export-bad");
+    let model = dir.join("base.gguf");
+    write_gguf_model(&model, &spec, &random_weights(&spec, seed), false);
+    let src = ModelSource::open(&model).unwrap();
+    let out = dir.join("lora.gguf");
+    let export = |adapter_dir: &std::path::Path, out: &std::path::Path| {
+        let o = run_cli(&[
+            "export",
+            "gguf-lora",
+            "--adapter",
+            adapter_dir.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+
+    // an adapter for a wider model: the shapes differ
+    let wide = Tiny { hidden: spec.hidden * 2, ..Tiny::default() };
+    let wide_dir = dir.join("wide");
+    random_adapter(&mut rng, &wide, &["q_proj"], 4, 8.0, false).save(&wide_dir).unwrap();
+    let (ok, err) = export(&wide_dir, &out);
+    assert!(!ok && err.contains("the base model") && err.contains("q_proj"), "{err}");
+    assert!(!out.exists());
+
+    // a deeper one: layers the base lacks
+    let deep = Tiny { layers: spec.layers + 1, ..Tiny::default() };
+    let mut a = random_adapter(&mut rng, &deep, &["v_proj"], 4, 8.0, false);
+    a.factors.retain(|(l, _), _| *l == spec.layers);
+    assert!(gguf_lora(&a, &src).unwrap_err().to_string().contains(&format!("in {} layers", spec.layers)));
+
+    // NaN factors and a zero scale
+    let mut a = random_adapter(&mut rng, &spec, &["o_proj"], 4, 8.0, false);
+    a.factors.values_mut().next().unwrap().b[3] = f32::NAN;
+    assert!(gguf_lora(&a, &src).unwrap_err().to_string().contains("non-finite"));
+    let a = random_adapter(&mut rng, &spec, &["o_proj"], 4, 0.0, false);
+    assert!(gguf_lora(&a, &src).unwrap_err().to_string().contains("alpha 0"));
+
+    // the output may not be an input, nor a folder
+    let good = dir.join("good");
+    random_adapter(&mut rng, &spec, &["q_proj"], 4, 8.0, false).save(&good).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let (ok, err) = export(&good, &model);
+    assert!(!ok && err.contains("is an input"), "{err}");
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the base model was touched");
+    let (ok, err) = export(&good, &dir);
+    assert!(!ok && err.contains("is a folder"), "{err}");
+    // and a missing adapter names its file
+    let (ok, err) = export(&dir.join("nope"), &out);
+    assert!(!ok && err.contains("adapter_config.json"), "{err}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
