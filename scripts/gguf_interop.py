@@ -12,6 +12,8 @@ exported adapters, and compares llama.cpp's logits at every position of a chat p
   trained       --adapter DIR, when given (the adapter .ci/run trains)
   control       rslora with its q/k rows left in Hugging Face order in the GGUF: on the f16 base its
                 off must exceed 10x the limit, showing the check sees a wrong export
+And lorafuse reading the exported GGUFs back (--adapter F.gguf) must give exactly the logits of their
+PEFT directories.
 Metrics, llama.cpp's against lorafuse's: top-1 agreement per position; the logits' relative Frobenius
 error; and the adapter's effect (its logits minus the base's, in each framework) compared through
 "off": how far apart the two effects are, in units of how far apart the two bases already are
@@ -235,6 +237,14 @@ def main():
                 if not ok:
                     failed.append(f"{base_name}/{name}")
             del cpp
+            # lorafuse reading its own export: the same logits as from the PEFT directory, exactly
+            back = ours(args, base, tmp, "roundtrip", [(gguf["all7"], 0.6), (gguf["rslora"], 0.4)])[1]
+            same = ours(args, base, tmp, "fusion-again", [(all7, 0.6), (rs, 0.4)])[1]
+            exact = np.array_equal(back, same)
+            print(f"  lorafuse --adapter all7.gguf:0.6 --adapter rslora.gguf:0.4 equals the PEFT directories: "
+                  f"{'ok' if exact else 'FAIL'} (max |diff| {np.abs(back - same).max():.2e})")
+            if not exact:
+                failed.append(f"{base_name}/roundtrip")
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::tiny::*;
 use common::*;
-use lorafuse::lora::gguf::gguf_lora;
+use lorafuse::lora::gguf::{gguf_lora, load_gguf_lora};
 use lorafuse::model::gguf::{Gguf, Value};
 use lorafuse::model::quant::GgmlType;
 use lorafuse::model::source::ModelSource;
@@ -78,6 +78,10 @@ fn adapters_export_as_llama_cpp_lora_gguf() {
             };
             assert_eq!(got_b, want_b, "{base}.lora_b (qwen2 {qwen2})");
         }
+        // and lorafuse reads it back as the adapter it came from
+        let back = load_gguf_lora(&out, &ModelSource::open(&model).unwrap().config().unwrap()).unwrap();
+        assert_eq!(back.factors, adapter.factors, "qwen2 {qwen2} rslora {rslora}");
+        assert_eq!((back.config.r, back.scale()), (4, adapter.scale()));
         std::fs::remove_dir_all(&dir).ok();
     }
 }
@@ -140,5 +144,41 @@ fn bad_exports_are_refused_and_write_nothing() {
     let (ok, err) = export(&dir.join("nope"), &out);
     assert!(!ok && err.contains("adapter_config.json"), "{err}");
     assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--adapter F.gguf` (a lorafuse-exported LoRA GGUF) gives the logits `--adapter DIR` gives.
+#[test]
+fn a_lora_gguf_runs_as_its_peft_adapter() {
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let dir = temp_dir("export-run");
+    let model = dir.join("model");
+    let spec = write_chat_model(&model, seed);
+    let adapter_dir = dir.join("adapter");
+    random_adapter(&mut rng, &spec, &["q_proj", "k_proj", "down_proj"], 4, 16.0, false).save(&adapter_dir).unwrap();
+    let gguf = dir.join("adapter.gguf");
+    let (m, a, g) = (model.to_str().unwrap(), adapter_dir.to_str().unwrap(), gguf.to_str().unwrap());
+    let o = run_cli(&["export", "gguf-lora", "--adapter", a, "--model", m, "--out", g]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let logits = |adapter: &str, name: &str| {
+        let out = dir.join(name);
+        let o = run_cli(&[
+            "logits",
+            "--model",
+            m,
+            "--tokens",
+            "5,80,120,7,33",
+            "--adapter",
+            adapter,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    let (peft, ours) = (logits(&format!("{a}:0.7"), "peft.st"), logits(&format!("{g}:0.7"), "gguf.st"));
+    assert_eq!(peft, ours, "the GGUF adapter's logits differ from its PEFT directory's");
+    assert_ne!(peft, logits(&format!("{a}:0"), "none.st"), "the adapter changes nothing: the check is empty");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use lorafuse::gpu::{DType, Gpu};
 use lorafuse::lora::peft::Adapter;
 use lorafuse::model::chat::ChatTemplate;
+use lorafuse::model::config::LlamaConfig;
 use lorafuse::model::llama::{Llama, LoadOptions};
 use lorafuse::model::source::ModelSource;
 use lorafuse::model::tokenizer::Tokenizer;
@@ -27,8 +28,9 @@ pub struct ModelArgs {
     /// included; the rest f16), f16, or f32 (exact dequantized weights).
     #[arg(long, default_value = "q4", value_parser = ["q4", "f16", "f32"])]
     pub dtype: String,
-    /// A PEFT LoRA adapter directory, optionally with its weight (DIR:0.6; default 1), applied
-    /// unmerged through the fused kernel. Repeatable: the adapters are fused at their weights.
+    /// A PEFT LoRA adapter directory (or a llama.cpp LoRA GGUF file), optionally with its weight
+    /// (DIR:0.6; default 1), applied unmerged through the fused kernel. Repeatable: the adapters
+    /// are fused at their weights.
     #[arg(long = "adapter", value_name = "DIR[:WEIGHT]")]
     pub adapters: Vec<String>,
 }
@@ -64,8 +66,9 @@ pub fn parse_adapter(spec: &str) -> Result<(PathBuf, f32)> {
     Ok((PathBuf::from(spec), 1.0))
 }
 
-fn load_adapters(dirs: &[PathBuf]) -> Result<Vec<Adapter>> {
-    Ok(dirs.iter().map(|d| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?)
+/// PEFT directories or llama.cpp LoRA GGUF files, for a model of `cfg`.
+fn load_adapters(paths: &[PathBuf], cfg: &LlamaConfig) -> Result<Vec<Adapter>> {
+    Ok(paths.iter().map(|p| lorafuse::lora::open(p, cfg)).collect::<lorafuse::Result<Vec<_>>>()?)
 }
 
 /// A model on a device with its tokenizer and chat template, and the flags it was opened with
@@ -81,7 +84,8 @@ pub struct Session {
 impl Session {
     /// Attaches the adapters in `dirs` at `weights` (replacing any), as the flags will say.
     pub fn attach(&mut self, dirs: &[PathBuf], weights: &[f32]) -> Result<()> {
-        self.model.attach(&load_adapters(dirs)?, weights)?;
+        let adapters = load_adapters(dirs, self.model.cfg())?;
+        self.model.attach(&adapters, weights)?;
         self.args.adapters = dirs.iter().map(|d| d.display().to_string()).collect();
         Ok(())
     }
@@ -114,7 +118,8 @@ impl ModelArgs {
         let mut model = Llama::load(gpu, &src, LoadOptions { dtype, layout: None })?;
         if !self.adapters.is_empty() {
             let (dirs, weights): (Vec<PathBuf>, Vec<f32>) = self.adapter_specs()?.into_iter().unzip();
-            model.attach(&load_adapters(&dirs)?, &weights)?;
+            let adapters = load_adapters(&dirs, model.cfg())?;
+            model.attach(&adapters, &weights)?;
             for (d, w) in dirs.iter().zip(&weights) {
                 eprintln!("adapter: {} at weight {w}", d.display());
             }

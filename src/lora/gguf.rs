@@ -9,16 +9,19 @@
 //!   scale × r (rsLoRA's α/√r included); an alpha of 0 would mean "no scaling" there, not zero;
 //! - q and k of llama-architecture files hold their rows in llama.cpp's rotary order, so B's rows
 //!   are permuted as the converter permutes the base weights (A's columns are the input, untouched).
+//!
+//! `load_gguf_lora` reads such a file back (any that llama.cpp loads, not only ours) as an adapter.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::lora::attach::place;
-use crate::lora::peft::{Adapter, module_path};
+use crate::lora::peft::{Adapter, Factors, LoraConfig, TARGETS, module_path};
 use crate::model::config::{Arch, LlamaConfig};
-use crate::model::gguf::Value;
+use crate::model::gguf::{Gguf, Value};
 use crate::model::gguf_write::{Metadata, TensorOut, write_gguf};
-use crate::model::source::{ModelSource, gguf_name, permute_rows, permuted_heads};
+use crate::model::source::{ModelSource, gguf_name, permute_rows, permuted_heads, unpermute_rows};
 
 /// The Hugging Face weight name a PEFT target of `layer` adapts.
 fn hf_weight(layer: usize, target: &str) -> String {
@@ -107,4 +110,75 @@ pub fn gguf_lora(adapter: &Adapter, src: &ModelSource) -> Result<(Metadata, Vec<
 pub fn export_gguf_lora(adapter: &Adapter, src: &ModelSource, out: &Path) -> Result<()> {
     let (meta, tensors) = gguf_lora(adapter, src)?;
     write_gguf(out, &meta, &tensors)
+}
+
+/// A llama.cpp LoRA GGUF read as an adapter for a model of `cfg`: B's q/k rows back in Hugging Face
+/// order, lora_alpha as llama.cpp applies it (alpha / r; an alpha of 0 or none means a scale of 1
+/// there, so lora_alpha = r). Norm tensors are skipped as llama.cpp skips them; adapters on the
+/// embedding or the LM head, ranks that differ between tensors, another architecture and
+/// non-finite values are errors naming the file.
+pub fn load_gguf_lora(path: &Path, cfg: &LlamaConfig) -> Result<Adapter> {
+    let g = Gguf::open(path)?;
+    let bad = |msg: String| Error::file(path, msg);
+    for (key, want) in [("general.type", "adapter"), ("adapter.type", "lora")] {
+        if g.get(key).and_then(Value::as_str) != Some(want) {
+            return Err(bad(format!("not a LoRA GGUF: {key} is {:?}, not '{want}'", g.get(key))));
+        }
+    }
+    let arch = g.str("general.architecture")?;
+    let ours = match cfg.arch {
+        Arch::Llama => ["llama", "mistral"].contains(&arch),
+        Arch::Qwen2 => arch == "qwen2",
+    };
+    if !ours {
+        return Err(bad(format!("an adapter for a '{arch}' model, the base is {:?}", cfg.arch)));
+    }
+    let alpha = g.get("adapter.lora.alpha").and_then(Value::as_f64).unwrap_or(0.0);
+    let mut factors = BTreeMap::new();
+    let mut ranks = BTreeSet::new();
+    for t in &g.tensors {
+        let Some(base) = t.name.strip_suffix(".lora_a") else {
+            if t.name.ends_with(".lora_b") || t.name.ends_with("_norm.weight") {
+                continue;
+            }
+            return Err(bad(format!("tensor '{}' is not a LoRA factor", t.name)));
+        };
+        let (layer, target) = gguf_target(base)
+            .ok_or_else(|| bad(format!("'{}': lorafuse adapts the seven projections of a layer only", t.name)))?;
+        let b_name = format!("{base}.lora_b");
+        let (sa, a) = g.tensor_f32(&t.name)?;
+        let (sb, b) = g.tensor_f32(&b_name).map_err(|_| bad(format!("'{}' has no {b_name}", t.name)))?;
+        let (&[r, inp], &[out, rb]) = (sa.as_slice(), sb.as_slice()) else {
+            return Err(bad(format!("'{base}': factors of shapes {sa:?} and {sb:?} (two dimensions each)")));
+        };
+        if r != rb {
+            return Err(bad(format!("'{base}': lora_a has rank {r}, lora_b {rb}")));
+        }
+        if a.iter().chain(&b).any(|v| !v.is_finite()) {
+            return Err(bad(format!("'{base}': non-finite values")));
+        }
+        let hf = hf_weight(layer, target);
+        let b = match permuted_heads(cfg, &hf) {
+            Some(heads) => unpermute_rows(&b, out, r, heads).map_err(|e| bad(format!("'{base}': {e}")))?,
+            None => b,
+        };
+        ranks.insert(r);
+        factors.insert((layer, target.to_string()), Factors { a, b, inp, out });
+    }
+    let r = match (ranks.len(), ranks.first()) {
+        (1, Some(&r)) => r,
+        (0, _) => return Err(bad("no LoRA tensors".into())),
+        _ => return Err(bad(format!("ranks {ranks:?} differ between tensors (lorafuse takes one rank an adapter)"))),
+    };
+    let targets: Vec<String> =
+        TARGETS.iter().filter(|t| factors.keys().any(|(_, ft)| ft == *t)).map(|t| t.to_string()).collect();
+    let lora_alpha = if alpha == 0.0 { r as f64 } else { alpha };
+    let config = LoraConfig::new(r, lora_alpha, 0.0, &targets, false, None);
+    Ok(Adapter { config, factors, source: Some(path.to_path_buf()) })
+}
+
+/// (layer, PEFT target) of a GGUF base tensor name such as `blk.3.attn_q.weight`.
+fn gguf_target(base: &str) -> Option<(usize, &'static str)> {
+    let layer: usize = base.strip_prefix("blk.")?.split('.').next()?.parse().ok()?;
+    TARGETS.iter().find(|t| gguf_name(&hf_weight(layer, t)).as_deref() == Some(base)).map(|&t| (layer, t))
 }
