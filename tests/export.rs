@@ -182,3 +182,116 @@ fn a_lora_gguf_runs_as_its_peft_adapter() {
     assert_ne!(peft, logits(&format!("{a}:0"), "none.st"), "the adapter changes nothing: the check is empty");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `lorafuse export gguf`: the base GGUF with an adapter merged, in each type lorafuse writes,
+/// read back by lorafuse against the f64 reference of the merged model; every metadata pair of the
+/// base carried over; at f16 the logits of the merged Hugging Face directory
+/// (`fuse --merge-into-base --merged-dtype f16`).
+#[test]
+fn merged_models_export_as_gguf() {
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let spec = Tiny { hidden: 64, inter: 96, heads: 4, kv_heads: 2, head_dim: 16, ..Tiny::default() };
+    let dir = temp_dir("export-gguf");
+    let model = dir.join("base.gguf");
+    write_gguf_model(&model, &spec, &random_weights(&spec, seed), false);
+    let adapter = random_adapter(&mut rng, &spec, &ALL, 4, 8.0, false);
+    let adapter_dir = dir.join("adapter");
+    adapter.save(&adapter_dir).unwrap();
+    let src = ModelSource::open(&model).unwrap();
+    let mut host = lorafuse::model::reference::HostLlama::load(&src).unwrap();
+    host.merge(&adapter, 0.7);
+    let tokens: Vec<u32> = (0..7).map(|_| rng.below(spec.vocab) as u32).collect();
+    let want: Vec<f64> = host.logits(&tokens).concat();
+    let (m, a) = (model.to_str().unwrap(), format!("{}:0.7", adapter_dir.display()));
+    let base_meta = Gguf::open(&model).unwrap().metadata;
+    // the merged weights of two matrices (q's rows go through llama.cpp's permutation and back)
+    let cfg = src.config().unwrap();
+    let merged = |name: &str, target: &str, shape: [usize; 2]| -> Vec<f32> {
+        let mut w = src.tensor(name, &shape, &cfg).unwrap();
+        let f = adapter.get(1, target).unwrap();
+        let s = 0.7 * adapter.scale() as f64;
+        for o in 0..f.out {
+            for i in 0..f.inp {
+                let d: f64 = (0..4).map(|j| f.b[o * 4 + j] as f64 * f.a[j * f.inp + i] as f64).sum();
+                w[o * f.inp + i] = (w[o * f.inp + i] as f64 + s * d) as f32;
+            }
+        }
+        w
+    };
+    let checked = [
+        ("model.layers.1.self_attn.q_proj.weight", "q_proj", [64, 64]),
+        ("model.layers.1.mlp.down_proj.weight", "down_proj", [64, 96]),
+    ];
+    // the logits' relative error each type's rounding allows on this tiny random model (4-bit:
+    // checked weight by weight instead, a random model's logits move by ~25% under 4 bits)
+    for (ty, tol, ggml) in [
+        ("f16", Some(2e-3), GgmlType::F16),
+        ("q8_0", Some(2e-2), GgmlType::Q8_0),
+        ("q4_0", None, GgmlType::Q4_0),
+        ("q4_1", None, GgmlType::Q4_1),
+    ] {
+        let out = dir.join(format!("merged-{ty}.gguf"));
+        let o =
+            run_cli(&["export", "gguf", "--model", m, "--adapter", &a, "--type", ty, "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{ty}: {}", String::from_utf8_lossy(&o.stderr));
+        let g = Gguf::open(&out).unwrap();
+        for (k, v) in &base_meta {
+            if k != "general.file_type" {
+                assert_eq!(g.get(k), Some(v), "{ty}: metadata {k}");
+            }
+        }
+        assert_eq!(g.tensor("blk.1.ffn_down.weight").unwrap().ty, ggml, "{ty}");
+        assert_eq!(g.tensor("blk.0.attn_norm.weight").unwrap().ty, GgmlType::F32, "{ty}: norms stay f32");
+        let exported = ModelSource::open(&out).unwrap();
+        for (name, target, shape) in checked {
+            let (want_w, got_w) = (merged(name, target, shape), exported.tensor(name, &shape, &cfg).unwrap());
+            for (b, (x, y)) in want_w.chunks(32).zip(got_w.chunks(32)).enumerate() {
+                let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let range = x.iter().cloned().fold(f32::MIN, f32::max) - x.iter().cloned().fold(f32::MAX, f32::min);
+                // half a quantization step, and the f16 rounding of the scale (and offset)
+                let step = match ggml {
+                    GgmlType::F16 => amax / 2048.0,
+                    GgmlType::Q8_0 => amax / 254.0 + amax / 1024.0,
+                    GgmlType::Q4_0 => amax / 8.0 + amax / 512.0,
+                    _ => range / 30.0 + amax / 512.0,
+                };
+                let worst = x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst <= step, "{ty} {name} block {b}: off by {worst} (half a step: {step})");
+            }
+        }
+        if let Some(tol) = tol {
+            let back = lorafuse::model::reference::HostLlama::load(&exported).unwrap();
+            let got: Vec<f32> = back.logits(&tokens).concat().iter().map(|&x| x as f32).collect();
+            assert_close(&format!("merged GGUF {ty}"), &got, &want, tol, seed);
+        }
+    }
+    // the f16 GGUF and the f16 Hugging Face merge hold the same matrices (the HF files hold their
+    // norms in f16 too, the GGUF in f32, as llama.cpp's converter writes them)
+    let hf = dir.join("hf");
+    let o = run_cli(&[
+        "fuse",
+        "--adapter",
+        &a,
+        "--merge-into-base",
+        "--model",
+        m,
+        "--merged-dtype",
+        "f16",
+        "--out",
+        hf.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_hf = lorafuse::model::reference::HostLlama::load(&ModelSource::open(&hf).unwrap()).unwrap();
+    let from_gguf =
+        lorafuse::model::reference::HostLlama::load(&ModelSource::open(&dir.join("merged-f16.gguf")).unwrap()).unwrap();
+    let hf_logits: Vec<f64> = from_hf.logits(&tokens).concat();
+    let gguf_logits: Vec<f32> = from_gguf.logits(&tokens).concat().iter().map(|&x| x as f32).collect();
+    assert_close("merged f16 GGUF against the merged f16 HF directory", &gguf_logits, &hf_logits, 1e-3, seed);
+    // a Hugging Face base has no GGUF tokenizer to carry over: refused, nothing written
+    let out = dir.join("from-hf.gguf");
+    let o = run_cli(&["export", "gguf", "--model", hf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("GGUF base"));
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -57,7 +57,7 @@ pub fn tensor_list(src: &ModelSource, cfg: &LlamaConfig) -> Vec<(String, Vec<usi
 }
 
 /// (layer, target) of a linear weight's name.
-fn linear_of(name: &str) -> Option<(usize, &str)> {
+pub(crate) fn linear_of(name: &str) -> Option<(usize, &str)> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let rest = rest.strip_prefix("self_attn.").or_else(|| rest.strip_prefix("mlp."))?;
@@ -108,21 +108,7 @@ pub fn export_hf(
             "its RoPE frequencies come as a rope_freqs tensor, which a Hugging Face config cannot hold; merge into the model's Hugging Face directory instead",
         ));
     }
-    for (a, _) in merge {
-        for ((layer, target), f) in &a.factors {
-            let (o, i) =
-                crate::lora::attach::place(&cfg, target).map(|(_, rows, inp, _)| (rows.len(), inp)).unwrap_or((0, 0));
-            if *layer >= cfg.layers || (f.out, f.inp) != (o, i) {
-                return Err(Error::Invalid(format!(
-                    "{}: layer {layer} {target} is [{}, {}] (out, in), the model's is [{o}, {i}] over {} layers",
-                    a.source.as_ref().map_or("adapter".into(), |p| p.display().to_string()),
-                    f.out,
-                    f.inp,
-                    cfg.layers
-                )));
-            }
-        }
-    }
+    check_merge(&cfg, merge)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let list = tensor_list(src, &cfg);
     // per shard: (name, shape, encoded bytes) of its tensors
@@ -183,8 +169,28 @@ pub fn export_hf(
     })
 }
 
+/// Every factor of the adapters to merge fits a linear layer of the model.
+pub(crate) fn check_merge(cfg: &LlamaConfig, merge: &[(&Adapter, f32)]) -> Result<()> {
+    for (a, _) in merge {
+        for ((layer, target), f) in &a.factors {
+            let (o, i) =
+                crate::lora::attach::place(cfg, target).map(|(_, rows, inp, _)| (rows.len(), inp)).unwrap_or((0, 0));
+            if *layer >= cfg.layers || (f.out, f.inp) != (o, i) {
+                return Err(Error::Invalid(format!(
+                    "{}: layer {layer} {target} is [{}, {}] (out, in), the model's is [{o}, {i}] over {} layers",
+                    a.source.as_ref().map_or("adapter".into(), |p| p.display().to_string()),
+                    f.out,
+                    f.inp,
+                    cfg.layers
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// W[out, in] += s·B·A, in f64.
-fn add_delta(w: &mut [f32], f: &crate::lora::peft::Factors, s: f64) {
+pub(crate) fn add_delta(w: &mut [f32], f: &crate::lora::peft::Factors, s: f64) {
     let r = f.a.len() / f.inp;
     for o in 0..f.out {
         for i in 0..f.inp {

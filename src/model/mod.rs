@@ -7,6 +7,7 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod export;
+pub mod export_gguf;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_write;

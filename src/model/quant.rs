@@ -265,6 +265,57 @@ pub fn to_q8_blocks(ty: GgmlType, bytes: &[u8], n: usize) -> Option<Result<Vec<Q
         .collect()))
 }
 
+/// `values` (a whole number of blocks) as GGML type `ty`, by ggml's reference rules
+/// (ggml-quants.c `quantize_row_*_ref`; f16 round to nearest even): F32, F16, Q8_0 (d = amax/127,
+/// q = round(x/d)), Q4_0 (d = the largest-magnitude value / −8, q = min(15, trunc(x/d + 8.5))),
+/// Q4_1 (d = (max − min)/15, m = min, q = min(15, trunc((x − m)/d + 0.5))). The inverse of
+/// `dequantize` up to the rounding. Non-finite values are an error (a block would be all NaN).
+pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!("value {i} is {}, which {} cannot hold", values[i], ty.name())));
+    }
+    ty.bytes_for(values.len() as u64)?;
+    let inv = |d: f32| if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut out = Vec::with_capacity(ty.bytes_for(values.len() as u64)? as usize);
+    match ty {
+        GgmlType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        GgmlType::F16 => out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for c in values.chunks_exact(32) {
+                let d = c.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                let id = inv(d);
+                out.extend(f16::from_f32(d).to_le_bytes());
+                out.extend(c.iter().map(|&x| (x * id).round() as i8 as u8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for c in values.chunks_exact(32) {
+                // the first value of the largest magnitude, sign kept
+                let max = c.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / -8.0;
+                let id = inv(d);
+                let q = |x: f32| ((x * id + 8.5) as i8).min(15) as u8;
+                out.extend(f16::from_f32(d).to_le_bytes());
+                out.extend((0..16).map(|j| q(c[j]) | (q(c[j + 16]) << 4)));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for c in values.chunks_exact(32) {
+                let min = c.iter().cloned().fold(f32::INFINITY, f32::min);
+                let max = c.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = inv(d);
+                let q = |x: f32| (((x - min) * id + 0.5) as i8).min(15) as u8;
+                out.extend(f16::from_f32(d).to_le_bytes());
+                out.extend(f16::from_f32(min).to_le_bytes());
+                out.extend((0..16).map(|j| q(c[j]) | (q(c[j + 16]) << 4)));
+            }
+        }
+        _ => return Err(Error::Invalid(format!("lorafuse writes f32, f16, q8_0, q4_0 and q4_1, not {}", ty.name()))),
+    }
+    Ok(out)
+}
+
 fn check_len(ty: GgmlType, bytes: &[u8], n: usize) -> Result<()> {
     let want = ty.bytes_for(n as u64)? as usize;
     if bytes.len() != want {
@@ -402,6 +453,46 @@ mod tests {
         assert_eq!(got, want);
         assert!(to_q8_blocks(GgmlType::Q8_0, &b[..100], 96).unwrap().is_err());
         assert!(to_q8_blocks(GgmlType::Q4_1, &[0; 20], 32).is_none());
+    }
+
+    #[test]
+    fn quantize_is_the_inverse_of_dequantize_up_to_rounding() {
+        let mut x = 0x9E3779B9u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as f32 / u32::MAX as f32 * 2.0 - 1.0
+        };
+        let mut v: Vec<f32> = (0..32 * 7).map(|_| next() * 3.0).collect();
+        v[64..96].fill(0.0); // an all-zero block
+        v[100] = -9.5; // a block whose largest magnitude is negative
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let bytes = quantize(ty, &v).unwrap();
+            let back = dequantize(ty, &bytes, v.len()).unwrap();
+            for (b, (c, d)) in v.chunks(32).zip(back.chunks(32)).enumerate() {
+                let amax = c.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let range = c.iter().cloned().fold(f32::MIN, f32::max) - c.iter().cloned().fold(f32::MAX, f32::min);
+                // half a step, and the f16 rounding of the scale (and offset) on top
+                let step = match ty {
+                    GgmlType::F32 => 0.0,
+                    GgmlType::F16 => amax / 2048.0,
+                    GgmlType::Q8_0 => amax / 127.0 * 0.5 + amax / 1024.0,
+                    GgmlType::Q4_0 => amax / 8.0 + amax / 512.0,
+                    _ => range / 15.0 * 0.5 + amax / 512.0,
+                };
+                for (i, (x, y)) in c.iter().zip(d).enumerate() {
+                    assert!((x - y).abs() <= step, "{} block {b} value {i}: {x} -> {y} (step {step})", ty.name());
+                }
+            }
+            assert!(back[64..96].iter().all(|&y| y == 0.0), "{}: zeros stay zero", ty.name());
+        }
+        // Q4_0's largest-magnitude value maps to q = 0: −8·d, exact up to d's f16 rounding
+        let b = quantize(GgmlType::Q4_0, &v[96..128]).unwrap();
+        assert_eq!(dequantize(GgmlType::Q4_0, &b, 32).unwrap()[4], f16::from_f32(-9.5 / -8.0).to_f32() * -8.0);
+        assert!(quantize(GgmlType::Q8_0, &[f32::NAN; 32]).is_err());
+        assert!(quantize(GgmlType::Q4_1, &[0.0; 31]).is_err());
+        assert!(quantize(GgmlType::Q4K, &[0.0; 256]).is_err());
     }
 
     #[test]
