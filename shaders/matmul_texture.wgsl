@@ -176,11 +176,12 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
     let wl{c} = i32(wr{c} / p.w_rpl);
 #end
     for (var q = 0u; q < p.chunks; q++) {
-#if W_Q4
-        // An iteration takes two blocks, the pair whose (d, m) share one scale texel, so a lane
-        // fetches three texels a column for 64 values instead of four (the fetches bound this
-        // loop on lavapipe): QP chunks of 4·SG values, QB blocks each. Chunks past K read as
-        // zero, and a zero activation makes any block's d·Σq·x + m·Σx zero.
+#if W_BLOCKS
+        // Quantized weights: an iteration takes two blocks, QP chunks of 4·SG values. 4-bit: the
+        // pair whose (d, m) share one scale texel, so a lane fetches three texels a column for 64
+        // values instead of four (the fetches bound this loop on lavapipe); 8-bit: four quant
+        // texels and the half of a scale texel holding the pair's d. Chunks past K read as zero,
+        // and a zero activation makes any block's sum zero.
 #repeat h QP
         let kx{h} = (q * QP + {h}u) * SG + lane;
 #end
@@ -194,6 +195,7 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #endif
 #end
 #end
+#if W_Q4
 #repeat c C
         let sp{c} = textureLoad(ws, vec2<i32>(i32(q), wy{c}), wl{c}, 0);
 #end
@@ -222,22 +224,6 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 #else
-#if W_Q8
-        // As the 4-bit loop: two blocks an iteration (QP chunks of 4·SG values), whose scales are
-        // one half of a scale texel; four quant texels a column.
-#repeat h QP
-        let kx{h} = (q * QP + {h}u) * SG + lane;
-#end
-#repeat r R
-        var xq{r}: array<vec4<f32>, QP>;
-#repeat h QP
-#if X_BUF
-        xq{r}[{h}] = x_at(xr{r}, kx{h}, sc{r});
-#else
-        xq{r}[{h}] = select(vec4<f32>(0.0), textureLoad(xt, vec2<i32>(i32(kx{h}), xy{r}), xl{r}, 0), 4u * kx{h} < p.k);
-#endif
-#end
-#end
 #repeat c C
         let sq{c} = textureLoad(ws, vec2<i32>(i32(q / 2u), wy{c}), wl{c}, 0);
         let sp{c} = select(sq{c}.xy, sq{c}.zw, (q & 1u) == 1u);
@@ -263,6 +249,7 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 #end
+#endif
 #else
         let kx = i32(q * SG + lane);
 #repeat r R
@@ -301,7 +288,6 @@ fn nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u
 #end
 #end
 #end
-#endif
 #endif
 #endif
     }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::tiny::*;
 use common::*;
 use lorafuse::lora::gguf::{gguf_lora, load_gguf_lora};
@@ -26,6 +28,12 @@ fn gguf_target(t: &str) -> &'static str {
     }
 }
 
+/// `lorafuse export gguf-lora --adapter DIR --model M --out F`.
+fn export_lora(adapter: &Path, model: &Path, out: &Path) -> std::process::Output {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    run_cli(&["export", "gguf-lora", "--adapter", &path(adapter), "--model", &path(model), "--out", &path(out)])
+}
+
 #[test]
 fn adapters_export_as_llama_cpp_lora_gguf() {
     let seed = seed();
@@ -41,16 +49,7 @@ fn adapters_export_as_llama_cpp_lora_gguf() {
         let adapter_dir = dir.join("adapter");
         adapter.save(&adapter_dir).unwrap();
         let out = dir.join("lora.gguf");
-        let run = run_cli(&[
-            "export",
-            "gguf-lora",
-            "--adapter",
-            adapter_dir.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let run = export_lora(&adapter_dir, &model, &out);
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
         let g = Gguf::open(&out).unwrap();
@@ -97,16 +96,7 @@ fn bad_exports_are_refused_and_write_nothing() {
     let src = ModelSource::open(&model).unwrap();
     let out = dir.join("lora.gguf");
     let export = |adapter_dir: &std::path::Path, out: &std::path::Path| {
-        let o = run_cli(&[
-            "export",
-            "gguf-lora",
-            "--adapter",
-            adapter_dir.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = export_lora(adapter_dir, &model, out);
         (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())
     };
 
@@ -159,7 +149,7 @@ fn a_lora_gguf_runs_as_its_peft_adapter() {
     random_adapter(&mut rng, &spec, &["q_proj", "k_proj", "down_proj"], 4, 16.0, false).save(&adapter_dir).unwrap();
     let gguf = dir.join("adapter.gguf");
     let (m, a, g) = (model.to_str().unwrap(), adapter_dir.to_str().unwrap(), gguf.to_str().unwrap());
-    let o = run_cli(&["export", "gguf-lora", "--adapter", a, "--model", m, "--out", g]);
+    let o = export_lora(&adapter_dir, &model, &gguf);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let logits = |adapter: &str, name: &str| {
         let out = dir.join(name);

@@ -270,19 +270,9 @@ impl TexMatrix {
         col_align: usize,
         label: &str,
     ) -> Result<TexMatrix> {
-        if !cols.is_multiple_of(32) || blocks.len() * 32 != rows * cols {
-            return Err(Error::shape(
-                format!("texture matrix '{label}'"),
-                format!("{} 4-bit blocks for [{rows}, {cols}] (columns must be a multiple of 32)", blocks.len()),
-            ));
-        }
-        let t = Self::zeros(gpu, rows, cols, DType::Q4, col_align, label)?;
-        let (q, s) = q4::texels(blocks, rows, cols / 32, t.width as usize, t.padded_rows());
-        write_layers(gpu, &t.texture, &q, t.width, t.rows_per_layer, t.layers);
-        if let Some((scales, _)) = &t.scales {
-            write_layers(gpu, scales, &s, t.width.div_ceil(2), t.rows_per_layer, t.layers);
-        }
-        Ok(t)
+        Self::from_blocks(gpu, (rows, cols), DType::Q4, blocks.len(), col_align, label, |width, padded| {
+            q4::texels(blocks, rows, cols / 32, width, padded)
+        })
     }
 
     /// Uploads 8-bit blocks ([rows, cols/32] blocks, cols a multiple of 32).
@@ -294,17 +284,33 @@ impl TexMatrix {
         col_align: usize,
         label: &str,
     ) -> Result<TexMatrix> {
-        if !cols.is_multiple_of(32) || blocks.len() * 32 != rows * cols {
+        Self::from_blocks(gpu, (rows, cols), DType::Q8, blocks.len(), col_align, label, |width, padded| {
+            q8::texels(blocks, rows, cols / 32, width, padded)
+        })
+    }
+
+    /// A quantized matrix of `n_blocks` blocks, its (quant, scale) texel bytes made by `texels`
+    /// for the texture's width and padded rows.
+    fn from_blocks(
+        gpu: &Gpu,
+        (rows, cols): (usize, usize),
+        dtype: DType,
+        n_blocks: usize,
+        col_align: usize,
+        label: &str,
+        texels: impl FnOnce(usize, usize) -> (Vec<u8>, Vec<u8>),
+    ) -> Result<TexMatrix> {
+        if !cols.is_multiple_of(32) || n_blocks * 32 != rows * cols {
             return Err(Error::shape(
                 format!("texture matrix '{label}'"),
-                format!("{} 8-bit blocks for [{rows}, {cols}] (columns must be a multiple of 32)", blocks.len()),
+                format!("{n_blocks} {dtype} blocks for [{rows}, {cols}] (columns must be a multiple of 32)"),
             ));
         }
-        let t = Self::zeros(gpu, rows, cols, DType::Q8, col_align, label)?;
-        let (q, s) = q8::texels(blocks, rows, cols / 32, t.width as usize, t.padded_rows());
+        let t = Self::zeros(gpu, rows, cols, dtype, col_align, label)?;
+        let (q, s) = texels(t.width as usize, t.padded_rows());
         write_layers(gpu, &t.texture, &q, t.width, t.rows_per_layer, t.layers);
         if let Some((scales, _)) = &t.scales {
-            write_layers(gpu, scales, &s, q8::scale_width(t.width as usize) as u32, t.rows_per_layer, t.layers);
+            write_layers(gpu, scales, &s, scale_width(dtype, t.width), t.rows_per_layer, t.layers);
         }
         Ok(t)
     }

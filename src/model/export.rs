@@ -57,7 +57,7 @@ pub fn tensor_list(src: &ModelSource, cfg: &LlamaConfig) -> Vec<(String, Vec<usi
 }
 
 /// (layer, target) of a linear weight's name.
-pub(crate) fn linear_of(name: &str) -> Option<(usize, &str)> {
+fn linear_of(name: &str) -> Option<(usize, &str)> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let rest = rest.strip_prefix("self_attn.").or_else(|| rest.strip_prefix("mlp."))?;
@@ -117,16 +117,7 @@ pub fn export_hf(
     let (mut shard_bytes, mut total, mut merged) = (0usize, 0u64, 0usize);
     for (n, (name, shape)) in list.iter().enumerate() {
         let mut w = src.tensor(name, shape, &cfg)?;
-        if let Some((layer, target)) = linear_of(name) {
-            let mut touched = false;
-            for (a, weight) in merge {
-                if let Some(f) = a.get(layer, target) {
-                    add_delta(&mut w, f, (*weight * a.scale()) as f64);
-                    touched = true;
-                }
-            }
-            merged += touched as usize;
-        }
+        merged += merge_into(&mut w, name, merge) as usize;
         let bytes = encode(&w, dtype);
         if shard_bytes + bytes.len() > SHARD_BYTES && shard_bytes > 0 {
             shards.push(Vec::new());
@@ -189,8 +180,22 @@ pub(crate) fn check_merge(cfg: &LlamaConfig, merge: &[(&Adapter, f32)]) -> Resul
     Ok(())
 }
 
+/// Folds every adapter of `merge` that targets the linear weight `name` into `w` (W += w·s·B·A);
+/// whether any did.
+pub(crate) fn merge_into(w: &mut [f32], name: &str, merge: &[(&Adapter, f32)]) -> bool {
+    let Some((layer, target)) = linear_of(name) else { return false };
+    let mut touched = false;
+    for (a, weight) in merge {
+        if let Some(f) = a.get(layer, target) {
+            add_delta(w, f, (*weight * a.scale()) as f64);
+            touched = true;
+        }
+    }
+    touched
+}
+
 /// W[out, in] += s·B·A, in f64.
-pub(crate) fn add_delta(w: &mut [f32], f: &crate::lora::peft::Factors, s: f64) {
+fn add_delta(w: &mut [f32], f: &crate::lora::peft::Factors, s: f64) {
     let r = f.a.len() / f.inp;
     for o in 0..f.out {
         for i in 0..f.inp {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::lora::peft::Adapter;
-use crate::model::export::{add_delta, check_merge, linear_of, tensor_list};
+use crate::model::export::{check_merge, merge_into, tensor_list};
 use crate::model::gguf::Value;
 use crate::model::gguf_write::{Metadata, TensorOut, write_gguf};
 use crate::model::quant::{GgmlType, quantize};
@@ -65,16 +65,7 @@ pub fn export_gguf(
     for (n, (name, shape)) in list.iter().enumerate() {
         let gname = gguf_name(name).ok_or_else(|| Error::file(g.path(), format!("no GGUF name for {name}")))?;
         let mut w = src.tensor(name, shape, &cfg)?;
-        if let Some((layer, target)) = linear_of(name) {
-            let mut touched = false;
-            for (a, weight) in merge {
-                if let Some(f) = a.get(layer, target) {
-                    add_delta(&mut w, f, (*weight * a.scale()) as f64);
-                    touched = true;
-                }
-            }
-            merged += touched as usize;
-        }
+        merged += merge_into(&mut w, name, merge) as usize;
         if let Some(i) = w.iter().position(|v| !v.is_finite()) {
             return Err(Error::file(g.path(), format!("{name}: value {i} is {} after the merge", w[i])));
         }

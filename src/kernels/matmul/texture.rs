@@ -121,6 +121,7 @@ pub(crate) fn launch(rec: &mut Recorder, l: &Launch, x: XOperand, w: &TexMatrix)
         ("W_Q4", q4 as u32),
         ("W_Q8", q8 as u32),
         ("W8", (f16 || q4 || q8) as u32),
+        ("W_BLOCKS", (q4 || q8) as u32),
         ("QB", if q4 { sg / 8 } else { 0 }),
         ("QP", if q4 || q8 { 16 / sg } else { 0 }),
         ("EPILOGUE", opts.epilogue.is_some() as u32),
