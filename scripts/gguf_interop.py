@@ -244,6 +244,55 @@ def merged_models(args, tmp, all7, rs, trained, f16_base):
     return failed
 
 
+def hf_round_trip(args, tmp, adapter):
+    """`lorafuse export gguf` from a Hugging Face directory: the adapter merged into an f16 HF
+    directory (`fuse --merge-into-base`, the tokenizer rebuilt from the GGUF), that directory
+    exported as GGUF (the tokenizer converted back). llama.cpp must read the same vocabulary and
+    tokenize as from the original file, and the export must generate what the directory does, in
+    lorafuse and in llama.cpp."""
+    failed = []
+    hf = os.path.join(tmp, "hf-merged")
+    out = os.path.join(tmp, "from-hf.gguf")
+    lorafuse(args, "fuse", "--adapter", adapter, "--merge-into-base", "--model", args.model,
+             "--merged-dtype", "f16", "--out", hf)
+    lorafuse(args, "export", "gguf", "--model", hf, "--type", "f16", "--out", out)
+    print("a Hugging Face directory exported as GGUF (fuse --merge-into-base, then export gguf):")
+    orig = llama_cpp.Llama(model_path=args.model, vocab_only=True, verbose=False)
+    cpp = LlamaCpp(out, 512, args.threads)
+    back = cpp.llm
+    keys = [k for k in orig.metadata if k.startswith("tokenizer.") or k.startswith(orig.metadata["general.architecture"])]
+    diff = [k for k in keys if k != "general.file_type" and back.metadata.get(k) != orig.metadata[k]]
+    vocab = lambda m: [(llama_cpp.llama_token_get_text(m._model.vocab, i), llama_cpp.llama_token_get_attr(m._model.vocab, i))
+                       for i in range(m.n_vocab())]
+    same_vocab = vocab(orig) == vocab(back)
+    texts = ["Hello, world! 12345 ?? <|im_start|>user\nWhat's 3.14 x 2?<|im_end|>\n", "  tabs\tand\n\nnewlines, caf\u00e9 \u4f60\u597d"]
+    same_tok = all(orig.tokenize(t.encode(), add_bos=False, special=True) ==
+                   back.tokenize(t.encode(), add_bos=False, special=True) for t in texts)
+    ok = not diff and same_vocab and same_tok
+    print(f"  metadata ({len(keys)} tokenizer and {orig.metadata['general.architecture']} keys) "
+          f"{'equal' if not diff else 'DIFFER: ' + ', '.join(diff)}; vocabulary of {back.n_vocab()} tokens "
+          f"{'equal' if same_vocab else 'DIFFERS'}; llama.cpp's tokenization {'equal' if same_tok else 'DIFFERS'}"
+          f"  {'ok' if ok else 'FAIL'}")
+    if not ok:
+        failed.append("hf/tokenizer")
+    eos = {back.token_eos()}
+    for prompt in ["Write a haiku about the sea.", "What is 17 times 3?"]:
+        gen = lambda model: json.loads(lorafuse(args, "generate", "--model", model, "--prompt", prompt,
+                                                "--max-new-tokens", "32", "--temperature", "0", "--json")
+                                       .stdout.strip().splitlines()[-1])
+        from_dir, from_gguf = gen(hf), gen(out)
+        theirs = greedy_cpp(back, from_gguf["prompt_ids"], len(from_gguf["ids"]), eos)
+        same = from_dir["ids"] == from_gguf["ids"] and from_dir["prompt_ids"] == from_gguf["prompt_ids"]
+        same_cpp = theirs[: len(from_gguf["ids"])] == from_gguf["ids"]
+        print(f"  greedy {prompt!r}: {len(from_gguf['ids'])} tokens; lorafuse on the GGUF and on the directory "
+              f"{'identical' if same else 'DIFFER'}; llama.cpp on the GGUF {'identical' if same_cpp else 'DIFFERS'}")
+        if not (same and same_cpp):
+            print(f"    directory: {from_dir['ids']}\n    GGUF:      {from_gguf['ids']}\n    llama.cpp: {theirs}")
+            failed.append(f"hf/greedy/{prompt}")
+    del back, cpp, orig
+    return failed
+
+
 def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
@@ -324,6 +373,7 @@ def main():
             if not exact:
                 failed.append(f"{base_name}/roundtrip")
         failed += merged_models(args, tmp, all7, rs, peft.get("trained"), f16)
+        failed += hf_round_trip(args, tmp, peft.get("trained", all7))
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 

@@ -21,15 +21,17 @@ pub enum ExportCommand {
     /// model it was trained on: `llama-cli -m BASE.gguf --lora F.gguf` (or --lora-scaled F.gguf
     /// 0.6), llama-server's per-request lora list, Ollama's ADAPTER line.
     GgufLora(GgufLoraArgs),
-    /// The base GGUF with adapters merged in (W + Σ w·s·B·A) as one complete GGUF (tokenizer,
-    /// chat template and hyperparameters carried over), its matrices written by lorafuse's own
-    /// block writers: `llama-cli -m F.gguf`, Ollama's FROM line.
+    /// The base model (a GGUF, or a Hugging Face directory) with adapters merged in (W + Σ w·s·B·A)
+    /// as one complete GGUF (tokenizer, chat template and hyperparameters carried over or
+    /// converted), its matrices written by lorafuse's own block writers: `llama-cli -m F.gguf`,
+    /// Ollama's FROM line.
     Gguf(GgufArgs),
 }
 
 #[derive(Args)]
 pub struct GgufArgs {
-    /// The base model (a GGUF file).
+    /// The base model: a GGUF file (its metadata carried over) or a Hugging Face directory (its
+    /// config.json and byte-level BPE tokenizer converted to llama.cpp's keys).
     #[arg(long, env = "LORAFUSE_MODEL", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// A PEFT adapter directory (or LoRA GGUF) to merge, with its weight (DIR:0.6; default 1).

@@ -240,7 +240,7 @@ fn write_side_files(
                 }
             }
         }
-        ModelSource::Gguf(_) => {
+        ModelSource::Gguf(g) => {
             let tok = src.tokenizer().ok();
             let id = |t: &Option<String>| -> serde_json::Value {
                 t.as_deref().and_then(|t| tok.as_ref()?.token_to_id(t)).map_or(serde_json::Value::Null, |v| v.into())
@@ -282,19 +282,22 @@ fn write_side_files(
             if let Some(t) = &tok {
                 crate::atomic::write_atomic(&dir.join("tokenizer.json"), t.to_json()?)?;
                 files.push("tokenizer.json".into());
-                let template = match src {
-                    ModelSource::Gguf(g) => {
-                        g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string)
-                    }
-                    ModelSource::Hf(_) => None,
-                };
+                let template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
                 let mut tc = serde_json::json!({
                     "tokenizer_class": "PreTrainedTokenizerFast",
                     "add_bos_token": t.add_bos,
                     "model_max_length": cfg.max_positions,
                     "clean_up_tokenization_spaces": false,
                 });
-                for (k, v) in [("bos_token", &t.bos_token), ("eos_token", &t.eos_token)] {
+                // unknown and padding tokens by id, for a GGUF written back from this directory
+                let token = |key: &str| {
+                    let id = g.get(&format!("tokenizer.ggml.{key}"))?.as_u64()?;
+                    g.str_array("tokenizer.ggml.tokens").ok()?.get(id as usize).map(|s| s.to_string())
+                };
+                let (unk, pad) = (token("unknown_token_id"), token("padding_token_id"));
+                for (k, v) in
+                    [("bos_token", &t.bos_token), ("eos_token", &t.eos_token), ("unk_token", &unk), ("pad_token", &pad)]
+                {
                     if let Some(v) = v {
                         tc[k] = v.clone().into();
                     }

@@ -10,6 +10,7 @@ pub mod export;
 pub mod export_gguf;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_meta;
 pub mod gguf_write;
 pub mod layer;
 pub mod llama;
