@@ -13,5 +13,6 @@ pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod train;
+pub mod validate;
 
 pub use error::{Error, Result};

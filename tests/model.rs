@@ -111,6 +111,9 @@ fn gguf_and_hf_files_load_the_same_weights() {
         // GGUF stores eps as f32
         assert!((gcfg.rms_eps - cfg.rms_eps).abs() < 1e-12);
         gcfg.rms_eps = cfg.rms_eps;
+        // and names its own file and key as the context's source
+        assert!(gcfg.context_source.contains("llama.context_length in") || gcfg.context_source.contains("qwen2."));
+        gcfg.context_source.clone_from(&cfg.context_source);
         assert_eq!(cfg, gcfg);
         for (name, (shape, v)) in &w {
             assert_eq!(&hf.tensor(name, shape, &cfg).unwrap(), v, "{name} from safetensors");
@@ -256,6 +259,106 @@ fn bad_model_files_are_errors_naming_file_and_tensor() {
     let src = ModelSource::open(&hf).unwrap();
     let err = Llama::load(gpu(), &src, LoadOptions::default()).err().expect("shape mismatch").to_string();
     assert!(err.contains("mlp.gate_proj.weight") && err.contains("shape"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Numbers that would run to NaN logits or empty text: each is an error naming the file and
+/// the key (or tensor) where it enters.
+#[test]
+fn bad_numbers_in_model_files_are_errors_naming_file_and_key() {
+    let seed = seed();
+    let spec = Tiny::default();
+    let w = random_weights(&spec, seed);
+    let dir = temp_dir("tiny-numbers");
+    let load = |p: &std::path::Path, dtype: DType| -> String {
+        match ModelSource::open(p).and_then(|src| Llama::load(gpu(), &src, LoadOptions { dtype, layout: None })) {
+            Ok(_) => "loaded".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let set = |meta: &mut Vec<(String, Meta)>, key: &str, v: Meta| {
+        meta.retain(|(k, _)| k != key);
+        meta.push((key.to_string(), v));
+    };
+    let gguf_cases: Vec<(&str, Meta)> = vec![
+        ("llama.rope.freq_base", Meta::F32(f32::NAN)),
+        ("llama.rope.freq_base", Meta::F32(-5.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Meta::F32(-1e-5)),
+        ("llama.context_length", Meta::U32(0)),
+        ("llama.attention.head_count", Meta::U32(0)),
+        ("llama.attention.head_count_kv", Meta::U32(2)),
+        ("llama.embedding_length", Meta::U32(0)),
+    ];
+    for (i, (key, v)) in gguf_cases.into_iter().enumerate() {
+        let (mut meta, tensors) = gguf_model_parts(&spec, &w, 0);
+        set(&mut meta, key, v);
+        let p = dir.join(format!("meta{i}.gguf"));
+        write_gguf(&p, &meta, &tensors);
+        let err = load(&p, DType::F32);
+        assert!(err.contains(&p.display().to_string()) && err.contains(key), "{key}: {err}");
+    }
+    // NaN in a norm, and in a Q8_0 block's scale (a size the blocks serve: rows of 64)
+    let (meta, mut tensors) = gguf_model_parts(&spec, &w, 0);
+    let norm = tensors.iter().position(|t| t.0 == "output_norm.weight").unwrap();
+    tensors[norm].3[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    let p = dir.join("nan-norm.gguf");
+    write_gguf(&p, &meta, &tensors);
+    let err = load(&p, DType::F32);
+    assert!(err.contains("nan-norm.gguf") && err.contains("output_norm.weight") && err.contains("NaN"), "{err}");
+    let q8 = Tiny { hidden: 64, inter: 96, heads: 4, kv_heads: 2, head_dim: 16, ..Tiny::default() };
+    let (meta, mut tensors) = gguf_model_parts(&q8, &random_weights(&q8, seed), 8);
+    let o = tensors.iter().position(|t| t.0 == "blk.1.attn_output.weight").unwrap();
+    tensors[o].3[34 * 3..34 * 3 + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    let p = dir.join("nan-scale.gguf");
+    write_gguf(&p, &meta, &tensors);
+    let src = ModelSource::open(&p).unwrap();
+    let cfg = src.config().unwrap();
+    let err = src.tensor_blocks("model.layers.1.self_attn.o_proj.weight", &[64, 64], &cfg).err().unwrap().to_string();
+    assert!(
+        err.contains("nan-scale.gguf") && err.contains("blk.1.attn_output.weight") && err.contains("block 3"),
+        "{err}"
+    );
+    assert!(load(&p, DType::F32).contains("blk.1.attn_output.weight"), "dequantized, the NaN is caught too");
+    let (meta, mut tensors) = gguf_model_parts(&spec, &w, 0);
+    tensors[0].1[0] = 1 << 40;
+    let p = dir.join("huge.gguf");
+    write_gguf(&p, &meta, &tensors);
+    let err = load(&p, DType::F32);
+    assert!(err.contains("huge.gguf") && err.contains("implausible") && !err.contains("truncated"), "{err}");
+    // a short context is named with its key where a prompt runs over it
+    let (mut meta, tensors) = gguf_model_parts(&spec, &w, 0);
+    set(&mut meta, "llama.context_length", Meta::U32(16));
+    let p = dir.join("ctx16.gguf");
+    write_gguf(&p, &meta, &tensors);
+    let model = Llama::load(gpu(), &ModelSource::open(&p).unwrap(), LoadOptions::default()).unwrap();
+    let err = model.new_cache(1, 20).err().unwrap().to_string();
+    assert!(
+        err.contains("context of 16") && err.contains("llama.context_length in") && err.contains("ctx16.gguf"),
+        "{err}"
+    );
+
+    // Hugging Face: config.json's numbers and the tensors' values
+    let hf = dir.join("hf");
+    write_hf(&hf, &spec, &w, safetensors::Dtype::F32);
+    let good: serde_json::Value = serde_json::from_str(&config_json(&spec)).unwrap();
+    for (key, v) in [
+        ("rope_theta", serde_json::json!(-5.0)),
+        ("rms_norm_eps", serde_json::json!(0.0)),
+        ("num_key_value_heads", serde_json::json!(2)),
+        ("max_position_embeddings", serde_json::json!(0)),
+    ] {
+        let mut cfg = good.clone();
+        cfg[key] = v;
+        std::fs::write(hf.join("config.json"), cfg.to_string()).unwrap();
+        let err = load(&hf, DType::F32);
+        assert!(err.contains("config.json") && err.contains(key), "{key}: {err}");
+    }
+    std::fs::write(hf.join("config.json"), good.to_string()).unwrap();
+    let mut bad = w.clone();
+    bad.get_mut("model.layers.1.input_layernorm.weight").unwrap().1[2] = f32::INFINITY;
+    write_hf(&hf, &spec, &bad, safetensors::Dtype::F16);
+    let err = load(&hf, DType::F16);
+    assert!(err.contains("model.safetensors") && err.contains("model.layers.1.input_layernorm.weight"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

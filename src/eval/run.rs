@@ -324,8 +324,9 @@ fn mmlu_answers(
     let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
     if longest > s.model.cfg().max_positions {
         return Err(Error::Invalid(format!(
-            "an MMLU prompt has {longest} tokens, over the model's context of {}: use fewer shots",
-            s.model.cfg().max_positions
+            "an MMLU prompt has {longest} tokens, over the model's context of {} ({}): use fewer shots",
+            s.model.cfg().max_positions,
+            s.model.cfg().context_source
         )));
     }
     // two prefix slots an arm: the subject being scored and the next one; one cache for all, at

@@ -45,7 +45,70 @@ pub struct LlamaConfig {
     pub rope_scaling: RopeScaling,
     pub rms_eps: f64,
     pub max_positions: usize,
+    /// Where max_positions came from (key and file), for the messages of prompts over it.
+    pub context_source: String,
     pub tie_embeddings: bool,
+}
+
+/// The largest dimension, head or layer count taken: far above any Llama-family model, far
+/// below what would overflow the size computations that follow.
+pub const MAX_SIZE: usize = 1 << 24;
+
+/// The name each hyper-parameter has in the file it is read from, for its errors.
+struct Keys {
+    hidden: String,
+    intermediate: String,
+    layers: String,
+    heads: String,
+    kv_heads: String,
+    head_dim: String,
+    vocab: String,
+    rope_theta: String,
+    rms_eps: String,
+    context: String,
+}
+
+impl Keys {
+    fn gguf(arch: &str) -> Keys {
+        let k = |s: &str| format!("{arch}.{s}");
+        Keys {
+            hidden: k("embedding_length"),
+            intermediate: k("feed_forward_length"),
+            layers: k("block_count"),
+            heads: k("attention.head_count"),
+            kv_heads: k("attention.head_count_kv"),
+            head_dim: k("rope.dimension_count"),
+            vocab: k("vocab_size"),
+            rope_theta: k("rope.freq_base"),
+            rms_eps: k("attention.layer_norm_rms_epsilon"),
+            context: k("context_length"),
+        }
+    }
+
+    fn hf() -> Keys {
+        let k = |s: &str| s.to_string();
+        Keys {
+            hidden: k("hidden_size"),
+            intermediate: k("intermediate_size"),
+            layers: k("num_hidden_layers"),
+            heads: k("num_attention_heads"),
+            kv_heads: k("num_key_value_heads"),
+            head_dim: k("head_dim"),
+            vocab: k("vocab_size"),
+            rope_theta: k("rope_theta"),
+            rms_eps: k("rms_norm_eps"),
+            context: k("max_position_embeddings"),
+        }
+    }
+}
+
+/// "KEY in FILE", or the default's origin when the file does not give KEY.
+fn context_source(key: &str, file: &Path, given: bool) -> String {
+    if given {
+        format!("{key} in {}", file.display())
+    } else {
+        format!("the default, {} giving no {key}", file.display())
+    }
 }
 
 impl LlamaConfig {
@@ -78,16 +141,69 @@ impl LlamaConfig {
         }
     }
 
-    fn check(self, source: &Path) -> Result<Self> {
-        let bad = |msg: String| Err(Error::file(source, msg));
-        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
-            return bad(format!("{} attention heads are not a multiple of {} KV heads", self.heads, self.kv_heads));
+    fn check(self, source: &Path, keys: &Keys) -> Result<Self> {
+        let bad = |key: &str, msg: String| Err(Error::file(source, format!("{key}: {msg}")));
+        let sizes = [
+            (&keys.hidden, self.hidden),
+            (&keys.intermediate, self.intermediate),
+            (&keys.layers, self.layers),
+            (&keys.heads, self.heads),
+            (&keys.kv_heads, self.kv_heads),
+            (&keys.head_dim, self.head_dim),
+            (&keys.vocab, self.vocab),
+        ];
+        for (key, v) in sizes {
+            if v == 0 || v > MAX_SIZE {
+                return bad(key, format!("{v} is not a plausible size (1 to {MAX_SIZE})"));
+            }
         }
-        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
-            return bad(format!("head dimension {} is not even", self.head_dim));
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(
+                &keys.kv_heads,
+                format!("{} KV heads do not divide {} attention heads", self.kv_heads, self.heads),
+            );
         }
-        if self.layers == 0 || self.hidden == 0 || self.vocab == 0 || self.intermediate == 0 {
-            return bad("zero layers, hidden size, vocabulary or FFN size".into());
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(&keys.head_dim, format!("head dimension {} is not even (RoPE rotates pairs)", self.head_dim));
+        }
+        // the kernels take both as f32: 1e-50 would be 0 there, 1e300 infinite
+        if !(self.rope_theta > 0.0 && (self.rope_theta as f32).is_finite()) {
+            return bad(&keys.rope_theta, format!("RoPE base {} must be a finite number > 0", self.rope_theta));
+        }
+        if !(self.rms_eps as f32 > 0.0 && (self.rms_eps as f32).is_finite()) {
+            return bad(&keys.rms_eps, format!("RMSNorm epsilon {} must be a finite number > 0", self.rms_eps));
+        }
+        if self.max_positions == 0 {
+            return bad(&keys.context, "context length 0: a model needs at least one position".into());
+        }
+        match &self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Llama3(s) => {
+                let fields = [
+                    ("factor", s.factor),
+                    ("low_freq_factor", s.low_freq_factor),
+                    ("high_freq_factor", s.high_freq_factor),
+                    ("original_max_position_embeddings", s.original_max_positions),
+                ];
+                if let Some((name, v)) = fields.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
+                    return bad(&format!("rope_scaling.{name}"), format!("{v} must be a finite number > 0"));
+                }
+                if s.high_freq_factor == s.low_freq_factor {
+                    return bad(
+                        "rope_scaling",
+                        "high_freq_factor equals low_freq_factor (the bands would divide by 0)".into(),
+                    );
+                }
+            }
+            RopeScaling::Factors(f) => {
+                let what = "tensor 'rope_freqs.weight'";
+                if f.len() != self.head_dim / 2 {
+                    return bad(what, format!("{} factors for head dimension {} (want half)", f.len(), self.head_dim));
+                }
+                if let Some(i) = f.iter().position(|v| !(*v > 0.0 && v.is_finite())) {
+                    return bad(what, format!("factor {i} is {}, not a finite number > 0", f[i]));
+                }
+            }
         }
         Ok(self)
     }
@@ -106,6 +222,8 @@ impl LlamaConfig {
             }
         };
         let k = |s: &str| format!("{arch_name}.{s}");
+        let keys = Keys::gguf(&arch_name);
+        let context = g.get(&keys.context).and_then(|v| v.as_u64());
         let hidden = g.u64(&k("embedding_length"))? as usize;
         let heads = g.u64(&k("attention.head_count"))? as usize;
         let kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(heads as u64) as usize;
@@ -133,10 +251,11 @@ impl LlamaConfig {
             rope_theta: g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
             rope_scaling,
             rms_eps: g.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5),
-            max_positions: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
+            max_positions: context.unwrap_or(2048) as usize,
+            context_source: context_source(&keys.context, g.path(), context.is_some()),
             tie_embeddings: g.tensor("output.weight").is_err(),
         }
-        .check(g.path())
+        .check(g.path(), &keys)
     }
 
     /// From a Hugging Face config.json.
@@ -207,8 +326,9 @@ impl LlamaConfig {
             rope_scaling,
             rms_eps: j.rms_norm_eps.unwrap_or(1e-6),
             max_positions: j.max_position_embeddings.unwrap_or(2048),
+            context_source: context_source("max_position_embeddings", path, j.max_position_embeddings.is_some()),
             tie_embeddings: j.tie_word_embeddings.unwrap_or(false),
         }
-        .check(path)
+        .check(path, &Keys::hf())
     }
 }

@@ -161,9 +161,10 @@ pub fn generate(
     if max_len > model.cfg().max_positions {
         let i = lens.iter().position(|&l| l == longest).unwrap_or(0);
         return Err(Error::Invalid(format!(
-            "prompt {i} has {longest} tokens; with {} new ones that is {max_len}, over the model's context of {}",
+            "prompt {i} has {longest} tokens; with {} new ones that is {max_len}, over the model's context of {} ({})",
             opts.max_new_tokens,
-            model.cfg().max_positions
+            model.cfg().max_positions,
+            model.cfg().context_source
         )));
     }
     let (mut completions, mut stats) = (Vec::with_capacity(prompts.len()), Stats::default());

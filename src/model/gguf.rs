@@ -100,6 +100,10 @@ pub struct Gguf {
     file_len: u64,
 }
 
+/// The largest tensor dimension read: a vocabulary or a hidden size is far below it, and a
+/// corrupt count above it is called that, not a truncated file.
+const MAX_TENSOR_DIM: u64 = 1 << 32;
+
 /// A reader that knows how many bytes remain, so a corrupt length is an error, not an
 /// allocation of gigabytes.
 struct Cursor<R> {
@@ -216,7 +220,13 @@ impl Gguf {
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
-                dims.push(c.u64(&name)?);
+                let d = c.u64(&name)?;
+                if d > MAX_TENSOR_DIM {
+                    return Err(c.err(format!(
+                        "tensor '{name}': dimension {d} is implausible (the most taken is 2^32): a corrupt header"
+                    )));
+                }
+                dims.push(d);
             }
             let ty = GgmlType::from_id(c.u32(&name)?);
             let offset = c.u64(&name)?;
@@ -253,7 +263,7 @@ impl Gguf {
         Ok(g)
     }
 
-    fn tensor_err(&self, name: &str, msg: impl std::fmt::Display) -> Error {
+    pub fn tensor_err(&self, name: &str, msg: impl std::fmt::Display) -> Error {
         Error::file(&self.path, format!("tensor '{name}': {msg}"))
     }
 

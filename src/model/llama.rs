@@ -351,8 +351,8 @@ impl Llama {
     pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
         if max_len > self.cfg.max_positions {
             return Err(Error::Invalid(format!(
-                "{max_len} positions exceed the model's context of {} tokens",
-                self.cfg.max_positions
+                "{max_len} positions exceed the model's context of {} tokens ({})",
+                self.cfg.max_positions, self.cfg.context_source
             )));
         }
         let shape = [slots, self.cfg.kv_heads, max_len, self.cfg.head_dim];

@@ -86,9 +86,10 @@ impl<'m> Scorer<'m> {
         let cfg = self.model.cfg();
         if let Some(i) = prompts.iter().position(|p| p.is_empty() || p.len() > cfg.max_positions) {
             return Err(Error::Invalid(format!(
-                "prompt {i} has {} tokens (at least 1 and at most the model's context of {})",
+                "prompt {i} has {} tokens (at least 1 and at most the model's context of {}, {})",
                 prompts[i].len(),
-                cfg.max_positions
+                cfg.max_positions,
+                cfg.context_source
             )));
         }
         self.reserve(prompts.len(), prompts.iter().map(Vec::len).max().unwrap_or(1))?;

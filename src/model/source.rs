@@ -197,11 +197,19 @@ impl ModelSource {
             }
         }
         let (n, heads) = (t.numel() as usize, permuted_heads(cfg, hf_name));
+        let scales = |i: Option<usize>| match i {
+            Some(i) => Err(g.tensor_err(&name, format!("block {i} has a scale or offset that is not finite"))),
+            None => Ok(()),
+        };
         if let Some(blocks) = to_q4_blocks(t.ty, &bytes, n) {
-            return Ok(Some(Blocks::Q4(hf_rows(blocks.map_err(bad)?, shape, heads).map_err(bad)?)));
+            let blocks = blocks.map_err(bad)?;
+            scales(blocks.iter().position(|b| !(b.d.is_finite() && b.m.is_finite())))?;
+            return Ok(Some(Blocks::Q4(hf_rows(blocks, shape, heads).map_err(bad)?)));
         }
         if let Some(blocks) = to_q8_blocks(t.ty, &bytes, n) {
-            return Ok(Some(Blocks::Q8(hf_rows(blocks.map_err(bad)?, shape, heads).map_err(bad)?)));
+            let blocks = blocks.map_err(bad)?;
+            scales(blocks.iter().position(|b| !b.d.is_finite()))?;
+            return Ok(Some(Blocks::Q8(hf_rows(blocks, shape, heads).map_err(bad)?)));
         }
         Ok(None)
     }
@@ -213,6 +221,9 @@ impl ModelSource {
                 let name = gguf_name(hf_name)
                     .ok_or_else(|| Error::file(g.path(), format!("no GGUF name for tensor '{hf_name}'")))?;
                 let (s, d) = g.tensor_f32(&name)?;
+                // NaN or inf here (a norm, a bias, a scale of a quantized block) would make
+                // every logit NaN without a word
+                crate::validate::finite_tensor(g.path(), &name, &d)?;
                 let d = match permuted_heads(cfg, hf_name) {
                     Some(h) => {
                         let cols = if s.len() == 2 { s[1] } else { 1 };
@@ -286,6 +297,7 @@ impl HfDir {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::file(file, e))?;
         let view = st.tensor(name).map_err(|e| Error::file(file, format!("tensor '{name}': {e}")))?;
         let data = to_f32(view.dtype(), view.data()).map_err(|e| Error::file(file, format!("tensor '{name}': {e}")))?;
+        crate::validate::finite_tensor(file, name, &data)?;
         Ok((view.shape().to_vec(), data))
     }
 }

@@ -158,7 +158,7 @@ pub enum Meta {
 }
 
 /// A GGUF file: metadata and (name, GGUF dims innermost first, GGML type id, raw bytes).
-pub fn write_gguf(path: &Path, meta: &[(String, Meta)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) {
+pub fn write_gguf(path: &Path, meta: &[(String, Meta)], tensors: &[GgufTensor]) {
     let mut f: Vec<u8> = Vec::new();
     let s = |f: &mut Vec<u8>, v: &str| {
         f.extend((v.len() as u64).to_le_bytes());
@@ -266,6 +266,15 @@ pub fn write_gguf_model(path: &Path, t: &Tiny, w: &Weights, f16: bool) {
 
 /// Likewise with the 2-D weights in GGML type `ty` (0 F32, 1 F16, 3 Q4_1, 8 Q8_0).
 pub fn write_gguf_model_as(path: &Path, t: &Tiny, w: &Weights, ty: u32) {
+    let (meta, tensors) = gguf_model_parts(t, w, ty);
+    write_gguf(path, &meta, &tensors);
+}
+
+/// A GGUF tensor: name, dims innermost first, GGML type id, raw bytes.
+pub type GgufTensor = (String, Vec<u64>, u32, Vec<u8>);
+
+/// What `write_gguf_model_as` writes, for tests to spoil before writing.
+pub fn gguf_model_parts(t: &Tiny, w: &Weights, ty: u32) -> (Vec<(String, Meta)>, Vec<GgufTensor>) {
     let arch = if t.qwen2 { "qwen2" } else { "llama" };
     let key = |k: &str| format!("{arch}.{k}");
     let meta = vec![
@@ -297,7 +306,7 @@ pub fn write_gguf_model_as(path: &Path, t: &Tiny, w: &Weights, ty: u32) {
         };
         tensors.push((gname, dims, ty, bytes));
     }
-    write_gguf(path, &meta, &tensors);
+    (meta, tensors)
 }
 
 fn gguf_name(hf: &str) -> String {
