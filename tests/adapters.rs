@@ -107,6 +107,12 @@ fn bad_adapters_are_errors() {
     let a = random_adapter(&mut rng, &wide, &["q_proj"], 4, 8.0, false);
     let err = model.attach(&[a], &[1.0]).unwrap_err().to_string();
     assert!(err.contains("q_proj") && err.contains("model's is"), "{err}");
+    // one for a layer the model lacks says so, rather than showing two equal shapes
+    let deep = Tiny { layers: 100, ..spec.clone() };
+    let mut a = random_adapter(&mut rng, &deep, &["q_proj"], 4, 8.0, false);
+    a.factors.retain(|(l, _), _| *l == 99);
+    let err = model.attach(&[a], &[1.0]).unwrap_err().to_string();
+    assert!(err.contains("has layer 99") && err.contains(&format!("has {} layers", spec.layers)), "{err}");
     // files: unknown target, missing lora_B
     let a = random_adapter(&mut rng, &spec, &["v_proj"], 4, 8.0, false);
     let ad = dir.join("adapter");
@@ -136,5 +142,25 @@ fn bad_adapters_are_errors() {
     std::fs::write(ad.join("adapter_model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
     let err = Adapter::load(&ad).unwrap_err().to_string();
     assert!(err.contains("lora_B"), "{err}");
+    // one NaN or infinity in a factor, and one module of the wrong shape: named by file and tensor
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut nan = a.clone();
+        nan.factors.get_mut(&(1, "v_proj".to_string())).unwrap().b[5] = bad;
+        nan.save(&ad).unwrap();
+        let err = Adapter::load(&ad).unwrap_err().to_string();
+        assert!(
+            err.contains("adapter_model.safetensors") && err.contains("layers.1.self_attn.v_proj.lora_B.weight"),
+            "{err}"
+        );
+    }
+    let mut odd = a.clone();
+    let f = odd.factors.get_mut(&(1, "v_proj".to_string())).unwrap();
+    (f.inp, f.a) = (f.inp + 2, vec![0.1; 4 * (f.inp + 2)]);
+    odd.save(&ad).unwrap();
+    let err = Adapter::load(&ad).unwrap_err().to_string();
+    assert!(err.contains("layers.1.self_attn.v_proj") && err.contains("layer 0's v_proj"), "{err}");
+    std::fs::write(ad.join("adapter_config.json"), cfg.replace("\"r\": 4", "\"r\": 0")).unwrap();
+    let err = Adapter::load(&ad).unwrap_err().to_string();
+    assert!(err.contains("adapter_config.json") && err.contains("r must be at least 1"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -112,7 +112,10 @@ fn bad_exports_are_refused_and_write_nothing() {
     let deep = Tiny { layers: spec.layers + 1, ..Tiny::default() };
     let mut a = random_adapter(&mut rng, &deep, &["v_proj"], 4, 8.0, false);
     a.factors.retain(|(l, _), _| *l == spec.layers);
-    assert!(gguf_lora(&a, &src).unwrap_err().to_string().contains(&format!("in {} layers", spec.layers)));
+    let err = gguf_lora(&a, &src).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("has layer {}", spec.layers)) && err.contains(&format!("has {} layers", spec.layers))
+    );
 
     // NaN factors and a zero scale
     let mut a = random_adapter(&mut rng, &spec, &["o_proj"], 4, 8.0, false);

@@ -336,6 +336,11 @@ fn mismatched_adapters_are_errors() {
     let other = random_adapter(&mut Rng::new(seed), &wide, &["q_proj"], 4, 8.0, false);
     let e = err("cat", None, &[(&ads[0], 1.0), (&other, 1.0)]);
     assert!(e.contains("different models") && e.contains("q_proj"), "{e}");
+    // with the odd one first, both are named with their shapes, the good one not blamed alone
+    let mut other = other;
+    other.source = Some("wide-adapter".into());
+    let e = err("cat", None, &[(&other, 1.0), (&ads[0], 1.0)]);
+    assert!(e.contains("wide-adapter has [40 → ") && e.contains("adapter-0 has [32 → "), "{e}");
 }
 
 #[test]

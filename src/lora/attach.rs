@@ -88,6 +88,29 @@ impl Attached {
     }
 }
 
+/// Why factors `f` of `target` in layer `layer` do not fit a model of `cfg`; None when they do.
+pub fn misfit(cfg: &LlamaConfig, layer: usize, target: &str, f: &Factors) -> Option<String> {
+    let Some((_, rows, inp, _)) = place(cfg, target) else {
+        return Some(format!("unknown target {target}"));
+    };
+    if layer >= cfg.layers {
+        return Some(format!(
+            "has layer {layer} ({target}); the model has {} layers (0 to {})",
+            cfg.layers,
+            cfg.layers - 1
+        ));
+    }
+    if (f.inp, f.out) != (inp, rows.len()) {
+        return Some(format!(
+            "layer {layer} {target} is [{} → {}] (in → out), the model's is [{inp} → {}]",
+            f.inp,
+            f.out,
+            rows.len()
+        ));
+    }
+    None
+}
+
 fn name_of(a: &Adapter, i: usize) -> String {
     a.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("adapter {i}"))
 }
@@ -96,17 +119,8 @@ fn name_of(a: &Adapter, i: usize) -> String {
 pub fn attach(gpu: &Gpu, layout: Layout, cfg: &LlamaConfig, adapters: &[Adapter]) -> Result<Attached> {
     for (i, a) in adapters.iter().enumerate() {
         for ((layer, target), f) in &a.factors {
-            let (_, rows, inp, _) = place(cfg, target)
-                .ok_or_else(|| Error::Invalid(format!("{}: unknown target {target}", name_of(a, i))))?;
-            if *layer >= cfg.layers || f.inp != inp || f.out != rows.len() {
-                return Err(Error::Invalid(format!(
-                    "{}: layer {layer} {target} is [{} → {}], the model's is [{inp} → {}] in {} layers",
-                    name_of(a, i),
-                    f.inp,
-                    f.out,
-                    rows.len(),
-                    cfg.layers
-                )));
+            if let Some(why) = misfit(cfg, *layer, target, f) {
+                return Err(Error::Invalid(format!("{}: {why}", name_of(a, i))));
             }
         }
     }

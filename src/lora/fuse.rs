@@ -152,25 +152,27 @@ pub fn fuse(
     }
 
     // every module any adapter has, with the same shape in all that have it
-    let mut modules: BTreeMap<(usize, String), (usize, usize)> = BTreeMap::new();
+    // (in, out, the adapter that first had it); a disagreement names both adapters, as neither
+    // alone can be told wrong without the model
+    let mut modules: BTreeMap<(usize, String), (usize, usize, usize)> = BTreeMap::new();
     for (i, (a, _)) in inputs.iter().enumerate() {
         for (key, f) in &a.factors {
-            let shape = *modules.entry(key.clone()).or_insert((f.inp, f.out));
-            if shape != (f.inp, f.out) {
+            let (inp, out, j) = *modules.entry(key.clone()).or_insert((f.inp, f.out, i));
+            if (inp, out) != (f.inp, f.out) {
                 return Err(Error::Invalid(format!(
-                    "{}: layer {} {} is [{}, {}] (in, out) where another adapter's is [{}, {}]: adapters of different models",
-                    name(a, i),
+                    "layer {} {}: {} has [{inp} → {out}] (in → out), {} has [{} → {}]: adapters of different models",
                     key.0,
                     key.1,
+                    name(inputs[j].0, j),
+                    name(a, i),
                     f.inp,
-                    f.out,
-                    shape.0,
-                    shape.1
+                    f.out
                 )));
             }
         }
     }
-    let keys: Vec<((usize, String), (usize, usize))> = modules.into_iter().collect();
+    let keys: Vec<((usize, String), (usize, usize))> =
+        modules.into_iter().map(|(k, (inp, out, _))| (k, (inp, out))).collect();
     let done = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(keys.len().max(1));
     type Module = ((usize, String), Factors);

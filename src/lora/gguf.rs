@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::lora::attach::place;
+use crate::lora::attach::misfit;
 use crate::lora::peft::{Adapter, Factors, LoraConfig, TARGETS, module_path};
 use crate::model::config::{Arch, LlamaConfig};
 use crate::model::gguf::{Gguf, Value};
@@ -62,16 +62,8 @@ pub fn gguf_lora(adapter: &Adapter, src: &ModelSource) -> Result<(Metadata, Vec<
     let mut tensors = Vec::new();
     for ((layer, target), f) in &adapter.factors {
         let module = module_path(*layer, target);
-        let (_, rows, inp, _) = place(&cfg, target).ok_or_else(|| bad(format!("{module}: unknown target")))?;
-        if *layer >= cfg.layers || f.inp != inp || f.out != rows.len() {
-            return Err(bad(format!(
-                "{module} is [{} → {}], the base model {} has [{inp} → {}] in {} layers",
-                f.inp,
-                f.out,
-                src.path().display(),
-                rows.len(),
-                cfg.layers
-            )));
+        if let Some(why) = misfit(&cfg, *layer, target, f) {
+            return Err(bad(format!("{module}: {why}, in the base model {}", src.path().display())));
         }
         if f.a.len() != r * f.inp || f.b.len() != f.out * r {
             return Err(bad(format!("{module}: factors of {} and {} values for rank {r}", f.a.len(), f.b.len())));

@@ -132,6 +132,12 @@ impl Adapter {
         if !config.rank_pattern.is_empty() || !config.alpha_pattern.is_empty() {
             return bad("per-module rank_pattern / alpha_pattern are not supported".into());
         }
+        if config.r == 0 || !config.lora_alpha.is_finite() {
+            return bad(format!(
+                "r {} and lora_alpha {}: r must be at least 1, lora_alpha finite",
+                config.r, config.lora_alpha
+            ));
+        }
         if let Some(t) = config.target_modules.iter().find(|t| !TARGETS.contains(&t.as_str())) {
             return bad(format!("target module '{t}' is not one of {TARGETS:?}"));
         }
@@ -148,12 +154,15 @@ impl Adapter {
             let view = st.tensor(name).map_err(|e| Error::file(&st_path, format!("tensor '{name}': {e}")))?;
             let data = crate::model::source::to_f32(view.dtype(), view.data())
                 .map_err(|e| Error::file(&st_path, format!("tensor '{name}': {e}")))?;
+            crate::validate::finite_tensor(&st_path, name, &data)?;
             let entry = factors.entry((layer, target)).or_default();
             let slot = if which == 'A' { &mut entry.0 } else { &mut entry.1 };
             *slot = Some((view.shape().to_vec(), data));
         }
         let r = config.r;
         let mut out = BTreeMap::new();
+        // (in, out) of each target, as its first layer has it: a model's layers are alike
+        let mut shapes: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
         for ((layer, target), (a, b)) in factors {
             let what = module_path(layer, &target);
             let (Some((sa, a)), Some((sb, b))) = (a, b) else {
@@ -163,6 +172,16 @@ impl Adapter {
                 return Err(Error::file(
                     &st_path,
                     format!("{what}: lora_A {sa:?} and lora_B {sb:?} do not have rank r = {r}"),
+                ));
+            }
+            let (first, inp, outd) = *shapes.entry(target.clone()).or_insert((layer, sa[1], sb[0]));
+            if (inp, outd) != (sa[1], sb[0]) {
+                return Err(Error::file(
+                    &st_path,
+                    format!(
+                        "{what} is [{} → {}] (in → out) where layer {first}'s {target} is [{inp} → {outd}]: one module has the wrong shape",
+                        sa[1], sb[0]
+                    ),
                 ));
             }
             out.insert((layer, target), Factors { a, b, inp: sa[1], out: sb[0] });

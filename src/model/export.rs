@@ -164,15 +164,10 @@ pub fn export_hf(
 pub(crate) fn check_merge(cfg: &LlamaConfig, merge: &[(&Adapter, f32)]) -> Result<()> {
     for (a, _) in merge {
         for ((layer, target), f) in &a.factors {
-            let (o, i) =
-                crate::lora::attach::place(cfg, target).map(|(_, rows, inp, _)| (rows.len(), inp)).unwrap_or((0, 0));
-            if *layer >= cfg.layers || (f.out, f.inp) != (o, i) {
+            if let Some(why) = crate::lora::attach::misfit(cfg, *layer, target, f) {
                 return Err(Error::Invalid(format!(
-                    "{}: layer {layer} {target} is [{}, {}] (out, in), the model's is [{o}, {i}] over {} layers",
-                    a.source.as_ref().map_or("adapter".into(), |p| p.display().to_string()),
-                    f.out,
-                    f.inp,
-                    cfg.layers
+                    "{}: {why}",
+                    a.source.as_ref().map_or("adapter".into(), |p| p.display().to_string())
                 )));
             }
         }
