@@ -442,3 +442,50 @@ fn cli_fuse_writes_adapters_and_merged_models() {
     assert!(!run.status.success() && e.contains("missing"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `lorafuse fuse` refuses an adapter holding a NaN or infinity under every method (the file and
+/// tensor named), an --out that is, holds or lies inside an input, and an output file that is a
+/// symbolic link; nothing is written over an input.
+#[test]
+fn cli_fuse_refuses_non_finite_adapters_and_outputs_over_inputs() {
+    let seed = seed();
+    let dir = temp_dir("cli-fuse-refusals");
+    let mut ads = three(&mut Rng::new(seed), true);
+    let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+    ads[0].save(&dir.join("a0")).unwrap();
+    ads[1].factors.values_mut().nth(1).unwrap().b[3] = f32::NAN;
+    ads[1].save(&dir.join("bad")).unwrap();
+    let fuse = |extra: &[&str]| {
+        let o = run_cli(&[&["fuse", "--adapter", &format!("{}:0.5", p("a0"))], extra].concat());
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let bad = format!("{}:0.5", p("bad"));
+    for method in ["cat", "linear", "svd", "ties", "dare_linear", "magnitude_prune_svd"] {
+        let (ok, e) =
+            fuse(&["--adapter", &bad, "--method", method, "--density", "0.5", "--out", &p(&format!("out-{method}"))]);
+        assert!(
+            !ok && e.contains("adapter_model.safetensors") && e.contains("lora_B.weight") && e.contains("NaN"),
+            "{method}: {e}"
+        );
+        assert!(!dir.join(format!("out-{method}")).exists(), "{method}");
+    }
+    let weights = std::fs::read(dir.join("a0/adapter_model.safetensors")).unwrap();
+    for (out, how) in
+        [(p("a0"), "is an input"), (dir.to_str().unwrap().to_string(), "holds an input"), (p("a0/sub"), "lies inside")]
+    {
+        let (ok, e) = fuse(&["--out", &out]);
+        assert!(!ok && e.contains(how), "{out}: {e}");
+    }
+    assert_eq!(std::fs::read(dir.join("a0/adapter_model.safetensors")).unwrap(), weights, "an input was written over");
+    #[cfg(unix)]
+    {
+        let (out, elsewhere) = (dir.join("linked"), dir.join("elsewhere.json"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(&elsewhere, "keep").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("adapter_config.json")).unwrap();
+        let (ok, e) = fuse(&["--out", out.to_str().unwrap()]);
+        assert!(!ok && e.contains("adapter_config.json") && e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "keep");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -138,6 +138,10 @@ fn resume_equals_uninterrupted() {
         ..TrainConfig::default()
     };
     let (whole, parts) = (dir.join("whole"), dir.join("parts"));
+    // --resume before any checkpoint says so
+    let opts = RunOptions { out: parts.clone(), resume: true, stop_after: None, base_model: None, quiet: true };
+    let err = train(&mut load(&src), &tc, &data, &[], &opts).unwrap_err().to_string();
+    assert!(err.contains("parts") && err.contains("no checkpoint here yet"), "{err}");
     let s = run(&mut load(&src), &tc, &data, &whole, false, None);
     assert_eq!(s.steps, 6);
     let s1 = run(&mut load(&src), &tc, &data, &parts, false, Some(1));
@@ -152,8 +156,24 @@ fn resume_equals_uninterrupted() {
     assert_eq!(s3.epoch_loss, s.epoch_loss, "epoch losses (seed {seed})");
     // the totals count every invocation's steps; a rerun of the finished run trains nothing
     assert!(s.all_tokens > 0 && s3.all_tokens == s.all_tokens && s3.tokens < s.tokens);
+    // a killed checkpoint write left its temp file; resuming the finished run removes it and
+    // changes nothing else
+    let stale = parts.join(".checkpoint.safetensors.tmp4194305");
+    std::fs::write(&stale, vec![0u8; 1000]).unwrap();
+    let files = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = (std::fs::read_dir(d).unwrap().flatten())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&parts);
     let s4 = run(&mut load(&src), &tc, &data, &parts, true, None);
-    assert!(s4.finished && s4.tokens == 0 && s4.all_tokens == s.all_tokens && s4.all_seconds > 0.0);
+    assert!(s4.finished && s4.unchanged && s4.tokens == 0 && s4.all_tokens == s.all_tokens && s4.all_seconds > 0.0);
+    assert_eq!(s4.epoch_loss, s.epoch_loss);
+    assert!(!stale.exists(), "the temp file of a killed write stays");
+    let after = files(&parts);
+    assert_eq!(after, before.into_iter().filter(|(n, _)| !n.contains(".tmp")).collect::<Vec<_>>());
     for f in ["adapter_model.safetensors", "checkpoint.safetensors"] {
         assert!(
             std::fs::read(whole.join(f)).unwrap() == std::fs::read(parts.join(f)).unwrap(),
@@ -304,11 +324,14 @@ fn cli_train_writes_a_peft_adapter() {
     assert!(summary["summary"]["epoch_loss"][0].as_f64().is_some_and(f64::is_finite), "{summary}");
     let generated = run_cli(&["generate", "--adapter", o, "--prompt", "Say hi.", "--max-new-tokens", "3"]);
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
-    // a finished run resumed trains nothing more; one restarted over it is refused
+    // a finished run resumed trains nothing more and leaves its summary as it was; one restarted
+    // over it is refused
     let args = ["train", "--data", d, "--out", o, "--epochs", "1", "--batch-size", "2", "--lr", "1e-2"];
+    let summary_before = std::fs::read(out.join("train_summary.json")).unwrap();
     let again = run_cli(&[&args[..], &["--resume"]].concat());
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(again.status.success() && stderr.contains("trained 1 epochs (1 steps)"), "{stderr}");
+    assert!(again.status.success() && stderr.contains("--resume changed nothing"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("train_summary.json")).unwrap(), summary_before);
     let again = run_cli(&args);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
 

@@ -123,16 +123,10 @@ pub fn run(what: &ExportCommand) -> Result<()> {
     }
 }
 
-/// An output that is one of the inputs (or the adapter's folder) is refused before anything runs.
+/// A GGUF output that is a folder, or one of the inputs, is refused before anything runs.
 fn refuse_inputs(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     if out.is_dir() {
         bail!("--out {} is a folder; give the GGUF file to write", out.display());
     }
-    let Ok(out_c) = out.canonicalize() else { return Ok(()) };
-    for i in inputs {
-        if i.canonicalize().is_ok_and(|c| c == out_c) {
-            bail!("--out {} is an input of this export; write somewhere else", out.display());
-        }
-    }
-    Ok(())
+    Ok(lorafuse::atomic::refuse_overlap(out, inputs)?)
 }

@@ -78,6 +78,8 @@ pub fn run(args: &FuseArgs) -> Result<()> {
     opts.seed = args.seed;
     opts.peft_svd_scale = args.peft_svd_scale;
     let specs: Vec<(PathBuf, f32)> = args.adapters.iter().map(|a| parse_adapter(a)).collect::<Result<_>>()?;
+    let inputs: Vec<PathBuf> = specs.iter().map(|(d, _)| d.clone()).chain(args.model.clone()).collect();
+    lorafuse::atomic::refuse_overlap(&args.out, &inputs)?;
     let adapters = specs.iter().map(|(d, _)| Adapter::load(d)).collect::<lorafuse::Result<Vec<_>>>()?;
     if args.model.is_some() && !args.merge_into_base {
         bail!("--model is the base for --merge-into-base; a fused adapter needs no model");

@@ -189,6 +189,15 @@ pub fn train_job(m: &mut Session, job: &Job, quiet: bool) -> Result<Summary> {
     let summary = train(&mut m.model, tc, &train_set, &held, &opts);
     m.model.detach();
     let summary = summary?;
+    if summary.unchanged {
+        eprintln!(
+            "{}: the run had finished its {} epochs ({} steps); --resume changed nothing",
+            job.out.display(),
+            summary.epochs_done,
+            summary.steps
+        );
+        return Ok(summary);
+    }
     let report = serde_json::json!({
         "config": tc,
         "model": m.args.model,

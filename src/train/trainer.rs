@@ -87,6 +87,21 @@ pub struct Summary {
     pub all_tokens: u64,
     pub all_seconds: f64,
     pub peak_memory: u64,
+    /// The run had finished before this invocation, which read it and wrote nothing.
+    #[serde(skip)]
+    pub unchanged: bool,
+}
+
+impl Summary {
+    /// The totals over every step in `log`, earlier invocations' too.
+    fn add_totals(&mut self, log: &[LogLine]) {
+        for l in log {
+            if let LogLine::Step(s) = l {
+                self.all_tokens += s.tokens as u64;
+                self.all_seconds += s.seconds;
+            }
+        }
+    }
 }
 
 /// Batches of one epoch: steps of micro-batches of example indices.
@@ -134,6 +149,13 @@ pub fn train(
     let log_path = out.join("train_log.jsonl");
     let data_fp = fingerprint(train, holdout);
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    crate::atomic::remove_stale_temps(out);
+    if opts.resume && !ckpt_path.exists() {
+        return Err(Error::file(
+            out,
+            "--resume: no checkpoint here yet (a run writes checkpoint.safetensors at the end of each epoch); start without --resume",
+        ));
+    }
 
     model.attach(&[fresh_adapter(model.cfg(), tc, opts.base_model.clone())?], &[1.0])?;
     let gpu = model.gpu().clone();
@@ -169,6 +191,19 @@ pub fn train(
                 LogLine::Epoch(e) => e.epoch <= epoch0,
             })
             .collect();
+        if epoch0 >= tc.epochs {
+            // nothing left to train: the log, the adapter and the summary stay as they are
+            let mut s =
+                Summary { epochs_done: epoch0, steps: step0, finished: true, unchanged: true, ..Default::default() };
+            for l in &log {
+                if let LogLine::Epoch(e) = l {
+                    s.epoch_loss.extend(Some(e.train_loss).filter(|_| e.epoch > 0));
+                    s.holdout_loss.extend(e.holdout_loss);
+                }
+            }
+            s.add_totals(&log);
+            return Ok(s);
+        }
     } else if ckpt_path.exists() {
         return Err(Error::file(
             &ckpt_path,
@@ -187,7 +222,8 @@ pub fn train(
     let total = per_epoch * tc.epochs;
     let mut summary = Summary { epochs_done: epoch0, steps: step0, ..Default::default() };
     summary.epoch_loss =
-        log.iter().filter_map(|l| if let LogLine::Epoch(e) = l { Some(e.train_loss) } else { None }).collect();
+        // epoch 0 is the held-out loss before training, with no train loss
+        log.iter().filter_map(|l| if let LogLine::Epoch(e) = l { Some(e.train_loss).filter(|_| e.epoch > 0) } else { None }).collect();
     let mut bar = Progress::new(total, "training", "steps", opts.quiet);
     bar.resume_at(step0);
     if epoch0 == 0 {
@@ -280,12 +316,7 @@ pub fn train(
     summary.finished = summary.epochs_done == tc.epochs;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.tokens_per_s = summary.tokens as f64 / summary.seconds.max(1e-9);
-    for l in &log {
-        if let LogLine::Step(s) = l {
-            summary.all_tokens += s.tokens as u64;
-            summary.all_seconds += s.seconds;
-        }
-    }
+    summary.add_totals(&log);
     summary.peak_memory = gpu.memory().peak();
     Ok(summary)
 }
