@@ -196,3 +196,60 @@ fn a_first_run_tunes_once_behind_one_progress_line() {
     assert!(!second.contains("tuning") && !second.contains("tuned"), "the second run tuned again:\n{second}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// On a tiny chat model: a forward whose logits overflow stops generate and logits with an
+/// error naming the model, the adapter and the place, not empty text; bad flags and prompt
+/// files are refused with what is wrong (context length, batch size, blank file, sampling
+/// flags, an adapter weight that is not a number).
+#[test]
+fn cli_refuses_non_finite_logits_and_bad_flags_on_a_tiny_model() {
+    use common::tiny::{random_adapter, temp_dir, write_chat_model};
+    let seed = common::seed();
+    let dir = temp_dir("gen-refusals");
+    let model = dir.join("model");
+    let spec = write_chat_model(&model, seed);
+    let mut huge = random_adapter(&mut common::Rng::new(seed), &spec, &["v_proj"], 4, 8.0, false);
+    // finite factors whose product overflows f32
+    huge.factors.values_mut().for_each(|f| f.b.iter_mut().for_each(|x| *x = 3e38));
+    let ad = dir.join("huge");
+    huge.save(&ad).unwrap();
+    let (m, a) = (model.to_str().unwrap(), ad.to_str().unwrap());
+    let run = |args: &[&str]| {
+        let o = run_cli(args);
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (ok, e) = run(&["generate", "--model", m, "--prompt", "hi", "--adapter", a, "--max-new-tokens", "2"]);
+    assert!(!ok && e.contains("non-finite logit") && e.contains(m) && e.contains(a) && e.contains("prefill"), "{e}");
+    let out = dir.join("l.st");
+    let (ok, e) = run(&["logits", "--model", m, "--tokens", "1,2,3", "--adapter", a, "--out", out.to_str().unwrap()]);
+    assert!(!ok && e.contains("non-finite logit") && e.contains("position") && !out.exists(), "{e}");
+
+    let (ok, e) = run(&["generate", "--model", m, "--prompt", "hi", "--temperature", "-1"]);
+    assert!(!ok && e.contains("--temperature must be"), "{e}");
+    let (ok, e) = run(&["generate", "--model", m, "--prompt", "hi", "--temperature", "nan"]);
+    assert!(!ok && e.contains("--temperature must be"), "{e}");
+    let (ok, e) = run(&["generate", "--model", m, "--prompt", "hi", "--adapter", &format!("{a}:abc")]);
+    assert!(!ok && e.contains("'abc' is not a number"), "{e}");
+    let (ok, e) = run(&["generate", "--model", m, "--prompt", "hi", "--adapter", &format!("{a}:1e400")]);
+    assert!(!ok && e.contains("finite number"), "{e}");
+    let blank = dir.join("blank.jsonl");
+    std::fs::write(&blank, "\n  \n").unwrap();
+    let (ok, e) = run(&["generate", "--model", m, "--prompts", blank.to_str().unwrap()]);
+    assert!(!ok && e.contains("blank.jsonl") && e.contains("no prompts"), "{e}");
+    std::fs::write(&blank, "{\"prompt\": \"hi\"}\n").unwrap();
+    for cmd in [&["generate", "--prompts", blank.to_str().unwrap()][..], &["eval", "--out", "unused"][..]] {
+        let (ok, e) = run(&[cmd, &["--model", m, "--batch-size", "0"]].concat());
+        assert!(!ok && e.contains("--batch-size") && e.contains("at least 1"), "{cmd:?}: {e}");
+    }
+    // a context shorter than the prompt names its key and file
+    let cfg_path = model.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 16.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (ok, e) = run(&["generate", "--model", m, "--prompt", "a prompt longer than sixteen tokens"]);
+    assert!(
+        !ok && e.contains("context of 16") && e.contains("max_position_embeddings in") && e.contains("config.json"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

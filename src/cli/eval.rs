@@ -62,7 +62,7 @@ pub struct EvalFlags {
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Sequences generated together.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::model::at_least_one)]
     pub batch_size: usize,
 }
 

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 
 use lorafuse::gpu::{Gpu, Profile};
@@ -76,7 +76,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub raw: bool,
     /// Prompts per batch with --prompts.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::model::at_least_one)]
     pub batch_size: usize,
     /// Print one JSON object a prompt (token ids and text) instead of the text.
     #[arg(long)]
@@ -94,7 +94,7 @@ struct PromptLine {
 /// The prompts of a prompts file, with errors naming its line; `adapters` is how many adapters
 /// an "adapter_weights" list must weigh.
 fn read_prompts(path: &Path, system: Option<&str>, adapters: usize) -> Result<Vec<PromptLine>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = lorafuse::validate::read_text(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -132,6 +132,9 @@ fn read_prompts(path: &Path, system: Option<&str>, adapters: usize) -> Result<Ve
             }
         };
         out.push(PromptLine { messages, weights });
+    }
+    if out.is_empty() {
+        bail!("{}: no prompts (the file is empty or blank)", path.display());
     }
     Ok(out)
 }

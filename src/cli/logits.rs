@@ -49,6 +49,7 @@ pub fn run(gpu: &Gpu, args: &LogitsArgs) -> Result<()> {
     let cache = m.model.new_cache(1, tokens.len())?;
     m.model.warm_up(false, || m.model.forward(&batch, &cache))?;
     let logits = m.model.forward(&batch, &cache)?.read_f32(gpu)?;
+    m.model.check_logits(&logits, |row| format!("position {row}"))?;
     let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     let (ib, lb): (&[u8], &[u8]) = (bytemuck::cast_slice(&ids), bytemuck::cast_slice(&logits));
     let views = HashMap::from([

@@ -48,6 +48,15 @@ pub fn adapter_weight(w: f64) -> std::result::Result<f32, String> {
     Ok(w as f32)
 }
 
+/// A count flag that must be at least 1 (batch sizes): 0 would run nothing, silently.
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("'{s}' is not a count: {e}")),
+    }
+}
+
 /// "DIR" or "DIR:WEIGHT". A path may itself hold colons: a spec naming an existing path is that
 /// path at weight 1; otherwise the suffix after the last colon is the weight, and one that is
 /// not a number is an error when the part before it exists (a typo, not a missing directory).

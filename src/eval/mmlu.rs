@@ -19,10 +19,8 @@ pub struct Question {
 }
 
 fn read_csv(path: &Path, subject: &str) -> Result<Vec<Question>> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_path(path)
-        .map_err(|e| Error::file(path, format!("not a readable CSV: {e}")))?;
+    let text = crate::validate::csv_text(path)?;
+    let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| Error::file(path, format!("line {}: {e}", i + 1)))?;

@@ -25,7 +25,7 @@ pub fn load(path: &Path) -> Result<Vec<HarmfulPrompt>> {
 }
 
 fn load_jsonl(path: &Path) -> Result<Vec<HarmfulPrompt>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let text = crate::validate::read_text(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -44,11 +44,8 @@ fn load_jsonl(path: &Path) -> Result<Vec<HarmfulPrompt>> {
 }
 
 fn load_csv(path: &Path) -> Result<Vec<HarmfulPrompt>> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| Error::file(path, format!("not a readable CSV: {e}")))?;
+    let text = crate::validate::csv_text(path)?;
+    let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut col = 0;
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {

@@ -78,8 +78,8 @@ pub struct Prompt {
 
 /// Reads an XSTest CSV (columns id, prompt, type, label, focus, note; label safe or unsafe).
 pub fn load(path: &Path) -> Result<Vec<Prompt>> {
-    let mut rdr =
-        csv::ReaderBuilder::new().from_path(path).map_err(|e| Error::file(path, format!("not a readable CSV: {e}")))?;
+    let text = crate::validate::csv_text(path)?;
+    let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());
     let headers = rdr.headers().map_err(|e| Error::file(path, format!("no header row: {e}")))?.clone();
     let col = |name: &str| {
         headers.iter().position(|h| h.trim() == name).ok_or_else(|| {

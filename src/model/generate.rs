@@ -218,6 +218,7 @@ fn generate_batch(
     let start = Instant::now();
     let batch = prefill_batch(prompts, &opts.mixes);
     let mut logits = forward(&batch, &cache, "prefill")?;
+    model.check_logits(&logits, |row| format!("the prefill of prompt {row}"))?;
     stats.prefill_tokens = batch.rows();
     stats.prefill_secs = start.elapsed().as_secs_f64();
 
@@ -274,6 +275,8 @@ fn generate_batch(
             seq.next_pos += 1;
         }
         logits = forward(&b, &cache, "decode")?;
+        let step = running[0].ids.len();
+        model.check_logits(&logits, |row| format!("decode step {step} of prompt {}", running[row].index))?;
         stats.decode_tokens += b.rows();
     }
     stats.decode_secs = decode_start.elapsed().as_secs_f64();
@@ -295,8 +298,10 @@ fn prefill_batch(prompts: &[Vec<u32>], mixes: &[Vec<f32>]) -> Batch {
 /// kernel shapes): the prefill of the first cache group, a decode step of its sequences, and a
 /// decode step of one sequence. Sampling does not run: a dry run's logits are not computed.
 pub fn rehearse(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<()> {
-    if prompts.iter().any(Vec::is_empty) || (!opts.mixes.is_empty() && opts.mixes.len() != prompts.len()) {
-        return Ok(()); // generate itself says what is wrong
+    let over = |p: &Vec<u32>| p.len() + opts.max_new_tokens > model.cfg().max_positions;
+    if prompts.iter().any(|p| p.is_empty() || over(p)) || (!opts.mixes.is_empty() && opts.mixes.len() != prompts.len())
+    {
+        return Ok(()); // generate itself says what is wrong, naming the context's source
     }
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let Some(g) = cache_groups(&lens, opts.max_new_tokens, model.cache_capacity()).into_iter().next() else {

@@ -43,6 +43,8 @@ impl Default for LoadOptions {
 
 pub struct Llama {
     cfg: LlamaConfig,
+    /// The file or folder it was loaded from, for messages.
+    origin: std::path::PathBuf,
     gpu: Gpu,
     /// Token embeddings [V, H] for the row gather (f32 or f16).
     embed: Tensor,
@@ -209,6 +211,7 @@ impl Llama {
         let norm = norm_vec("model.norm.weight")?;
         Ok(Llama {
             cfg,
+            origin: src.path().to_path_buf(),
             gpu: gpu.clone(),
             embed,
             layers,
@@ -292,6 +295,35 @@ impl Llama {
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// The model and its attached adapters at their weights, for messages.
+    pub fn describe(&self) -> String {
+        let mut s = format!("model {}", self.origin.display());
+        if let Some(l) = &self.lora {
+            let list: Vec<String> =
+                l.names.iter().zip(&self.lora_weights).map(|(n, w)| format!("{n} at weight {w}")).collect();
+            s += &format!(" with adapters {}", list.join(", "));
+        }
+        for (a, ws) in &self.lora_sequential {
+            s += &format!(" with {} (weight × scale {ws}, sequential)", a.names.join(", "));
+        }
+        s
+    }
+
+    /// Logit rows ([rows, vocab], already read back) are finite: a NaN or infinity (weights that
+    /// overflow, say) would be sampled as token 0 and decode to empty text, so it stops the run
+    /// with where it came from. `place(row)` says what row `row` was (prompt, step).
+    pub fn check_logits(&self, logits: &[f32], place: impl Fn(usize) -> String) -> Result<()> {
+        match crate::validate::first_non_finite(logits) {
+            None => Ok(()),
+            Some((i, x)) => Err(Error::Invalid(format!(
+                "{} gave a non-finite logit ({x} for token {}) at {}: its weights or adapters overflow f32",
+                self.describe(),
+                i % self.cfg.vocab,
+                place(i / self.cfg.vocab)
+            ))),
+        }
     }
 
     pub fn cfg(&self) -> &LlamaConfig {

@@ -132,6 +132,7 @@ impl<'m> Scorer<'m> {
         }
         cache.share_prefixes(&shares)?;
         let logits = self.model.forward(&b, cache)?.read_f32(self.model.gpu())?;
+        self.model.check_logits(&logits, |row| format!("the next-token logits of prompt {row}"))?;
         Ok(logits.chunks(cfg.vocab).map(<[f32]>::to_vec).collect())
     }
 

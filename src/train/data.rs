@@ -50,7 +50,7 @@ fn parse_value(v: &serde_json::Value) -> std::result::Result<Example, String> {
 /// Reads every example of `path`. A malformed one is an error naming the file and the line (JSONL)
 /// or entry (JSON), unless `skip_bad`, which skips and counts it.
 pub fn load(path: &Path, skip_bad: bool) -> Result<(Vec<Example>, usize)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let text = crate::validate::read_text(path)?;
     let mut out = Vec::new();
     let mut bad = 0;
     let mut take = |r: std::result::Result<Example, String>, place: String| -> Result<()> {
