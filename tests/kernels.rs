@@ -55,7 +55,7 @@ fn copy_case(n: usize, len: usize, want: impl Fn(&[f32]) -> Vec<f64> + 'static) 
             let out = output(gpu, &[1, len], DType::F32, "out")?;
             let view = out.view(&[1, n])?;
             let outputs = vec![Output::new("out", &out, want(&a), Expect::Close(1e-6))];
-            Ok(Instance { launch: Box::new(move |rec: &mut Recorder| copy(rec, &src, &view)), outputs })
+            Ok(Instance { launch: Box::new(move |rec: &mut Recorder| copy(rec, &src, &view)), outputs, flops: None })
         }),
     }
 }

@@ -52,6 +52,7 @@ fn builtin(name: &str) -> Option<&'static str> {
         "elementwise" => include_str!("../../shaders/elementwise.wgsl"),
         "rope" => include_str!("../../shaders/rope.wgsl"),
         "attention" => include_str!("../../shaders/attention.wgsl"),
+        "attention_flash" => include_str!("../../shaders/attention_flash.wgsl"),
         "cross_entropy" => include_str!("../../shaders/cross_entropy.wgsl"),
         "optimizer" => include_str!("../../shaders/optimizer.wgsl"),
         "dropout" => include_str!("../../shaders/dropout.wgsl"),
@@ -60,7 +61,7 @@ fn builtin(name: &str) -> Option<&'static str> {
 }
 
 /// Every shader file, for `sources_hash`.
-const ALL: [&str; 14] = [
+const ALL: [&str; 15] = [
     "matmul_texture",
     "matmul_blocked",
     "matmul_tiled",
@@ -72,6 +73,7 @@ const ALL: [&str; 14] = [
     "elementwise",
     "rope",
     "attention",
+    "attention_flash",
     "cross_entropy",
     "optimizer",
     "dropout",

@@ -45,30 +45,52 @@ pub enum AttentionVariant {
     /// One subgroup per (row, KV group): the lanes split the keys, each key read once for the
     /// group's query heads (needs subgroups of a known size).
     Groups,
+    /// One subgroup per (block of rows, KV group), flash attention: each key read once for the
+    /// block's rows and the group's heads and passed round the lanes (needs subgroups of a known
+    /// size; rows in runs of one sequence share, other blocks read their own keys).
+    Flash,
 }
+
+/// Rows (forward, dQ) and keys (dK, dV) a lane of the flash kernels holds: each shared key or
+/// query costs a load and a broadcast round, so more of them a lane means fewer rounds per
+/// multiply-add, against more registers and (on lavapipe) minutes of shader compilation: at
+/// SmolLM2's sizes, 1 row and 2 keys ran as fast as 2 and 4 and compile in seconds.
+const FLASH_ROWS: usize = 1;
+const FLASH_KEYS: usize = 2;
 
 impl AttentionVariant {
     pub fn name(self) -> &'static str {
         match self {
             AttentionVariant::Heads => "heads",
             AttentionVariant::Groups => "groups",
+            AttentionVariant::Flash => "flash",
         }
     }
 
     /// The variants this device can run for `heads` over `kv_heads` of `hd`.
     pub fn available(gpu: &Gpu, heads: usize, kv_heads: usize, hd: usize) -> Vec<AttentionVariant> {
         let mut v = vec![AttentionVariant::Heads];
-        // the group's queries and accumulators live in registers: (H/G)·d/4 vec4s of each
-        if gpu.caps().subgroups && gpu.caps().fixed_subgroup_size.is_some() && (heads / kv_heads) * hd <= 512 {
-            v.push(AttentionVariant::Groups);
+        // the group's queries and accumulators live in registers: (H/G)·d/4 vec4s of each, for
+        // each row a lane holds
+        if gpu.caps().subgroups && gpu.caps().fixed_subgroup_size.is_some() {
+            let group = (heads / kv_heads) * hd;
+            if group <= 512 {
+                v.push(AttentionVariant::Groups);
+            }
+            if group * FLASH_ROWS <= 1024 {
+                v.push(AttentionVariant::Flash);
+            }
         }
         v
     }
 
-    /// Groups where the device has it: it reads each key once per group rather than once per
-    /// head, and keeps a SIMD group busy however few the rows are.
-    pub fn choose(gpu: &Gpu, heads: usize, kv_heads: usize, hd: usize) -> AttentionVariant {
-        *Self::available(gpu, heads, kv_heads, hd).last().expect("Heads is always available")
+    /// For decode rows (each its sequence's only row), Groups: it keeps a SIMD group busy
+    /// however few the rows are. For a prefill or a training batch, Flash: a key read once for a
+    /// block of rows. Heads where the device has no subgroups.
+    pub fn choose(gpu: &Gpu, heads: usize, kv_heads: usize, hd: usize, decode: bool) -> AttentionVariant {
+        let have = Self::available(gpu, heads, kv_heads, hd);
+        let want = if decode { AttentionVariant::Groups } else { AttentionVariant::Flash };
+        if have.contains(&want) { want } else { AttentionVariant::Heads }
     }
 }
 
@@ -130,7 +152,7 @@ pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&T
         defines.insert("PREFIX", 1);
         binds.push((8, pt.into()));
     }
-    let variant = a.variant.unwrap_or_else(|| AttentionVariant::choose(rec.gpu(), heads, g, hd));
+    let variant = a.variant.unwrap_or_else(|| AttentionVariant::choose(rec.gpu(), heads, g, hd, a.rope.is_some()));
     if !AttentionVariant::available(rec.gpu(), heads, g, hd).contains(&variant) {
         return Err(Error::Unsupported {
             kernel: op.into(),
@@ -154,17 +176,24 @@ pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&T
             rope_kv(rec, qkv, heads, rows, table, cache)?;
         }
     }
-    let (entry, grid) = match variant {
-        AttentionVariant::Heads => ("attention", flat_grid(rec.gpu(), r * heads)),
+    let sg = rec.gpu().caps().fixed_subgroup_size.unwrap_or(1);
+    let (shader, entry, grid) = match variant {
+        AttentionVariant::Heads => ("attention", "attention", flat_grid(rec.gpu(), r * heads)),
         AttentionVariant::Groups => {
-            let sg = rec.gpu().caps().fixed_subgroup_size.unwrap_or(1);
             defines.insert("GROUPS", 1);
             defines.insert("SG", sg);
             defines.insert("GH", (heads / g) as u32);
-            ("attention_groups", fold_grid(rec.gpu(), 1, (r * g) as u32))
+            ("attention", "attention_groups", fold_grid(rec.gpu(), 1, (r * g) as u32))
+        }
+        AttentionVariant::Flash => {
+            defines.extend(flash_defines(sg, heads / g, hd));
+            defines.insert("FORWARD", 1);
+            defines.insert("QR", FLASH_ROWS as u32);
+            let blocks = r.div_ceil(sg as usize * FLASH_ROWS);
+            ("attention_flash", "attention_flash", fold_grid(rec.gpu(), 1, (blocks * g) as u32))
         }
     };
-    let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", entry, &defines))?;
+    let pipeline = rec.gpu().pipeline(&PipelineKey::new(shader, entry, &defines))?;
     let params = Params {
         rows: r as u32,
         heads: heads as u32,
@@ -176,6 +205,13 @@ pub fn attention(rec: &mut Recorder, a: &Attention, out: &Tensor, lse: Option<&T
     // Work depends on the positions (not known here): count a full max_len window per row.
     let work = Work { flops: 4 * (r * heads * hd * max_len) as u64, bytes: 2 * out.bytes() };
     rec.dispatch(pipeline, &params, binds, grid, entry, work)
+}
+
+/// The flash kernels' shapes: subgroup size, heads a KV group, d/4 and the vec4s of a d-vector
+/// each lane loads before the broadcasts.
+fn flash_defines(sg: u32, group: usize, hd: usize) -> Defines {
+    let hd4 = hd as u32 / 4;
+    [("SG", sg), ("GH", group as u32), ("HD4", hd4), ("KPL", hd4.div_ceil(sg))].into_iter().collect()
 }
 
 /// Where each sequence of a training batch sits: its rows are seq_start[s] .. seq_start[s] +
@@ -239,7 +275,6 @@ pub fn attention_backward(
         ));
     }
     rows.check(op, r)?;
-    let base: Defines = [("HD", hd as u32), ("HD4", hd as u32 / 4)].into_iter().collect();
     let params = Params {
         rows: r as u32,
         heads: heads as u32,
@@ -248,12 +283,9 @@ pub fn attention_backward(
         scale: 1.0 / (hd as f32).sqrt(),
         slots: slots as u32,
     };
-    let gpu = rec.gpu().clone();
-    let grid = |units: usize| flat_grid(&gpu, units);
-    let mut defines = base.clone();
-    defines.insert("BACKWARD_DQ", 1);
-    let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention_dq", &defines))?;
-    let binds = vec![
+    let work = Work { flops: 6 * (r * heads * hd * max_len) as u64, bytes: 2 * dout.bytes() };
+    let variant = a.variant.unwrap_or_else(|| AttentionVariant::choose(rec.gpu(), heads, g, hd, false));
+    let dq_binds = vec![
         (1, qkv.into()),
         (2, cache.k.into()),
         (3, cache.v.into()),
@@ -264,14 +296,10 @@ pub fn attention_backward(
         (8, dout.into()),
         (9, dqkv.into()),
         (10, dsum.into()),
+        (11, spans.start.into()),
+        (12, spans.len.into()),
     ];
-    let work = Work { flops: 6 * (r * heads * hd * max_len) as u64, bytes: 2 * dout.bytes() };
-    let g_dq = grid(r * heads);
-    rec.dispatch(pipeline, &params, binds, g_dq, "attention_dq", work)?;
-    let mut defines = base;
-    defines.insert("BACKWARD_DKV", 1);
-    let pipeline = rec.gpu().pipeline(&PipelineKey::new("attention", "attention_dkv", &defines))?;
-    let binds = vec![
+    let dkv_binds = vec![
         (1, qkv.into()),
         (2, cache.k.into()),
         (3, cache.v.into()),
@@ -282,8 +310,39 @@ pub fn attention_backward(
         (11, spans.start.into()),
         (12, spans.len.into()),
     ];
-    let g_dkv = grid(slots * g * max_len);
-    rec.dispatch(pipeline, &params, binds, g_dkv, "attention_dkv", work)
+    let gpu = rec.gpu().clone();
+    if variant == AttentionVariant::Flash {
+        if !AttentionVariant::available(&gpu, heads, g, hd).contains(&variant) {
+            return Err(Error::Unsupported {
+                kernel: op.into(),
+                variant: variant.name().into(),
+                reason: "needs subgroups of a known size".into(),
+            });
+        }
+        let sg = gpu.caps().fixed_subgroup_size.unwrap_or(1);
+        let base = flash_defines(sg, heads / g, hd);
+        let per = |lanes: usize| fold_grid(&gpu, 1, (slots * max_len.div_ceil(sg as usize * lanes) * g) as u32);
+        // the flash kernels find their rows from the spans, not pos and slot
+        let dq_binds: Vec<_> = dq_binds.into_iter().filter(|b| b.0 != 4 && b.0 != 5).collect();
+        let mut defines = base.clone();
+        defines.extend([("DQ", 1), ("QR", FLASH_ROWS as u32)]);
+        let pipeline = gpu.pipeline(&PipelineKey::new("attention_flash", "attention_flash_dq", &defines))?;
+        rec.dispatch(pipeline, &params, dq_binds, per(FLASH_ROWS), "attention_flash_dq", work)?;
+        let mut defines = base;
+        defines.extend([("DKV", 1), ("KR", FLASH_KEYS as u32)]);
+        let pipeline = gpu.pipeline(&PipelineKey::new("attention_flash", "attention_flash_dkv", &defines))?;
+        return rec.dispatch(pipeline, &params, dkv_binds, per(FLASH_KEYS), "attention_flash_dkv", work);
+    }
+    let base: Defines = [("HD", hd as u32), ("HD4", hd as u32 / 4)].into_iter().collect();
+    let mut defines = base.clone();
+    defines.insert("BACKWARD_DQ", 1);
+    let pipeline = gpu.pipeline(&PipelineKey::new("attention", "attention_dq", &defines))?;
+    let dq_binds: Vec<_> = dq_binds.into_iter().filter(|b| b.0 <= 10).collect();
+    rec.dispatch(pipeline, &params, dq_binds, flat_grid(&gpu, r * heads), "attention_dq", work)?;
+    let mut defines = base;
+    defines.insert("BACKWARD_DKV", 1);
+    let pipeline = gpu.pipeline(&PipelineKey::new("attention", "attention_dkv", &defines))?;
+    rec.dispatch(pipeline, &params, dkv_binds, flat_grid(&gpu, slots * g * max_len), "attention_dkv", work)
 }
 
 /// CPU reference of the backward for sequences laid out as in `Spans` (positions 0..len), with

@@ -66,6 +66,9 @@ impl fmt::Display for Case {
 pub struct Instance {
     pub launch: Launcher,
     pub outputs: Vec<Output>,
+    /// The arithmetic the case does, where the launches' own count is only a bound (attention
+    /// counts every key of the cache: it cannot see the rows' positions). Perf rows use it.
+    pub flops: Option<u64>,
 }
 
 /// Where an output lives.
@@ -343,9 +346,10 @@ pub fn perf(
             insts.iter().map(|inst| Box::new(|rec: &mut Recorder| (inst.launch)(rec)) as Box<Op>).collect();
         let mut ops: Vec<&mut Op> = launches.iter_mut().map(|l| l.as_mut()).collect();
         let times = time_ops_with_work(gpu, reps, &mut ops)?;
-        for (c, t) in group.iter().zip(times) {
+        for ((c, t), inst) in group.iter().zip(times).zip(&insts) {
             let (best, work) = (t.ms, t.work);
-            let (gflops, gbps) = (work.flops as f64 / best / 1e6, work.bytes as f64 / best / 1e6);
+            let flops = inst.flops.unwrap_or(work.flops);
+            let (gflops, gbps) = (flops as f64 / best / 1e6, work.bytes as f64 / best / 1e6);
             let r = PerfRow {
                 op: c.op.clone(),
                 shape: c.shape.clone(),

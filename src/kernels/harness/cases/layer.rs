@@ -33,7 +33,7 @@ pub fn rmsnorm_case(r: usize, h: usize) -> Case {
         let want = rmsnorm_ref(&x, &w, 1e-5);
         let (xt, wt, out) = (input(gpu, &[r, h], &x)?, input(gpu, &[h], &w)?, output(gpu, &[r, h], DType::F32, "out")?);
         let outputs = vec![Output::new("out", &out, want, Expect::Close(1e-5))];
-        Ok(Instance { launch: Box::new(move |rec| rmsnorm(rec, &xt, &wt, &out, 1e-5)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| rmsnorm(rec, &xt, &wt, &out, 1e-5)), outputs, flops: None })
     })
 }
 
@@ -54,7 +54,7 @@ pub fn rmsnorm_backward_case(r: usize, h: usize, accumulate: bool) -> Case {
                 .with_fd(fd(move |x| dot(&rmsnorm_ref(x, &w, 1e-5), &dy), &x))
         };
         let launch = move |rec: &mut Recorder| rmsnorm_backward(rec, &xt, &wt, &dyt, &dx, 1e-5, accumulate);
-        Ok(Instance { launch: Box::new(launch), outputs: vec![out] })
+        Ok(Instance { launch: Box::new(launch), outputs: vec![out], flops: None })
     })
 }
 
@@ -116,7 +116,7 @@ pub fn rope_kv_case(heads: usize, kv_heads: usize, hd: usize, r: usize) -> Case 
         let launch = move |rec: &mut Recorder| {
             rope_kv(rec, &qt, heads, &Rows { pos: &pt, slot: &st }, &table, &Cache { k: &kc, v: &vc })
         };
-        Ok(Instance { launch: Box::new(launch), outputs })
+        Ok(Instance { launch: Box::new(launch), outputs, flops: None })
     })
 }
 
@@ -158,12 +158,14 @@ pub fn rope_backward_case(heads: usize, kv: usize, hd: usize, r: usize) -> Case 
         let (t, pt) = (output(gpu, &[r, width], DType::F32, "dqkv")?, input_u32(gpu, &pos)?);
         let outputs = vec![Output::new("dqkv", &t, back, Expect::Close(1e-6)).with_prior(g).with_fd(fd(forward, &x))];
         let launch = move |rec: &mut Recorder| rope_backward(rec, &t, heads, kv, &pt, &table);
-        Ok(Instance { launch: Box::new(launch), outputs })
+        Ok(Instance { launch: Box::new(launch), outputs, flops: None })
     })
 }
 
-/// Attention over a cache of random keys, rows of random slots and positions (with `shared`, the
-/// slots after the first read their first keys from slot 0). With `rope`, the rows are decode
+/// Attention over a cache of random keys, rows of random slots and positions, or with `runs` > 0
+/// that many runs of rows of one sequence each at consecutive positions, as a (chunked) prefill
+/// lays them out (with `shared`, the slots after the first read their first keys from slot 0).
+/// With `rope`, the rows are decode
 /// rows (distinct slots, qkv as the projection wrote it): the launch itself rotates q and k and
 /// stores k and v at each row's (slot, position), which the row then attends to, as rope_kv and
 /// attention would in two launches; every other cache cell stays as it was.
@@ -173,11 +175,13 @@ pub fn attention_case(
     max_len: usize,
     shared: bool,
     rope: bool,
+    runs: usize,
     variant: AttentionVariant,
 ) -> Case {
     let Heads { heads, kv_heads, hd } = heads;
     let shape = format!(
-        "H{heads} G{kv_heads} d{hd} rows {r} keys ≤{max_len}{}{}",
+        "H{heads} G{kv_heads} d{hd} rows {r}{} keys ≤{max_len}{}{}",
+        if runs > 0 { format!(" in {runs} run(s)") } else { String::new() },
         if shared { " shared prefix" } else { "" },
         if rope { " rope" } else { "" }
     );
@@ -187,17 +191,32 @@ pub fn attention_case(
         let slots = if rope { 4.max(r + first) } else { 4 };
         let prefix_len: Vec<usize> =
             (0..slots).map(|s| if shared && s > 0 { rng.below(max_len / 2) } else { 0 }).collect();
-        let slot: Vec<u32> = if rope {
+        let (slot, pos): (Vec<u32>, Vec<u32>) = if runs > 0 {
+            assert!(runs <= r.min(slots - first), "attention case: {runs} runs of {r} rows over {slots} slots");
             let mut all: Vec<u32> = (first as u32..slots as u32).collect();
             rng.shuffle(&mut all);
-            all[..r].to_vec()
+            let mut rows = Vec::new();
+            for (i, &s) in all[..runs].iter().enumerate() {
+                let len = r / runs + usize::from(i < r % runs);
+                let lo = prefix_len[s as usize].min(max_len - len);
+                let start = lo + rng.below(max_len - len - lo + 1);
+                rows.extend((start..start + len).map(|t| (s, t as u32)));
+            }
+            rows.into_iter().unzip()
         } else {
-            (0..r).map(|_| (first + rng.below(slots - first)) as u32).collect()
+            let slot: Vec<u32> = if rope {
+                let mut all: Vec<u32> = (first as u32..slots as u32).collect();
+                rng.shuffle(&mut all);
+                all[..r].to_vec()
+            } else {
+                (0..r).map(|_| (first + rng.below(slots - first)) as u32).collect()
+            };
+            let pos = slot
+                .iter()
+                .map(|&s| (prefix_len[s as usize] + rng.below(max_len - prefix_len[s as usize])) as u32)
+                .collect();
+            (slot, pos)
         };
-        let pos: Vec<u32> = slot
-            .iter()
-            .map(|&s| (prefix_len[s as usize] + rng.below(max_len - prefix_len[s as usize])) as u32)
-            .collect();
         let (nq, nkv) = (heads * hd, kv_heads * hd);
         let q = rng.vec(r * nq, 4.0);
         let cell = kv_heads * max_len * hd;
@@ -281,14 +300,24 @@ pub fn attention_case(
             };
             attention(rec, &at, &out, Some(&lse))
         };
-        Ok(Instance { launch: Box::new(launch), outputs })
+        // q·k and p·v, 2d each, for every key a row sees
+        let keys: u64 = pos.iter().map(|&p| p as u64 + 1).sum();
+        let flops = Some(4 * (heads * hd) as u64 * keys);
+        Ok(Instance { launch: Box::new(launch), outputs, flops })
     })
 }
 
 /// The attention backward over sequences of `lens`: dq, dk, dv in the blocks of dqkv; in grad
 /// mode against finite differences of Σ dout ⊙ attention(q, k, v).
-pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usize>) -> Case {
-    case("attention backward", &format!("H{heads} G{kv} d{hd} lens {lens:?}"), DType::F32, "-", move |gpu, rng| {
+pub fn attention_backward_case(
+    heads: usize,
+    kv: usize,
+    hd: usize,
+    lens: Vec<usize>,
+    variant: AttentionVariant,
+) -> Case {
+    let shape = format!("H{heads} G{kv} d{hd} lens {lens:?}");
+    case("attention backward", &shape, DType::F32, variant.name(), move |gpu, rng| {
         let shape = Heads { heads, kv_heads: kv, hd };
         let mut spans = Vec::new();
         for &l in &lens {
@@ -356,12 +385,22 @@ pub fn attention_backward_case(heads: usize, kv: usize, hd: usize, lens: Vec<usi
         ];
         let launch = move |rec: &mut Recorder| {
             let (cache, rows) = (Cache { k: &kc, v: &vc }, Rows { pos: &pt, slot: &st });
-            let at =
-                Attention { qkv: &qkvt, heads, cache: &cache, rows: &rows, prefix: None, rope: None, variant: None };
+            let at = Attention {
+                qkv: &qkvt,
+                heads,
+                cache: &cache,
+                rows: &rows,
+                prefix: None,
+                rope: None,
+                variant: Some(variant),
+            };
             let spans = Spans { start: &sst, len: &slt };
             attention_backward(rec, &at, &spans, &Saved { out: &out, lse: &lse }, &dout_t, &dqkv, &dsum)
         };
-        Ok(Instance { launch: Box::new(launch), outputs })
+        // per (row, head, key seen): s = q·k and dO·v, then dq, dk, dv, 2d each
+        let keys: u64 = lens.iter().map(|&l| (l * (l + 1) / 2) as u64).sum();
+        let flops = Some(10 * (heads * hd) as u64 * keys);
+        Ok(Instance { launch: Box::new(launch), outputs, flops })
     })
 }
 
@@ -375,7 +414,7 @@ pub fn swiglu_case(r: usize, f: usize) -> Case {
         let want = swiglu_ref(&g, &u);
         let (gut, out) = (input(gpu, &[r, 2 * f], &gu)?, output(gpu, &[r, f], DType::F32, "act")?);
         let outputs = vec![Output::new("act", &out, want, Expect::Close(1e-6))];
-        Ok(Instance { launch: Box::new(move |rec| swiglu(rec, &gut, &out)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| swiglu(rec, &gut, &out)), outputs, flops: None })
     })
 }
 
@@ -397,7 +436,7 @@ pub fn swiglu_backward_case(r: usize, f: usize) -> Case {
         let (gut, dt, out) =
             (input(gpu, &[r, 2 * f], &gu)?, input(gpu, &[r, f], &dout)?, output(gpu, &[r, 2 * f], DType::F32, "dgu")?);
         let outputs = vec![Output::new("dgate_up", &out, want, Expect::Close(1e-5)).with_fd(fd(forward, &gu))];
-        Ok(Instance { launch: Box::new(move |rec| swiglu_backward(rec, &gut, &dt, &out)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| swiglu_backward(rec, &gut, &dt, &out)), outputs, flops: None })
     })
 }
 
@@ -407,7 +446,7 @@ pub fn bias_case(r: usize, n: usize) -> Case {
         let want: Vec<f64> = y.iter().enumerate().map(|(i, &v)| v as f64 + b[i % n] as f64).collect();
         let (yt, bt) = (output(gpu, &[r, n], DType::F32, "y")?, input(gpu, &[n], &b)?);
         let outputs = vec![Output::new("y", &yt, want, Expect::Close(1e-7)).with_prior(y)];
-        Ok(Instance { launch: Box::new(move |rec| add_bias(rec, &yt, &bt)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| add_bias(rec, &yt, &bt)), outputs, flops: None })
     })
 }
 
@@ -416,7 +455,7 @@ pub fn copy_case(r: usize, n: usize) -> Case {
         let a = rng.vec(r * n, 1.0);
         let (at, out) = (input(gpu, &[r, n], &a)?, output(gpu, &[r, n], DType::F32, "out")?);
         let outputs = vec![Output::new("out", &out, f64s(&a), Expect::Exact)];
-        Ok(Instance { launch: Box::new(move |rec| copy(rec, &at, &out)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| copy(rec, &at, &out)), outputs, flops: None })
     })
 }
 
@@ -433,7 +472,7 @@ pub fn gather_case(dtype: DType, v: usize, h: usize, r: usize) -> Case {
         };
         let (it, out) = (input_u32(gpu, &idx)?, output(gpu, &[r, h], DType::F32, "rows")?);
         let outputs = vec![Output::new("rows", &out, want, Expect::Exact)];
-        Ok(Instance { launch: Box::new(move |rec| gather(rec, &tt, &it, &out)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| gather(rec, &tt, &it, &out)), outputs, flops: None })
     })
 }
 
@@ -454,6 +493,6 @@ pub fn scatter_case(t: usize, h: usize, r: usize) -> Case {
         let (st, it, out) =
             (input(gpu, &[r, h], &src)?, input_u32(gpu, &idx)?, output(gpu, &[t, h], DType::F32, "out")?);
         let outputs = vec![Output::new("out", &out, want, Expect::Exact).with_prior(base)];
-        Ok(Instance { launch: Box::new(move |rec| scatter(rec, &st, &it, &out)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| scatter(rec, &st, &it, &out)), outputs, flops: None })
     })
 }

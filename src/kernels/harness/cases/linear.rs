@@ -74,7 +74,7 @@ pub fn matmul_case(form: Form, v: Variant, dtype: DType, mnk: Shape, accumulate:
         if let Some(p) = out_prior {
             out = out.with_prior(p);
         }
-        Ok(Instance { launch: Box::new(launch), outputs: vec![out] })
+        Ok(Instance { launch: Box::new(launch), outputs: vec![out], flops: None })
     });
     c.group = group;
     c
@@ -133,7 +133,7 @@ pub fn lora_forward_case(layout: Layout, dtype: DType, mkn: Shape, ranks: Vec<us
         let launch = move |rec: &mut crate::gpu::Recorder| {
             lora_forward(rec, &FusedLinear { w: &wm, lora: &stack, coef: &ct, t: &t }, &xt, &y, None)
         };
-        Ok(Instance { launch: Box::new(launch), outputs })
+        Ok(Instance { launch: Box::new(launch), outputs, flops: None })
     })
 }
 
@@ -204,7 +204,7 @@ pub fn lora_backward_case(layout: Layout, mkn: Shape, ranks: Vec<usize>, accumul
             let grads = LoraGrads { dx: Some(&dx), da: &da, db: &db, g: &g, accumulate };
             lora_backward(rec, &f, &dyt, &xt, &grads, None, None)
         };
-        Ok(Instance { launch: Box::new(launch), outputs })
+        Ok(Instance { launch: Box::new(launch), outputs, flops: None })
     })
 }
 
@@ -243,7 +243,7 @@ pub fn lora_sequential_case(layout: Layout, mkn: Shape, ranks: Vec<usize>) -> Ca
             let ts: Vec<Tensor> = factors.iter().map(|f| f.2.clone()).collect();
             lora_sequential(rec, &Sequential { w: &wm, adapters: &adapters, ts: &ts, accumulate: true }, &xt, &y)
         };
-        Ok(Instance { launch: Box::new(launch), outputs })
+        Ok(Instance { launch: Box::new(launch), outputs, flops: None })
     })
 }
 
@@ -274,7 +274,7 @@ pub fn merge_case(out_dtype: DType, nk: (usize, usize), ranks: Vec<usize>) -> Ca
         let (wt, out) = (input(gpu, &[n, k], &w)?, output(gpu, &[n, k], out_dtype, "merged")?);
         let outputs = vec![Output::new("W'", &out, want, Expect::Close(tol))];
         let launch = move |rec: &mut crate::gpu::Recorder| lora_merge(rec, &wt, &stack, &lambdas, &out);
-        Ok(Instance { launch: Box::new(launch), outputs })
+        Ok(Instance { launch: Box::new(launch), outputs, flops: None })
     })
 }
 
@@ -296,7 +296,7 @@ pub fn pack_case(dtype: DType, rows: usize, cols: usize) -> Case {
             fd: None,
         };
         let launch = move |rec: &mut crate::gpu::Recorder| pack::pack(rec, &src, &dst);
-        Ok(Instance { launch: Box::new(launch), outputs: vec![out] })
+        Ok(Instance { launch: Box::new(launch), outputs: vec![out], flops: None })
     })
 }
 
@@ -317,7 +317,7 @@ pub fn pack_prologue_case(kind: PrologueKind, rows: usize, cols: usize) -> Case 
             fd: None,
         };
         let launch = move |rec: &mut crate::gpu::Recorder| pack::pack_prologue(rec, &src, &prologue, &dst);
-        Ok(Instance { launch: Box::new(launch), outputs: vec![out] })
+        Ok(Instance { launch: Box::new(launch), outputs: vec![out], flops: None })
     })
 }
 
@@ -376,6 +376,10 @@ pub fn prologue_case(v: Variant, dtype: DType, kind: PrologueKind, mkn: Shape) -
             let opts = MatmulOpts { variant: Some(v), ..Default::default() };
             matmul_act(rec, Form::Nt, &act, &bm, &yo, &opts)
         };
-        Ok(Instance { launch: Box::new(launch), outputs: vec![Output::new("Y", &y, want, Expect::Close(TOL))] })
+        Ok(Instance {
+            launch: Box::new(launch),
+            outputs: vec![Output::new("Y", &y, want, Expect::Close(TOL))],
+            flops: None,
+        })
     })
 }

@@ -176,15 +176,24 @@ pub fn check_table(gpu: &Gpu) -> Vec<Case> {
         for v in AttentionVariant::available(gpu, heads, kv, hd) {
             let h = Heads { heads, kv_heads: kv, hd };
             for (shared, rope) in [(false, false), (true, false), (false, true), (true, true)] {
-                t.push(layer::attention_case(h, r, keys, shared, rope, v));
+                t.push(layer::attention_case(h, r, keys, shared, rope, 0, v));
+            }
+            // a prefill's runs of rows, which the flash kernel shares keys within
+            for (shared, runs) in [(false, 1), (true, 3.min(r))] {
+                t.push(layer::attention_case(h, r, keys, shared, false, runs, v));
             }
         }
     }
     for (heads, kv, hd, r) in [(9, 3, 64, 7), (4, 2, 12, 33)] {
         t.push(layer::rope_backward_case(heads, kv, hd, r));
     }
-    t.push(layer::attention_backward_case(2, 1, 4, vec![3, 2]));
-    t.push(layer::attention_backward_case(9, 3, 64, vec![7, 1, 12]));
+    for (heads, kv, hd, lens) in [(2, 1, 4, vec![3, 2]), (9, 3, 64, vec![7, 1, 12]), (4, 2, 40, vec![20, 37])] {
+        for v in AttentionVariant::available(gpu, heads, kv, hd) {
+            if v != AttentionVariant::Groups {
+                t.push(layer::attention_backward_case(heads, kv, hd, lens.clone(), v));
+            }
+        }
+    }
     t.push(layer::bias_case(33, 130));
     t.push(layer::copy_case(7, 45));
     for dtype in [DType::F32, DType::F16] {
@@ -260,14 +269,20 @@ pub fn perf_table(gpu: &Gpu, grid: &PerfGrid) -> Vec<Case> {
     let smol = Heads { heads: 9, kv_heads: 3, hd: 64 };
     for &s in &grid.seqs {
         // a prefill's rows (rope_kv launched before), then four sequences' decode rows (rope in it)
-        for (rows, rope) in [(s, false), (4, true)] {
+        for (rows, rope, runs) in [(s, false, 1), (4, true, 0)] {
             for v in AttentionVariant::available(gpu, 9, 3, 64) {
-                let mut c = layer::attention_case(smol, rows, s, false, rope, v);
+                let mut c = layer::attention_case(smol, rows, s, false, rope, runs, v);
                 c.group = format!("attention {rows} {s}");
                 t.push(c);
             }
         }
-        t.push(layer::attention_backward_case(9, 3, 64, vec![s]));
+        for v in AttentionVariant::available(gpu, 9, 3, 64) {
+            if v != AttentionVariant::Groups {
+                let mut c = layer::attention_backward_case(9, 3, 64, vec![s], v);
+                c.group = format!("attention backward {s}");
+                t.push(c);
+            }
+        }
     }
     t.push(layer::swiglu_case(r, 1536));
     t.push(layer::swiglu_backward_case(r, 1536));

@@ -38,7 +38,7 @@ pub fn cross_entropy_case(r: usize, v: usize) -> Case {
             Output::new("loss", &loss, want_loss, Expect::Close(1e-5)),
             Output::new("dlogits", &lt, want_grad, Expect::Close(1e-5)).with_prior(logits).with_fd(fd),
         ];
-        Ok(Instance { launch: Box::new(move |rec| cross_entropy(rec, &lt, &tt, &loss, scale)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| cross_entropy(rec, &lt, &tt, &loss, scale)), outputs, flops: None })
     })
 }
 
@@ -57,7 +57,11 @@ pub fn dropout_case(p: f32, r: usize, c: usize, accumulate: bool) -> Case {
         } else {
             Output::new("out", &out, f64s(&dropped), Expect::Exact)
         };
-        Ok(Instance { launch: Box::new(move |rec| dropout(rec, &d, &a, &out, accumulate)), outputs: vec![o] })
+        Ok(Instance {
+            launch: Box::new(move |rec| dropout(rec, &d, &a, &out, accumulate)),
+            outputs: vec![o],
+            flops: None,
+        })
     })
 }
 
@@ -73,7 +77,7 @@ pub fn sumsq_case(n: usize) -> Case {
         let (gt, mt, p) =
             (input(gpu, &[n], &g)?, input(gpu, &[n], &mask)?, output(gpu, &[chunks], DType::F32, "partials")?);
         let outputs = vec![Output::new("partials", &p, want, Expect::Close(1e-6))];
-        Ok(Instance { launch: Box::new(move |rec| sumsq(rec, &gt, Some(&mt), &p)), outputs })
+        Ok(Instance { launch: Box::new(move |rec| sumsq(rec, &gt, Some(&mt), &p)), outputs, flops: None })
     })
 }
 
@@ -114,7 +118,7 @@ pub fn adamw_case(n: usize) -> Case {
         let launch = move |rec: &mut Recorder| {
             adamw(rec, &hp, t, scale, &AdamwState { param: &pt, grad: &gt, mask: Some(&maskt), m: &mt, v: &vt })
         };
-        Ok(Instance { launch: Box::new(launch), outputs })
+        Ok(Instance { launch: Box::new(launch), outputs, flops: None })
     })
 }
 
@@ -126,13 +130,13 @@ pub fn ceiling_cases(n: usize) -> Vec<Case> {
             let a = rng.vec(n, 1.0);
             let (src, dst) = (input(gpu, &[n], &a)?, output(gpu, &[n], DType::F32, "dst")?);
             let outputs = vec![Output::new("dst", &dst, f64s(&a), Expect::Exact)];
-            Ok(Instance { launch: Box::new(move |rec| ceiling::copy(rec, &src, &dst)), outputs })
+            Ok(Instance { launch: Box::new(move |rec| ceiling::copy(rec, &src, &dst)), outputs, flops: None })
         }),
         case("ceiling fma", "2 groups x 64 rounds", DType::F32, "-", move |gpu, rng| {
             let prior = rng.vec(2 * 64 * 4, 1.0);
             let sink: Tensor = output(gpu, &[2 * 64, 4], DType::F32, "sink")?;
             let outputs = vec![Output::new("sink", &sink, f64s(&prior), Expect::Exact).with_prior(prior)];
-            Ok(Instance { launch: Box::new(move |rec| ceiling::fma(rec, &sink, 2, 64)), outputs })
+            Ok(Instance { launch: Box::new(move |rec| ceiling::fma(rec, &sink, 2, 64)), outputs, flops: None })
         }),
     ]
 }
