@@ -44,6 +44,9 @@ fn read_csv(path: &Path, subject: &str) -> Result<Vec<Question>> {
             answer,
         });
     }
+    if out.is_empty() {
+        return Err(Error::file(path, "no questions"));
+    }
     Ok(out)
 }
 

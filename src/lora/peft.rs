@@ -151,6 +151,15 @@ impl Adapter {
             let Some((layer, target, which)) = parse_name(name) else {
                 return Err(Error::file(&st_path, format!("tensor '{name}' is not a LoRA factor of a known module")));
             };
+            if !config.target_modules.contains(&target) {
+                return Err(Error::file(
+                    &st_path,
+                    format!(
+                        "tensor '{name}' adapts {target}, which adapter_config.json's target_modules {:?} lacks",
+                        config.target_modules
+                    ),
+                ));
+            }
             let view = st.tensor(name).map_err(|e| Error::file(&st_path, format!("tensor '{name}': {e}")))?;
             let data = crate::model::source::to_f32(view.dtype(), view.data())
                 .map_err(|e| Error::file(&st_path, format!("tensor '{name}': {e}")))?;

@@ -223,15 +223,22 @@ impl LlamaConfig {
         };
         let k = |s: &str| format!("{arch_name}.{s}");
         let keys = Keys::gguf(&arch_name);
-        let context = g.get(&keys.context).and_then(|v| v.as_u64());
+        let context = g.opt_u64(&keys.context)?;
         let hidden = g.u64(&k("embedding_length"))? as usize;
         let heads = g.u64(&k("attention.head_count"))? as usize;
-        let kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(heads as u64) as usize;
-        let head_dim = match g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()) {
-            Some(d) => d as usize,
-            None => hidden / heads.max(1),
-        };
-        let vocab = match g.get(&k("vocab_size")).and_then(|v| v.as_u64()) {
+        let kv_heads = g.opt_u64(&k("attention.head_count_kv"))?.unwrap_or(heads as u64) as usize;
+        // llama.cpp's head size is key_length (default hidden / heads) and the rotary size
+        // rope.dimension_count; lorafuse rotates whole heads with values as wide as keys
+        let rot = g.opt_u64(&k("rope.dimension_count"))?;
+        let head_dim = g.opt_u64(&k("attention.key_length"))?.or(rot).map_or(hidden / heads.max(1), |d| d as usize);
+        for (key, v) in
+            [("rope.dimension_count", rot), ("attention.value_length", g.opt_u64(&k("attention.value_length"))?)]
+        {
+            if v.is_some_and(|v| v as usize != head_dim) {
+                return Err(g.meta_err(&k(key), format!("{} differs from the head size {head_dim}: partial rotary or unequal key/value heads are not supported", v.unwrap_or(0))));
+            }
+        }
+        let vocab = match g.opt_u64(&k("vocab_size"))? {
             Some(v) => v as usize,
             None => g.tensor("token_embd.weight")?.shape()[0],
         };
@@ -248,9 +255,9 @@ impl LlamaConfig {
             kv_heads,
             head_dim,
             vocab,
-            rope_theta: g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            rope_theta: g.opt_f64(&k("rope.freq_base"))?.unwrap_or(10000.0),
             rope_scaling,
-            rms_eps: g.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5),
+            rms_eps: g.opt_f64(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
             max_positions: context.unwrap_or(2048) as usize,
             context_source: context_source(&keys.context, g.path(), context.is_some()),
             tie_embeddings: g.tensor("output.weight").is_err(),
@@ -284,6 +291,7 @@ impl LlamaConfig {
             rms_norm_eps: Option<f64>,
             max_position_embeddings: Option<usize>,
             tie_word_embeddings: Option<bool>,
+            hidden_act: Option<String>,
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         let j: Json = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a model config: {e}")))?;
@@ -297,6 +305,10 @@ impl LlamaConfig {
                 ));
             }
         };
+        // the MLP is SwiGLU: another activation would run silently as silu
+        if let Some(act) = j.hidden_act.as_deref().filter(|a| !matches!(*a, "silu" | "swish")) {
+            return Err(Error::file(path, format!("hidden_act '{act}': lorafuse's MLP is SwiGLU (silu)")));
+        }
         let rope_scaling = match j.rope_scaling {
             None => RopeScaling::None,
             Some(s) if s.rope_type.as_deref() == Some("llama3") => RopeScaling::Llama3(Llama3Scaling {

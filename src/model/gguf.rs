@@ -241,6 +241,10 @@ impl Gguf {
         };
         let data_start = c.pos.div_ceil(align) * align;
         let g = Gguf { path: path.to_path_buf(), version, metadata, tensors, data_start, file_len: len };
+        // llama.cpp's rule: each tensor's data starts where the one before it ended, padded to the
+        // alignment. A wrong type or dimension then shows as a misplaced offset (or as bytes left
+        // after the last tensor) instead of reading another tensor's bytes.
+        let mut expected = 0u64;
         for t in &g.tensors {
             let numel = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             let bytes = numel
@@ -249,6 +253,16 @@ impl Gguf {
             if t.offset % align != 0 {
                 return Err(g.tensor_err(&t.name, format!("data offset {} is not aligned to {align}", t.offset)));
             }
+            if t.offset != expected {
+                return Err(g.tensor_err(
+                    &t.name,
+                    format!(
+                        "data offset {} where the tensors before it end at {expected}: a wrong type, dimension or offset in the header",
+                        t.offset
+                    ),
+                ));
+            }
+            expected = t.offset.saturating_add(bytes.div_ceil(align).saturating_mul(align));
             let end = data_start.checked_add(t.offset).and_then(|s| s.checked_add(bytes));
             if end.is_none_or(|e| e > len) {
                 return Err(g.tensor_err(
@@ -259,6 +273,16 @@ impl Gguf {
                     ),
                 ));
             }
+        }
+        let described = data_start.saturating_add(expected);
+        if len > described {
+            return Err(Error::file(
+                path,
+                format!(
+                    "{} bytes after the last tensor's data (the directory describes {described} of {len}): a wrong type or dimension in the header",
+                    len - described
+                ),
+            ));
         }
         Ok(g)
     }
@@ -298,7 +322,7 @@ impl Gguf {
         self.metadata.get(key)
     }
 
-    fn meta_err(&self, key: &str, msg: &str) -> Error {
+    pub fn meta_err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
         Error::file(&self.path, format!("metadata '{key}': {msg}"))
     }
 
@@ -307,6 +331,21 @@ impl Gguf {
             .ok_or_else(|| self.meta_err(key, "missing"))?
             .as_u64()
             .ok_or_else(|| self.meta_err(key, "not an integer"))
+    }
+
+    /// An optional integer: absent is None, present of another type an error (never read as
+    /// absent, which would put a default in its place).
+    pub fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.get(key)
+            .map(|v| v.as_u64().ok_or_else(|| self.meta_err(key, format!("{v:?} is not an integer"))))
+            .transpose()
+    }
+
+    /// An optional number, as `opt_u64`.
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key)
+            .map(|v| v.as_f64().ok_or_else(|| self.meta_err(key, format!("{v:?} is not a number"))))
+            .transpose()
     }
 
     pub fn f64(&self, key: &str) -> Result<f64> {

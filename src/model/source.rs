@@ -159,7 +159,7 @@ impl ModelSource {
                     Ok(t) => {
                         let j: serde_json::Value =
                             serde_json::from_str(&t).map_err(|e| Error::file(&p, format!("invalid JSON: {e}")))?;
-                        j.get("chat_template").and_then(|v| v.as_str()).map(str::to_string)
+                        hf_chat_template(&j).map_err(|e| Error::file(&p, e))?
                     }
                     Err(_) => None,
                 }
@@ -243,6 +243,23 @@ impl ModelSource {
             ));
         }
         Ok(data)
+    }
+}
+
+/// tokenizer_config.json's chat_template: a string, or Hugging Face's list of named templates
+/// (the one named "default"); absent or null: none.
+fn hf_chat_template(cfg: &serde_json::Value) -> std::result::Result<Option<String>, String> {
+    use serde_json::Value;
+    match cfg.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template").and_then(Value::as_str))
+            .map(|t| Some(t.to_string()))
+            .ok_or_else(|| "chat_template is a list without a template named \"default\"".into()),
+        Some(other) => Err(format!("chat_template is {other}, not a template string")),
     }
 }
 

@@ -102,10 +102,22 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&special);
         inner.add_tokens(&user);
-        let id = |key: &str| g.get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
-        let bos = id("tokenizer.ggml.bos_token_id");
+        // a special token's id is an integer naming one of the tokens, or absent
+        let id = |key: &str| -> Result<Option<u32>> {
+            match g.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64().filter(|&i| (i as usize) < tokens.len()) {
+                    Some(i) => Ok(Some(i as u32)),
+                    None => Err(Error::file(
+                        g.path(),
+                        format!("{key} is {v:?}, not the id of one of its {} tokens", tokens.len()),
+                    )),
+                },
+            }
+        };
+        let bos = id("tokenizer.ggml.bos_token_id")?;
         let mut eos: Vec<u32> =
-            [id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.eot_token_id")].into_iter().flatten().collect();
+            [id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?].into_iter().flatten().collect();
         eos.dedup();
         let name = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
         Ok(Tokenizer {
@@ -122,20 +134,39 @@ impl Tokenizer {
     /// generation_config.json (where present) from a Hugging Face model directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         let tj = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| tok_err(&tj, e))?;
-        let cfg = read_json(&dir.join("tokenizer_config.json"))?;
-        let token_str = |v: &serde_json::Value| -> Option<String> {
-            match v {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
-                _ => None,
+        let text = std::fs::read_to_string(&tj).map_err(|e| tok_err(&tj, e))?;
+        // JSON syntax first, so that a cut-short file is reported with its line and column
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| tok_err(&tj, format!("invalid JSON: {e}")))?;
+        // the tokenizers crate unwraps inside some of its deserializers (a malformed decoder
+        // section panics): its panic becomes this file's error
+        let inner = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+            .map_err(|_| tok_err(&tj, "malformed (the tokenizers library could not read it)"))?
+            .map_err(|e| tok_err(&tj, e))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = read_json(&cfg_path)?;
+        if cfg.as_ref().is_some_and(|c| !c.is_object()) {
+            return Err(Error::file(&cfg_path, "is not a JSON object"));
+        }
+        // a named bos/eos token is a string or {"content": string}, and in the vocabulary: an
+        // end of turn the tokenizer cannot produce would never stop generation
+        let token = |key: &str| -> Result<Option<(String, u32)>> {
+            let t = match cfg.as_ref().and_then(|c| c.get(key)) {
+                None | Some(serde_json::Value::Null) => return Ok(None),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Object(o)) if o.get("content").is_some_and(|c| c.is_string()) => {
+                    o["content"].as_str().unwrap_or_default().to_string()
+                }
+                Some(v) => return Err(Error::file(&cfg_path, format!("{key} is {v}, not a token string"))),
+            };
+            match inner.token_to_id(&t) {
+                Some(id) => Ok(Some((t, id))),
+                None => Err(Error::file(&cfg_path, format!("{key} '{t}' is not in tokenizer.json's vocabulary"))),
             }
         };
-        let bos_token = cfg.as_ref().and_then(|c| c.get("bos_token")).and_then(token_str);
-        let eos_token = cfg.as_ref().and_then(|c| c.get("eos_token")).and_then(token_str);
+        let (bos_token, bos) = token("bos_token")?.unzip();
+        let (eos_token, eos_id) = token("eos_token")?.unzip();
         let add_bos = cfg.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
-        let bos = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
-        let mut eos: Vec<u32> = eos_token.as_deref().and_then(|t| inner.token_to_id(t)).into_iter().collect();
+        let mut eos: Vec<u32> = eos_id.into_iter().collect();
         if let Some(gen_cfg) = read_json(&dir.join("generation_config.json"))? {
             match gen_cfg.get("eos_token_id") {
                 Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|v| v as u32)),

@@ -21,6 +21,13 @@ fn parse_value(v: &serde_json::Value) -> std::result::Result<Example, String> {
         serde_json::from_value::<Vec<Message>>(m.clone())
             .map_err(|e| format!("messages must be [{{role, content}}, ...]: {e}"))
     };
+    // an Alpaca field is a string or absent: a list or a number would train on an empty turn
+    if let Some(k) = ["instruction", "input", "context", "output", "response"]
+        .iter()
+        .find(|k| v.get(**k).is_some_and(|x| !x.is_string() && !x.is_null()))
+    {
+        return Err(format!("\"{k}\" must be a string"));
+    }
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
     let messages = if v.is_array() {
         msgs(v)?
