@@ -137,7 +137,7 @@ fn formats() -> Vec<Format> {
             file: "mmlu/test/algebra_test.csv",
             syntax: Syntax::Csv,
             good: "\"Find x, if 2x = 4\",1,2,3,4,B\nWhat is 3+3?,5,6,7,\"8, or more\",B\n".into(),
-            load: Some(|p| mmlu(p)),
+            load: Some(mmlu),
             command: |m, d, o| eval_command("--mmlu", m, &d.join("mmlu"), o),
             bad: vec![
                 ("answer E", "What is 3+3?,5,6,7,8,E\n".into()),
@@ -150,7 +150,7 @@ fn formats() -> Vec<Format> {
             file: "mmlu/dev/algebra_dev.csv",
             syntax: Syntax::Csv,
             good: "What is 1+1?,1,2,3,4,B\n\"Is 0 even, or odd?\",even,odd,both,neither,A\n".into(),
-            load: Some(|p| mmlu(p)),
+            load: Some(mmlu),
             command: |m, d, o| eval_command("--mmlu", m, &d.join("mmlu"), o),
             bad: vec![("answer lowercase z", "What is 1+1?,1,2,3,4,z\n".into())],
         },

@@ -20,7 +20,7 @@ fn split(b: &[u8]) -> (usize, Parts) {
 
 fn join(p: &Parts) -> Vec<u8> {
     let mut h = serde_json::to_string(&p.header).unwrap().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
