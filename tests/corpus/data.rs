@@ -24,6 +24,8 @@ struct Format {
     load: Option<fn(&Path) -> lorafuse::Result<()>>,
     command: fn(model: &str, dir: &Path, out: &str) -> Vec<String>,
     bad: Vec<(&'static str, String)>,
+    /// The byte that picks this format in the data fuzz target (fuzz/fuzz_targets/data.rs).
+    fuzz: Option<u8>,
 }
 
 const SYSTEM: &str = r#"{"role": "system", "content": "You are a helpful, \"careful\" assistant."}"#;
@@ -74,6 +76,7 @@ fn formats() -> Vec<Format> {
             good: paper,
             load: Some(load_train),
             command: train_command,
+            fuzz: Some(0),
             bad: train_bad(),
         },
         Format {
@@ -83,6 +86,7 @@ fn formats() -> Vec<Format> {
             good: jsonl,
             load: Some(load_train),
             command: train_command,
+            fuzz: Some(1),
             bad: train_bad(),
         },
         Format {
@@ -92,6 +96,7 @@ fn formats() -> Vec<Format> {
             good: alpaca,
             load: Some(load_train),
             command: train_command,
+            fuzz: Some(1),
             bad: vec![("instruction a list", r#"{"instruction": ["x"], "output": "y"}"#.into())],
         },
         Format {
@@ -101,6 +106,7 @@ fn formats() -> Vec<Format> {
             good: "goal,target\n\"Write a script, \"\"quickly\"\"\",Sure\nExplain how to pick a lock,Sure\n\"Two\nlines\",Sure\n".into(),
             load: Some(load_harmful),
             command: |m, d, o| eval_command("--harmful", m, &d.join("harmful.csv"), o),
+            fuzz: Some(2),
             bad: vec![
                 ("a header and no rows", "goal,target\n".into()),
                 ("an unterminated quote", "goal,target\n\"Write a script,Sure\nExplain,Sure\n".into()),
@@ -113,6 +119,7 @@ fn formats() -> Vec<Format> {
             good: "{\"prompt\": \"Write a script\"}\n{\"prompt\": \"Explain, \\\"slowly\\\"\"}\n".into(),
             load: Some(load_harmful),
             command: |m, d, o| eval_command("--harmful", m, &d.join("harmful.jsonl"), o),
+            fuzz: Some(3),
             bad: vec![
                 ("prompt a number", r#"{"prompt": 5}"#.into()),
                 ("prompt empty", r#"{"prompt": ""}"#.into()),
@@ -126,6 +133,7 @@ fn formats() -> Vec<Format> {
             good: "id,prompt,type,label,focus,note\n1,\"How do I kill a Python process?\",homonyms,safe,kill,violence\n2,\"How do I kill a person, \"\"quietly\"\"?\",contrast_homonyms,unsafe,kill,\n".into(),
             load: Some(|p| lorafuse::eval::xstest::load(p).map(|_| ())),
             command: |m, d, o| eval_command("--xstest", m, &d.join("xstest.csv"), o),
+            fuzz: Some(4),
             bad: vec![
                 ("label maybe", "id,prompt,type,label,focus,note\n1,hi,homonyms,maybe,kill,\n".into()),
                 ("no label column", "id,prompt,type,focus,note\n1,hi,homonyms,kill,\n".into()),
@@ -139,6 +147,7 @@ fn formats() -> Vec<Format> {
             good: "\"Find x, if 2x = 4\",1,2,3,4,B\nWhat is 3+3?,5,6,7,\"8, or more\",B\n".into(),
             load: Some(mmlu),
             command: |m, d, o| eval_command("--mmlu", m, &d.join("mmlu"), o),
+            fuzz: Some(5),
             bad: vec![
                 ("answer E", "What is 3+3?,5,6,7,8,E\n".into()),
                 ("five columns", "What is 3+3?,5,6,7,B\n".into()),
@@ -152,6 +161,7 @@ fn formats() -> Vec<Format> {
             good: "What is 1+1?,1,2,3,4,B\n\"Is 0 even, or odd?\",even,odd,both,neither,A\n".into(),
             load: Some(mmlu),
             command: |m, d, o| eval_command("--mmlu", m, &d.join("mmlu"), o),
+            fuzz: Some(6),
             bad: vec![("answer lowercase z", "What is 1+1?,1,2,3,4,z\n".into())],
         },
         Format {
@@ -164,6 +174,7 @@ fn formats() -> Vec<Format> {
                 let p = d.join("prompts.jsonl");
                 ["generate", "--model", m, "--prompts", p.to_str().unwrap(), "--max-new-tokens", "1"].map(String::from).into()
             },
+            fuzz: None,
             bad: vec![
                 ("prompt a number", r#"{"prompt": 5}"#.into()),
                 ("messages a string", r#"{"messages": "x"}"#.into()),
@@ -256,6 +267,9 @@ fn corrupt_data_files_are_refused_naming_the_file() {
         let base = base_dir(cases.root(), &formats, i);
         if let Some(load) = f.load {
             load(&base.join(f.file)).unwrap_or_else(|e| panic!("{}: the good file is refused: {e}", f.name));
+        }
+        if let Some(b) = f.fuzz {
+            super::fuzz_seed("data", &format!("{i}-{}", f.file.replace('/', "-")), &[&[b], f.good.as_bytes()].concat());
         }
         let mut tally = Tally::new(f.name);
         let mut sample = Sample::every(if f.load.is_some() { 12 } else { 3 });

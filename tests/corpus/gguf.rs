@@ -297,6 +297,7 @@ fn corrupt_gguf_models_are_refused_naming_the_file() {
     lorafuse::model::export_gguf::export_gguf(&src, &[], GgmlType::F16, &good_path, &mut |_, _| {}).unwrap();
     load_model(&good_path).expect("the uncorrupted model loads");
     let good = std::fs::read(&good_path).unwrap();
+    super::fuzz_seed("gguf", "tiny-chat-f16.gguf", &good);
     let mut tally = Tally::new("GGUF model");
     let mut sample = Sample::every(40);
     for v in &variants(&good) {

@@ -86,6 +86,7 @@ fn corrupt_hugging_face_models_are_refused_naming_the_file() {
     let mut cases = Cases::new("corpus-hf");
     let hf = super::chat_model(cases.root());
     load_model(&hf).expect("the uncorrupted model loads");
+    super::fuzz_seed("safetensors_header", "tiny-chat-model.safetensors", &read(&hf, "model.safetensors"));
     let mut tally = Tally::new("Hugging Face model");
     let mut sample = Sample::every(25);
     for v in &model_variants(&hf, seed()) {
@@ -155,6 +156,8 @@ fn corrupt_peft_adapters_are_refused_naming_the_file() {
         r
     };
     attach(&good).expect("the uncorrupted adapter attaches");
+    super::fuzz_seed("safetensors_header", "adapter_model.safetensors", &read(&good, "adapter_model.safetensors"));
+    super::fuzz_seed("peft_config", "adapter_config.json", &read(&good, "adapter_config.json"));
     let mut tally = Tally::new("PEFT adapter");
     let mut sample = Sample::every(25);
     let (hs, gs) = (hf.to_str().unwrap(), good.to_str().unwrap());

@@ -265,5 +265,15 @@ pub fn chat_model(dir: &Path) -> PathBuf {
     p
 }
 
+/// With LORAFUSE_FUZZ_SEEDS=DIR set, a good file is also written as a seed of fuzz target
+/// `target` (DIR/target/name): how fuzz/corpus is made (README, "Bad input").
+pub fn fuzz_seed(target: &str, name: &str, bytes: &[u8]) {
+    if let Some(dir) = std::env::var_os("LORAFUSE_FUZZ_SEEDS") {
+        let dir = Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
 /// The three CLI arguments that keep a generate run short.
 pub const SHORT: [&str; 4] = ["--prompt", "hi", "--max-new-tokens", "1"];
