@@ -12,6 +12,7 @@ pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod rng;
+pub mod serve;
 pub mod train;
 pub mod validate;
 

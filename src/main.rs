@@ -76,6 +76,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// An interactive chat, replies streamed.
     Chat(cli::generate::ChatArgs),
+    /// An OpenAI-compatible HTTP server: every request its own adapter mix, all in one batch.
+    Serve(Box<cli::serve::ServeArgs>),
     /// The logits at every position of a token sequence, as safetensors (for comparing with
     /// other frameworks).
     Logits(cli::logits::LogitsArgs),
@@ -184,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { what } => cli::export::run(&what),
         Command::Profile { what } => cli::profile::run(&cli.device.open()?, &what),
         Command::Chat(args) => cli::generate::run_chat(&cli.device.open()?, &args),
+        Command::Serve(args) => cli::serve::run(&cli.device.open()?, &args),
         Command::Bench { what } => cli::bench::run(&cli.device.open()?, &what),
     }
 }

@@ -94,27 +94,12 @@ fn cli_generate_answers_and_rejects_bad_prompt_files() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A SmolLM2 adapter on q_proj and v_proj of every layer, B = `b_scale` × random (0: fresh).
-fn smollm_adapter(b_scale: f32) -> lorafuse::lora::peft::Adapter {
-    use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
-    let mut factors = std::collections::BTreeMap::new();
-    let mut rng = common::Rng::new(common::seed());
-    for layer in 0..30 {
-        for (t, out) in [("q_proj", 576), ("v_proj", 192)] {
-            let b = rng.vec(out * 8).iter().map(|x| x * b_scale).collect();
-            factors.insert((layer, t.to_string()), Factors { a: rng.vec(8 * 576), b, inp: 576, out });
-        }
-    }
-    let targets = vec!["q_proj".to_string(), "v_proj".to_string()];
-    Adapter { config: LoraConfig::new(8, 32.0, 0.05, &targets, false, None), factors, source: None }
-}
-
 /// `--adapter DIR:WEIGHT` end to end: a fresh adapter (B = 0, as training starts) on q_proj and
 /// v_proj of every layer leaves the answer as it was.
 #[test]
 fn cli_generate_with_a_fresh_adapter() {
     let dir = common::tiny::temp_dir("fresh-adapter");
-    smollm_adapter(0.0).save(&dir).unwrap();
+    common::smollm_adapter(0.0).save(&dir).unwrap();
     let spec = format!("{}:0.5", dir.display());
     let out = run_cli(&["generate", "--prompt", "What is the capital of France?", "--json", "--adapter", &spec]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -130,7 +115,7 @@ fn cli_generate_with_a_fresh_adapter() {
 #[test]
 fn cli_generate_per_prompt_adapter_mixes() {
     let dir = common::tiny::temp_dir("mix-adapter");
-    smollm_adapter(0.05).save(&dir.join("ad")).unwrap();
+    common::smollm_adapter(0.05).save(&dir.join("ad")).unwrap();
     let ad = dir.join("ad").display().to_string();
     let q = "Name a colour.";
     let file = dir.join("prompts.jsonl");

@@ -10,5 +10,6 @@ pub mod model;
 pub mod pipeline;
 pub mod profile;
 pub mod results;
+pub mod serve;
 pub mod sweep;
 pub mod train;

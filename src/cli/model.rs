@@ -35,18 +35,7 @@ pub struct ModelArgs {
     pub adapters: Vec<String>,
 }
 
-/// The largest adapter weight taken (PEFT's combination weights are a few units at most; a
-/// weight of 1e30 is a typo, and its logits would not be finite).
-pub const MAX_ADAPTER_WEIGHT: f64 = 1e4;
-
-/// An adapter weight from the command line or a prompts file: finite and at most
-/// MAX_ADAPTER_WEIGHT in size (as f32, so 1e300 does not become infinity).
-pub fn adapter_weight(w: f64) -> std::result::Result<f32, String> {
-    if !w.is_finite() || w.abs() > MAX_ADAPTER_WEIGHT {
-        return Err(format!("an adapter weight must be a finite number of size at most {MAX_ADAPTER_WEIGHT}, not {w}"));
-    }
-    Ok(w as f32)
-}
+pub use lorafuse::validate::adapter_weight;
 
 /// A count flag that must be at least 1 (batch sizes): 0 would run nothing, silently.
 pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {

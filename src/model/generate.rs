@@ -107,13 +107,77 @@ fn stream_of(prompt: &[u32]) -> u64 {
     prompt.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
+/// A sequence being generated: its tokens so far, its random stream, and how much of its text
+/// has been handed out (text that may still turn out to begin a stop string is held back).
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    emitted: usize,
+    rng: Rng,
+}
+
+/// What one token did to a sequence: the text it released, and the completion when it ended it.
+pub struct Step {
+    pub piece: String,
+    pub done: Option<Completion>,
+}
+
+impl Sequence {
+    /// A sequence for `prompt` sampling under `seed`: the same stream alone or in any batch.
+    pub fn new(prompt: &[u32], seed: u64) -> Sequence {
+        Sequence { ids: Vec::new(), emitted: 0, rng: Rng::new(seed, stream_of(prompt)) }
+    }
+
+    /// Samples the next token from this sequence's `logits` row and says what it released.
+    pub fn step(&mut self, logits: &[f32], tok: &Tokenizer, opts: &GenerateOptions) -> Result<Step> {
+        let next = sample(logits, &opts.sampling, &mut self.rng);
+        self.ids.push(next);
+        let text = tok.decode(&self.ids, true)?;
+        let stop_at = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min();
+        let finish = if tok.eos.contains(&next) {
+            Some(Finish::Eos)
+        } else if stop_at.is_some() {
+            Some(Finish::Stop)
+        } else if self.ids.len() >= opts.max_new_tokens {
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        let text = match stop_at {
+            Some(cut) => text[..cut].to_string(),
+            None => text,
+        };
+        // Released: all of it at the end; before, what no stop string can still claim and no
+        // half-decoded character ends.
+        let ready = match finish {
+            Some(_) => text.len(),
+            None if text.ends_with('\u{FFFD}') => self.emitted,
+            None => text.len() - held_back(&text, &opts.stop),
+        };
+        let piece = text.get(self.emitted..ready.max(self.emitted)).unwrap_or("").to_string();
+        self.emitted = self.emitted.max(ready);
+        let done = finish.map(|finish| Completion { ids: std::mem::take(&mut self.ids), text, finish });
+        Ok(Step { piece, done })
+    }
+}
+
+/// The length of the longest end of `text` that begins one of `stops` (and so may yet become it).
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut held = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if i > held && text.ends_with(&s[..i]) {
+                held = i;
+            }
+        }
+    }
+    held
+}
+
 struct Running {
     index: usize,
     slot: u32,
     next_pos: u32,
-    ids: Vec<u32>,
-    printed: usize,
-    rng: Rng,
+    seq: Sequence,
 }
 
 /// Contiguous groups of sequences (lengths `lens`, each growing by `extra` positions) whose KV
@@ -209,9 +273,7 @@ fn generate_batch(
             index: i,
             slot: i as u32,
             next_pos: p.len() as u32,
-            ids: Vec::new(),
-            printed: 0,
-            rng: Rng::new(opts.sampling.seed, stream_of(p)),
+            seq: Sequence::new(p, opts.sampling.seed),
         })
         .collect();
 
@@ -226,42 +288,18 @@ fn generate_batch(
     let decode_start = Instant::now();
     while !running.is_empty() {
         let mut still = Vec::with_capacity(running.len());
-        for (row, mut seq) in running.into_iter().enumerate() {
+        for (row, mut r) in running.into_iter().enumerate() {
             if opts.max_new_tokens == 0 {
-                done[seq.index] = Some(Completion { ids: vec![], text: String::new(), finish: Finish::Length });
+                done[r.index] = Some(Completion { ids: vec![], text: String::new(), finish: Finish::Length });
                 continue;
             }
-            let next = sample(&logits[row * vocab..(row + 1) * vocab], &opts.sampling, &mut seq.rng);
-            seq.ids.push(next);
-            let piece = tok.decode_new(&seq.ids, &mut seq.printed)?;
-            let text = tok.decode(&seq.ids, true)?;
-            let stop_at = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min();
-            let finish = if tok.eos.contains(&next) {
-                Some(Finish::Eos)
-            } else if stop_at.is_some() {
-                Some(Finish::Stop)
-            } else if seq.ids.len() >= opts.max_new_tokens {
-                Some(Finish::Length)
-            } else {
-                None
-            };
-            match finish {
-                Some(f) => {
-                    let text = match stop_at {
-                        Some(cut) => text[..cut].to_string(),
-                        None => text,
-                    };
-                    if !piece.is_empty() && f != Finish::Stop {
-                        on_text(seq.index, &piece);
-                    }
-                    done[seq.index] = Some(Completion { ids: seq.ids, text, finish: f });
-                }
-                None => {
-                    if !piece.is_empty() {
-                        on_text(seq.index, &piece);
-                    }
-                    still.push(seq);
-                }
+            let step = r.seq.step(&logits[row * vocab..(row + 1) * vocab], tok, opts)?;
+            if !step.piece.is_empty() {
+                on_text(r.index, &step.piece);
+            }
+            match step.done {
+                Some(c) => done[r.index] = Some(c),
+                None => still.push(r),
             }
         }
         running = still;
@@ -269,13 +307,13 @@ fn generate_batch(
             break;
         }
         let mut b = Batch::default();
-        for seq in running.iter_mut() {
-            let last = *seq.ids.last().expect("every running sequence has a token");
-            b.push_mixed(seq.slot, seq.next_pos, &[last], opts.mixes.get(seq.index).map_or(&[], Vec::as_slice));
-            seq.next_pos += 1;
+        for r in running.iter_mut() {
+            let last = *r.seq.ids.last().expect("every running sequence has a token");
+            b.push_mixed(r.slot, r.next_pos, &[last], opts.mixes.get(r.index).map_or(&[], Vec::as_slice));
+            r.next_pos += 1;
         }
         logits = forward(&b, &cache, "decode")?;
-        let step = running[0].ids.len();
+        let step = running[0].seq.ids.len();
         model.check_logits(&logits, |row| format!("decode step {step} of prompt {}", running[row].index))?;
         stats.decode_tokens += b.rows();
     }

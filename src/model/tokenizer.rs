@@ -215,18 +215,6 @@ impl Tokenizer {
     pub fn to_json(&self) -> Result<String> {
         self.inner.to_string(true).map_err(|e| Error::Invalid(format!("serializing the tokenizer: {e}")))
     }
-
-    /// Text of the tokens generated so far, for streaming: decodes `ids` and returns what was
-    /// not returned before (bytes of an unfinished UTF-8 character wait for the next token).
-    pub fn decode_new(&self, ids: &[u32], printed: &mut usize) -> Result<String> {
-        let text = self.decode(ids, true)?;
-        if text.ends_with('\u{FFFD}') {
-            return Ok(String::new());
-        }
-        let new = text.get(*printed..).unwrap_or("").to_string();
-        *printed = text.len();
-        Ok(new)
-    }
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {

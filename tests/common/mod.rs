@@ -131,4 +131,19 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse")).args(args).env("LORAFUSE_MODEL", model).output().unwrap()
 }
 
+/// A SmolLM2 adapter on q_proj and v_proj of every layer, B = `b_scale` × random (0: fresh).
+pub fn smollm_adapter(b_scale: f32) -> lorafuse::lora::peft::Adapter {
+    use lorafuse::lora::peft::{Adapter, Factors, LoraConfig};
+    let mut factors = std::collections::BTreeMap::new();
+    let mut rng = Rng::new(seed());
+    for layer in 0..30 {
+        for (t, out) in [("q_proj", 576), ("v_proj", 192)] {
+            let b = rng.vec(out * 8).iter().map(|x| x * b_scale).collect();
+            factors.insert((layer, t.to_string()), Factors { a: rng.vec(8 * 576), b, inp: 576, out });
+        }
+    }
+    let targets = vec!["q_proj".to_string(), "v_proj".to_string()];
+    Adapter { config: LoraConfig::new(8, 32.0, 0.05, &targets, false, None), factors, source: None }
+}
+
 pub mod tiny;
