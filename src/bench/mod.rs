@@ -71,4 +71,5 @@ impl Progress for Silent {
 pub mod fuse;
 pub mod model;
 pub mod ops;
+pub mod serve;
 pub mod train;

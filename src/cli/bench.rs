@@ -138,6 +138,38 @@ pub enum BenchCommand {
         #[command(flatten)]
         out: Outputs,
     },
+    /// The server under load on loopback: K streaming clients whose requests carry 1, 2, 8 or K
+    /// distinct adapter mixes, every mix in one batch against one mix a batch (--split-by-mix):
+    /// throughput, time to first token, latency.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 16, value_parser = super::model::at_least_one)]
+        clients: usize,
+        /// Requests a measurement, over all clients.
+        #[arg(long, default_value_t = 64, value_parser = super::model::at_least_one)]
+        requests: usize,
+        #[arg(long, default_value_t = 32, value_parser = super::model::at_least_one)]
+        max_tokens: usize,
+        /// Distinct mixes a measurement, comma-separated; 0: one per client.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,8,0")]
+        mixes: Vec<usize>,
+        /// Seconds after which a measurement sends no more requests.
+        #[arg(long, default_value_t = 300)]
+        time_limit: u64,
+        /// KV cache slots (the server's --max-seqs).
+        #[arg(long, default_value_t = 16, value_parser = super::model::at_least_one)]
+        max_seqs: usize,
+        #[arg(long, default_value_t = 8)]
+        r: usize,
+        #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+        targets: Vec<String>,
+        /// Also draw throughput against distinct mixes as SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        #[command(flatten)]
+        out: Outputs,
+    },
     /// LoRA training tokens/s (forward, backward, AdamW) against PyTorch + PEFT on this
     /// machine's CPU (scripts/setup-peft.sh), on the same token ids, and peak device memory.
     Train {
@@ -188,6 +220,43 @@ pub fn run(gpu: &Gpu, cmd: &BenchCommand) -> Result<()> {
             let load = lorafuse::model::llama::LoadOptions { dtype, layout: None };
             let report = bench::fuse::run(gpu, model, load, &opts, &mut BarProgress::new())?;
             out.emit(&report, &bench::fuse::markdown(&report))
+        }
+        BenchCommand::Serve {
+            model,
+            clients,
+            requests,
+            max_tokens,
+            mixes,
+            time_limit,
+            max_seqs,
+            r,
+            targets,
+            svg,
+            out,
+        } => {
+            if !model.adapters.is_empty() {
+                anyhow::bail!("bench serve makes its own two adapters: drop --adapter");
+            }
+            let loaded = model.load(gpu)?;
+            let opts = bench::serve::Options {
+                clients: *clients,
+                requests: *requests,
+                max_tokens: *max_tokens,
+                mixes: mixes.clone(),
+                time_limit: std::time::Duration::from_secs(*time_limit),
+                max_seqs: *max_seqs,
+                r: *r,
+                targets: targets.clone(),
+            };
+            let name = model.model.display().to_string();
+            let report =
+                bench::serve::run(loaded.model, loaded.tok, loaded.template, &name, &opts, &mut BarProgress::new())?;
+            if let Some(path) = svg {
+                lorafuse::atomic::write_atomic(path, bench::serve::chart(&report))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            out.emit(&report, &bench::serve::markdown(&report))
         }
         BenchCommand::Train { shape, steps, peer, out } => {
             let mut loaded = shape.model.load(gpu)?;

@@ -365,7 +365,18 @@ pub fn rehearse(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::cache_groups;
+    use super::{cache_groups, held_back};
+
+    #[test]
+    fn text_that_may_begin_a_stop_string_is_held_back() {
+        let stops = ["\nUser:".to_string(), "###".to_string()];
+        assert_eq!(held_back("Hello\nUs", &stops), 3);
+        assert_eq!(held_back("Hello #", &stops), 1);
+        assert_eq!(held_back("Hello", &stops), 0);
+        assert_eq!(held_back("a\n", &[]), 0);
+        // a character of several bytes is held whole or not at all
+        assert_eq!(held_back("ab é", &["éclair".to_string()]), "é".len());
+    }
 
     #[test]
     fn cache_groups_fit_the_capacity_and_cover_every_sequence() {

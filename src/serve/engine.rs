@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,8 @@ pub struct Shared {
     inbox: Mutex<Inbox>,
     wake: Condvar,
     adapters: Mutex<Vec<AdapterInfo>>,
+    /// EngineOptions::split_by_mix, switchable while serving (for the benchmark's comparison).
+    split_by_mix: AtomicBool,
     pub metrics: Metrics,
     pub opts: EngineOptions,
 }
@@ -129,6 +132,7 @@ impl Engine {
             inbox: Mutex::new(Inbox::default()),
             wake: Condvar::new(),
             adapters: Mutex::new(adapters.iter().map(|(i, _)| i.clone()).collect()),
+            split_by_mix: AtomicBool::new(opts.split_by_mix),
             metrics: Metrics::default(),
             opts,
         });
@@ -142,6 +146,11 @@ impl Engine {
 
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// One mix a batch from now on (true), or every mix in one batch.
+    pub fn set_split_by_mix(&self, split: bool) {
+        self.shared.split_by_mix.store(split, Ordering::Relaxed);
     }
 
     pub fn adapters(&self) -> Vec<AdapterInfo> {
@@ -310,22 +319,23 @@ impl Worker {
         let control: Vec<Control> = inbox.control.drain(..).collect();
         let mut jobs = Vec::new();
         if inbox.drain_by.is_none() {
-            // one mix a batch: the batch's mix while one runs, else the oldest waiting job's
-            let mut batch_mix = self.active.first().map(|a| a.mix.clone());
-            let mut i = 0;
-            while jobs.len() < self.free.len() && i < inbox.jobs.len() {
-                if self.shared.opts.split_by_mix {
-                    let mix = self.resolve(inbox.jobs[i].mix.as_ref()).ok();
-                    match (&batch_mix, mix) {
-                        (Some(b), Some(m)) if *b != m => {
-                            i += 1;
-                            continue;
-                        }
-                        (None, m) => batch_mix = m,
-                        _ => {}
+            let split = self.shared.split_by_mix.load(Ordering::Relaxed);
+            // One mix a batch: while a batch runs, only jobs of its mix join, and only while no
+            // other mix waits (so no mix starves); an empty batch takes the oldest job's mix.
+            // A job naming an adapter not loaded matches any batch (admitting it fails it).
+            let mix_of = |j: &Job| self.resolve(j.mix.as_ref()).ok().map(|m| self.weights(&m));
+            let running = self.active.first().map(|a| self.weights(&a.mix));
+            let other_waits = inbox.jobs.iter().any(|j| mix_of(j).is_some_and(|m| Some(m) != running));
+            if !(split && running.is_some() && other_waits) {
+                let batch_mix = running.or_else(|| inbox.jobs.front().and_then(mix_of));
+                let mut i = 0;
+                while jobs.len() < self.free.len() && i < inbox.jobs.len() {
+                    if split && mix_of(&inbox.jobs[i]).is_some_and(|m| Some(m) != batch_mix) {
+                        i += 1;
+                        continue;
                     }
+                    jobs.extend(inbox.jobs.remove(i));
                 }
-                jobs.extend(inbox.jobs.remove(i));
             }
         }
         self.shared.metrics.set_queue(inbox.jobs.len());
