@@ -82,3 +82,33 @@ fn fuse_bench_reports_every_mode() {
     assert!(md.contains("fused / sequential"), "{md}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `bench serve` end to end on SmolLM2, briefly: a fused and a split row per mix count, every
+/// request served, rates and percentiles positive, the chart drawn.
+#[test]
+fn serve_bench_reports_fused_and_split_rows() {
+    let gpu = gpu();
+    let src = lorafuse::model::source::ModelSource::open(&default_model()).unwrap();
+    let load = lorafuse::model::llama::LoadOptions { dtype: DType::Q4, layout: None };
+    let model = lorafuse::model::llama::Llama::load(gpu, &src, load).unwrap();
+    let opts = lorafuse::bench::serve::Options {
+        clients: 3,
+        requests: 4,
+        max_tokens: 3,
+        mixes: vec![1, 0],
+        time_limit: std::time::Duration::from_secs(600),
+        max_seqs: 2,
+        r: 4,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+    };
+    let (tok, template) = (src.tokenizer().unwrap(), src.chat_template().unwrap());
+    let report = lorafuse::bench::serve::run(model, tok, template, "smollm2", &opts, &mut Silent).unwrap();
+    let rows: Vec<(usize, &str)> = report.rows.iter().map(|r| (r.mixes, r.mode)).collect();
+    assert_eq!(rows, [(1, "fused"), (1, "split"), (3, "fused"), (3, "split")]);
+    for r in &report.rows {
+        assert!(r.requests == 4 && !r.cut_short && r.tokens >= 4, "{r:?}");
+        assert!(r.tokens_per_sec > 0.0 && r.ttft_p50 > 0.0 && r.latency_p99 >= r.ttft_p99, "{r:?}");
+    }
+    assert!(lorafuse::bench::serve::markdown(&report).contains("| 3 | split |"));
+    assert!(lorafuse::bench::serve::chart(&report).starts_with("<svg"));
+}

@@ -293,21 +293,31 @@ fn serve_batches_mixes_answers_errors_and_stops_cleanly() {
     assert!(!refused.is_empty() && statuses.iter().all(|(s, _)| *s == 200 || *s == 429), "{statuses:?}");
     assert!(refused.iter().all(|(_, h)| h.to_ascii_lowercase().contains("retry-after")), "{refused:?}");
 
-    // a client that leaves mid-stream frees its row
-    let cancelled = server.metric("cancelled_total");
-    {
-        let mut s = TcpStream::connect(&server.addr).unwrap();
-        let b = chat("Tell me a long story.", json!({"stream": true, "max_tokens": 24})).to_string();
-        write!(s, "{}", request("POST", "/v1/chat/completions", Some(KEY), Some(&b))).unwrap();
-        let mut first = [0u8; 64];
-        s.read_exact(&mut first).unwrap();
+    // a client that leaves, streaming or not, frees its row
+    for stream in [true, false] {
+        let cancelled = server.metric("cancelled_total");
+        {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            let b = chat("Tell me a long story.", json!({"stream": stream, "max_tokens": 24})).to_string();
+            write!(s, "{}", request("POST", "/v1/chat/completions", Some(KEY), Some(&b))).unwrap();
+            if stream {
+                let mut first = [0u8; 64];
+                s.read_exact(&mut first).unwrap();
+            } else {
+                // gone once its first token is out
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while server.metric("running_sequences") == 0.0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let freed = || server.metric("cancelled_total") > cancelled && server.metric("running_sequences") == 0.0;
+        while !freed() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(freed(), "the row of a client that left (stream: {stream}) was not freed");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let freed = || server.metric("cancelled_total") > cancelled && server.metric("running_sequences") == 0.0;
-    while !freed() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(freed(), "the stream's row was not freed");
 
     // adapters at run time: loaded, served, refused a second time, unloaded
     let load = json!({"name": "again", "path": da.display().to_string(), "weight": 1.5});

@@ -49,6 +49,10 @@ pub struct Row {
     pub latency_p99: f64,
     /// The time limit stopped it before every request was sent.
     pub cut_short: bool,
+    /// Forward passes, their mean rows, and the share of the wall time the engine spent in them.
+    pub steps: u64,
+    pub rows_per_step: f64,
+    pub busy: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -189,7 +193,14 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// One measurement: `opts.clients` clients, `m` distinct mixes.
-async fn measure(addr: std::net::SocketAddr, m: usize, mode: &'static str, opts: &Options) -> Result<Row> {
+async fn measure(
+    engine: &Engine,
+    addr: std::net::SocketAddr,
+    m: usize,
+    mode: &'static str,
+    opts: &Options,
+) -> Result<Row> {
+    let before = engine.shared().metrics.steps();
     let issued = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -218,6 +229,8 @@ async fn measure(addr: std::net::SocketAddr, m: usize, mode: &'static str, opts:
         samples.extend(c.await.map_err(|e| Error::Invalid(format!("bench client: {e}")))??);
     }
     let secs = started.elapsed().as_secs_f64();
+    let after = engine.shared().metrics.steps();
+    let steps = after.0 - before.0;
     let tokens: usize = samples.iter().map(|s| s.tokens).sum();
     let mut ttft: Vec<f64> = samples.iter().map(|s| s.ttft).collect();
     let mut lat: Vec<f64> = samples.iter().map(|s| s.latency).collect();
@@ -233,6 +246,9 @@ async fn measure(addr: std::net::SocketAddr, m: usize, mode: &'static str, opts:
         latency_p50: percentile(&mut lat, 0.5),
         latency_p99: percentile(&mut lat, 0.99),
         cut_short: samples.len() < opts.requests,
+        steps,
+        rows_per_step: (after.1 - before.1) as f64 / steps.max(1) as f64,
+        busy: (after.2 - before.2) / secs,
     })
 }
 
@@ -285,16 +301,16 @@ pub fn run(
         let server = tokio::spawn(axum::serve(listener, crate::serve::http::router(app)).into_future());
         // a round first, not counted: the kernels of the step shapes serving meets are compiled
         let warm = Options { requests: opts.clients, ..opts.clone() };
-        measure(addr, opts.clients, "warm-up", &warm).await?;
+        measure(&engine, addr, opts.clients, "warm-up", &warm).await?;
         progress.start("bench serve", 2 * mixes.len());
         let mut rows = Vec::new();
         for &m in &mixes {
             for (mode, split) in [("fused", false), ("split", true)] {
                 engine.set_split_by_mix(split);
-                let row = measure(addr, m, mode, opts).await?;
+                let row = measure(&engine, addr, m, mode, opts).await?;
                 progress.row(&format!(
-                    "{m:>2} mixes {mode:<5}: {:.1} tokens/s, TTFT p50 {:.2} s p99 {:.2} s, latency p50 {:.2} s p99 {:.2} s",
-                    row.tokens_per_sec, row.ttft_p50, row.ttft_p99, row.latency_p50, row.latency_p99
+                    "{m:>2} mixes {mode:<5}: {:.1} tokens/s, TTFT p50 {:.2} s p99 {:.2} s, latency p50 {:.2} s p99 {:.2} s; {} steps of {:.1} rows, {:.0}% busy",
+                    row.tokens_per_sec, row.ttft_p50, row.ttft_p99, row.latency_p50, row.latency_p99, row.steps, row.rows_per_step, 100.0 * row.busy
                 ));
                 rows.push(row);
             }
@@ -325,16 +341,16 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| distinct mixes | mode | requests | tokens/s | vs fused at 1 mix | vs fused, same mixes | TTFT p50 / p99 (s) | latency p50 / p99 (s) |"
+        "| distinct mixes | mode | requests | tokens/s | vs fused at 1 mix | vs fused, same mixes | TTFT p50 / p99 (s) | latency p50 / p99 (s) | steps | rows a step | engine busy |"
     );
-    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|");
     let base = r.rows.iter().find(|x| x.mode == "fused" && x.mixes == 1).map_or(f64::NAN, |x| x.tokens_per_sec);
     for row in &r.rows {
         let fused =
             r.rows.iter().find(|x| x.mode == "fused" && x.mixes == row.mixes).map_or(f64::NAN, |x| x.tokens_per_sec);
         let _ = writeln!(
             s,
-            "| {} | {} | {}{} | {:.1} | {:.2}× | {:.2}× | {:.2} / {:.2} | {:.2} / {:.2} |",
+            "| {} | {} | {}{} | {:.1} | {:.2}× | {:.2}× | {:.2} / {:.2} | {:.2} / {:.2} | {} | {:.1} | {:.0}% |",
             row.mixes,
             row.mode,
             row.requests,
@@ -345,7 +361,10 @@ pub fn markdown(r: &Report) -> String {
             row.ttft_p50,
             row.ttft_p99,
             row.latency_p50,
-            row.latency_p99
+            row.latency_p99,
+            row.steps,
+            row.rows_per_step,
+            100.0 * row.busy
         );
     }
     s

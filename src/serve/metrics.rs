@@ -83,6 +83,12 @@ impl Metrics {
         self.with(|c| c.running = n)
     }
 
+    /// Steps run, their rows and their seconds, so far.
+    pub fn steps(&self) -> (u64, u64, f64) {
+        let c = self.counts.lock().expect("metrics");
+        (c.steps, c.step_rows, c.step_secs)
+    }
+
     /// Tokens generated over the last RATE_WINDOW, per second.
     fn rate(c: &Counts) -> f64 {
         let now = Instant::now();
