@@ -137,11 +137,25 @@ impl Engine {
             opts,
         });
         let mut worker = Worker::new(model, tok, cache, shared.clone(), adapters)?;
+        let engine = Engine { shared };
+        let after = engine.clone();
         let handle = std::thread::Builder::new()
             .name("lorafuse-engine".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                // a panic ends the engine: its running jobs' channels close as it unwinds, and
+                // queued and later jobs are refused rather than left waiting
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err() {
+                    eprintln!("serve: the engine stopped on an internal error; requests are refused");
+                    after.shutdown(Duration::ZERO);
+                }
+            })
             .map_err(|e| Error::Invalid(format!("starting the engine thread: {e}")))?;
-        Ok((Engine { shared }, handle))
+        Ok((engine, handle))
+    }
+
+    /// Whether the engine has stopped taking jobs (shutting down, or stopped).
+    pub fn draining(&self) -> bool {
+        self.shared.inbox.lock().map_or(true, |i| i.drain_by.is_some())
     }
 
     pub fn shared(&self) -> &Shared {
@@ -159,7 +173,7 @@ impl Engine {
 
     /// Queues `job`, or says why not (the job's client should hear 429 or 503).
     pub fn submit(&self, job: Job) -> std::result::Result<(), Refused> {
-        let mut inbox = self.shared.inbox.lock().expect("inbox");
+        let Ok(mut inbox) = self.shared.inbox.lock() else { return Err(Refused::ShuttingDown) };
         if inbox.drain_by.is_some() {
             return Err(Refused::ShuttingDown);
         }
@@ -194,7 +208,7 @@ impl Engine {
     /// Stops taking jobs: queued ones are refused now, running ones finish, or are cancelled
     /// once `grace` has passed.
     pub fn shutdown(&self, grace: Duration) {
-        let mut inbox = self.shared.inbox.lock().expect("inbox");
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         inbox.drain_by = Some(Instant::now() + grace);
         for job in inbox.jobs.drain(..) {
             let _ = job.events.send(Event::Failed { status: 503, message: "the server is shutting down".into() });

@@ -102,7 +102,10 @@ async fn not_found(State(app): State<Arc<App>>) -> Response {
     app.error(ApiError::new(404, "no such endpoint"))
 }
 
-async fn health() -> Response {
+async fn health(State(app): State<Arc<App>>) -> Response {
+    if app.engine.draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "shutting_down"}))).into_response();
+    }
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
