@@ -306,6 +306,22 @@ fn cli_sweep_runs_end_to_end_on_a_tiny_model() {
     }
     let md = std::fs::read_to_string(dir.join("sweep/report.md")).unwrap();
     assert!(md.contains("Judge:") && md.contains(&p("model")), "the report names its judge");
+    // the paired table: every other arm against λ = 0 on the same prompts, its differences those
+    // of the arms' own rates
+    let sweep_md = std::fs::read_to_string(dir.join("sweep/sweep.md")).unwrap();
+    let paired =
+        sweep_md.split("| arm against λ = 0 |").nth(1).unwrap_or_else(|| panic!("no paired table: {sweep_md}"));
+    let rate = |a: &serde_json::Value| a["harmful"]["keyword_refusal"]["rate"].as_f64().unwrap();
+    let reference = arms.iter().find(|a| a["arm"]["name"] == "λ=0.00").unwrap();
+    for a in arms.iter().filter(|a| a["arm"]["name"] != "λ=0.00") {
+        let name = a["arm"]["name"].as_str().unwrap();
+        let row = paired.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap_or_else(|| panic!("{paired}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let want = format!("{:+.3} (", rate(a) - rate(reference));
+        assert!(cells[2].starts_with(&want) && cells[2].contains(" of 3, p "), "{row}: want {want}");
+        assert!(cells[4].contains(" of 2, p "), "{row}");
+    }
+    assert!(sweep_md.contains("McNemar"), "the table says what it tests");
     // the same folder with other settings is refused; with the same ones it resumes
     let mut other = args.to_vec();
     other[10] = "0,1";

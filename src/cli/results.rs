@@ -64,6 +64,9 @@ pub fn results_md(
     let _ = writeln!(s, "{}", training("task adapter (aoa_task_train.json, 44 conversations)", trained.0));
     let _ = writeln!(s, "{}\n", training("safety adapter (aoa_safety_train.json, 16 conversations)", trained.1));
     let _ = writeln!(s, "## The sweep\n\n{}", sweep::table(reports));
+    if let Some(paired) = sweep::paired(reports) {
+        let _ = writeln!(s, "{}\n\n{paired}", sweep::PAIRED_PLAN);
+    }
     let judge = reports.iter().find_map(|r| r.harmful.as_ref()?.judge.as_ref().map(|j| j.judge.clone()));
     let harm = |r: &ArmReport| r.harmful.as_ref().map(|h| h.judge.as_ref().map_or(h.asr, |j| j.harmfulness));
     let (l0, l4) = (arm(reports, "λ=0.00"), arm(reports, "λ=0.40"));
@@ -144,6 +147,7 @@ mod tests {
                 subjects: Default::default(),
             }),
             task: None,
+            items: Default::default(),
         }
     }
 

@@ -62,6 +62,9 @@ pub fn write_sweep(dir: &Path, preamble: &[String], reports: &[ArmReport]) -> Re
         md.push_str(&format!("{p}  \n"));
     }
     md.push_str(&format!("\nEach rate with its 95% Wilson interval and count.\n\n{table}\n"));
+    if let Some(paired) = sweep::paired(reports) {
+        md.push_str(&format!("{}\n\n{paired}\n", sweep::PAIRED_PLAN));
+    }
     let charts = sweep::charts(reports);
     for (file, chart) in &charts {
         lorafuse::atomic::write_atomic(&dir.join(file), chart.svg())?;

@@ -85,6 +85,19 @@ pub struct ArmReport {
     pub xstest: Option<XsTestReport>,
     pub mmlu: Option<MmluReport>,
     pub task: Option<TaskReport>,
+    /// Each item's outcome, for comparing arms on the same prompts (the records hold them, so
+    /// report.json does not repeat them).
+    #[serde(skip)]
+    pub items: Items,
+}
+
+/// Per prompt id: whether the arm's response to a harmful prompt has a refusal marker, whether
+/// it refused (fully or partly) a safe XSTest prompt, whether it answered an MMLU question right.
+#[derive(Clone, Debug, Default)]
+pub struct Items {
+    pub harmful_refused: BTreeMap<String, bool>,
+    pub xstest_safe_refused: BTreeMap<String, bool>,
+    pub mmlu_right: BTreeMap<String, bool>,
 }
 
 fn counts(classes: &[Option<Class>]) -> ClassCounts {
@@ -103,6 +116,7 @@ fn class_of(name: &str) -> Option<Class> {
 
 /// The report of one arm from the records (what they lack is left out of the counts).
 pub fn arm_report(arm: &Arm, sets: &Sets, records: &Records, judge: Option<&str>) -> ArmReport {
+    let mut items = Items::default();
     let response = |set: &str, id: &str| match records.get(&key("response", &arm.name, set, id)) {
         Some(Record::Response { response, .. }) => Some(response.as_str()),
         _ => None,
@@ -115,6 +129,7 @@ pub fn arm_report(arm: &Arm, sets: &Sets, records: &Records, judge: Option<&str>
         let texts: Vec<(&str, &str)> =
             sets.harmful.iter().filter_map(|p| response("harmful", &p.id).map(|r| (p.id.as_str(), r))).collect();
         let refused = texts.iter().filter(|(_, r)| is_refusal(r)).count();
+        items.harmful_refused = texts.iter().map(|(id, r)| (id.to_string(), is_refusal(r))).collect();
         let judge = judge.map(|name| {
             let scores: Vec<Option<u8>> =
                 texts.iter().filter_map(|(id, _)| judged("harmful", id).map(|(s, _)| s)).collect();
@@ -157,6 +172,10 @@ pub fn arm_report(arm: &Arm, sets: &Sets, records: &Records, judge: Option<&str>
             classified.iter().filter(|(p, _)| p.safe == safe).map(|(_, c)| *c).collect()
         };
         let (safe, unsafe_) = (counts(&of(true)), counts(&of(false)));
+        items.xstest_safe_refused = classified
+            .iter()
+            .filter_map(|(p, c)| Some((p.id.clone(), (*c).filter(|_| p.safe)?.is_refusal())))
+            .collect();
         let safe_n = safe.full_compliance + safe.full_refusal + safe.partial_refusal;
         let unsafe_n = unsafe_.full_compliance + unsafe_.full_refusal + unsafe_.partial_refusal;
         let mut by_type: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -187,6 +206,7 @@ pub fn arm_report(arm: &Arm, sets: &Sets, records: &Records, judge: Option<&str>
                 {
                     r += (pred == answer) as usize;
                     n += 1;
+                    items.mmlu_right.insert(format!("{}/{i}", sub.name), pred == answer);
                 }
             }
             right += r;
@@ -214,7 +234,7 @@ pub fn arm_report(arm: &Arm, sets: &Sets, records: &Records, judge: Option<&str>
         let mean = loss / tokens.max(1) as f64;
         TaskReport { conversations: convs, tokens, loss: mean, perplexity: mean.exp() }
     });
-    ArmReport { arm: arm.clone(), harmful, xstest: xs, mmlu, task }
+    ArmReport { arm: arm.clone(), harmful, xstest: xs, mmlu, task, items }
 }
 
 /// The whole report as Markdown: what was run, then one table per metric with every arm.

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::eval::report::ArmReport;
 use crate::eval::run::Arm;
-use crate::eval::stats::Proportion;
+use crate::eval::stats::{Paired, Proportion};
 use crate::plot::{Chart, Series};
 
 /// The arms of a sweep over two attached adapters (task, safety): the base (both at weight 0,
@@ -110,6 +110,34 @@ pub fn table(reports: &[ArmReport]) -> String {
         );
     }
     s
+}
+
+/// What the paired table compares, said before its numbers.
+pub const PAIRED_PLAN: &str = "Paired comparisons, fixed before the numbers: every other arm against λ = 0 \
+(the task adapter alone) on the same prompts, for keyword refusal of the harmful prompts, refusal of XSTest's safe \
+prompts and MMLU answers right; each cell is the difference of the two rates, the prompts where only the arm or \
+only λ = 0 had the outcome, and the exact two-sided McNemar p of that difference (uncorrected for the number of \
+comparisons).";
+
+/// The paired table (PAIRED_PLAN), or None without a λ = 0 arm.
+pub fn paired(reports: &[ArmReport]) -> Option<String> {
+    let reference = reports.iter().find(|r| lambda(&r.arm) == Some(0.0))?;
+    let mut s = String::new();
+    let _ = writeln!(s, "| arm against λ = 0 | keyword refusal (harmful) | XSTest safe refused | MMLU right |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for r in reports.iter().filter(|r| r.arm.name != reference.arm.name) {
+        let (a, b) = (&r.items, &reference.items);
+        let cell = |x: &std::collections::BTreeMap<String, bool>, y| Paired::of(x, y).show();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            r.arm.name,
+            cell(&a.harmful_refused, &b.harmful_refused),
+            cell(&a.xstest_safe_refused, &b.xstest_safe_refused),
+            cell(&a.mmlu_right, &b.mmlu_right)
+        );
+    }
+    Some(s)
 }
 
 /// A metric against λ with its intervals, the base as a dashed level.
