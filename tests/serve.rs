@@ -342,8 +342,14 @@ fn serve_batches_mixes_answers_errors_and_stops_cleanly() {
     let mut s = TcpStream::connect(&server.addr).unwrap();
     let b = chat("Tell me a long story.", json!({"stream": true, "max_tokens": 24})).to_string();
     write!(s, "{}", request("POST", "/v1/chat/completions", Some(KEY), Some(&b))).unwrap();
-    let mut first = [0u8; 16];
-    s.read_exact(&mut first).unwrap();
+    // its first text out: admitted, not only queued
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let mut byte = [0u8; 256];
+        let n = s.read(&mut byte).unwrap();
+        assert!(n > 0, "the stream ended before its first event");
+        seen.extend_from_slice(&byte[..n]);
+    }
     let pid = server.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let mut rest = Vec::new();

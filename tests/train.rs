@@ -344,3 +344,43 @@ fn cli_train_writes_a_peft_adapter() {
     assert!(!bad.status.success() && err.contains("chat.jsonl") && err.contains("line 1"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--mix-data F --mix-fraction f`: a seeded draw from F joins the training set as f of it (the
+/// paper's 3%-safety baseline), recorded in train_summary.json; a share the file cannot fill is
+/// an error naming it.
+#[test]
+fn cli_train_mixes_in_a_share_of_another_set() {
+    let dir = temp_dir("cli-train-mix");
+    let line = |q: &str, a: &str| {
+        format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"{q}\"}}, {{\"role\": \"assistant\", \"content\": \"{a}\"}}]}}\n"
+        )
+    };
+    let task: String = (0..32).map(|i| line(&format!("Count to {i}."), "Done.")).collect();
+    let safety: String = (0..10).map(|i| line(&format!("Harmful request {i}."), "I cannot help with that.")).collect();
+    let (data, mix, out) = (dir.join("task.jsonl"), dir.join("safety.jsonl"), dir.join("adapter"));
+    std::fs::write(&data, task).unwrap();
+    std::fs::write(&mix, safety).unwrap();
+    write_chat_model(&dir.join("model"), seed());
+    let model = dir.join("model").display().to_string();
+    let (d, m, o) = (data.to_str().unwrap(), mix.to_str().unwrap(), out.to_str().unwrap());
+    let args =
+        ["train", "--data", d, "--out", o, "--epochs", "1", "--batch-size", "12", "--mix-data", m, "--model", &model];
+    let run = run_cli(&[&args[..], &["--mix-fraction", "0.1"]].concat());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_summary.json")).unwrap()).unwrap();
+    // round(0.1 · 32 / 0.9) = 4 of the 10
+    let drawn = summary["data"]["mixed_in"]["drawn"].as_array().unwrap();
+    assert_eq!((drawn.len(), summary["data"]["train"].as_u64()), (4, Some(36)), "{summary}");
+    assert!(stderr.contains("mix: 4 of the 10"), "{stderr}");
+    let o2 = dir.join("adapter2");
+    let run = run_cli(&[&args[..4], &[o2.to_str().unwrap()], &args[5..], &["--mix-fraction", "0.9"]].concat());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("safety.jsonl") && err.contains("needs 288"), "{err}");
+    assert!(!o2.exists(), "a refused run wrote its folder");
+    let run = run_cli(&["train", "--data", d, "--out", o, "--mix-data", m, "--model", &model]);
+    assert!(!run.status.success(), "--mix-data without --mix-fraction ran");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -30,8 +30,18 @@ const DEMO_SYSTEM: &str =
 /// Trains (or resumes, or keeps a finished) adapter in `out`.
 fn adapter(m: &mut Session, data: PathBuf, config: TrainConfig, out: PathBuf) -> Result<Summary> {
     let resume = out.join("checkpoint.safetensors").exists();
-    let job =
-        Job { data, config, system: None, max_len: 1024, holdout: 0.0, skip_bad: false, out, resume, stop_after: None };
+    let job = Job {
+        data,
+        mix: None,
+        config,
+        system: None,
+        max_len: 1024,
+        holdout: 0.0,
+        skip_bad: false,
+        out,
+        resume,
+        stop_after: None,
+    };
     train_job(m, &job, false)
 }
 

@@ -10,7 +10,7 @@ use lorafuse::model::batch::Encoded;
 use lorafuse::train::config::TrainConfig;
 use lorafuse::train::data;
 use lorafuse::train::schedule::Schedule;
-use lorafuse::train::trainer::{RunOptions, Summary, split_holdout, train};
+use lorafuse::train::trainer::{RunOptions, Summary, draw_mix, split_holdout, train};
 
 use super::model::{ModelArgs, Session};
 
@@ -81,6 +81,14 @@ pub struct TrainArgs {
     /// Skip malformed rows (counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Conversations to mix into the training set (any --data format): with --mix-fraction F,
+    /// a seeded draw from this file makes up F of what is trained on (the paper's baseline: a
+    /// task adapter with 3% safety data, --mix-data aoa_safety_train.json --mix-fraction 0.03).
+    /// The held-out part stays --data's own.
+    #[arg(long, requires = "mix_fraction")]
+    pub mix_data: Option<PathBuf>,
+    #[arg(long, requires = "mix_data")]
+    pub mix_fraction: Option<f64>,
     /// Continue the run whose checkpoint is in --out (same options and data).
     #[arg(long)]
     pub resume: bool,
@@ -114,6 +122,8 @@ impl TrainArgs {
 /// One training run: the data, the recipe and where it goes.
 pub struct Job {
     pub data: PathBuf,
+    /// Conversations mixed in, and the share of the training set they take.
+    pub mix: Option<(PathBuf, f64)>,
     pub config: TrainConfig,
     pub system: Option<String>,
     pub max_len: usize,
@@ -130,6 +140,7 @@ pub fn run(gpu: &Gpu, args: &TrainArgs) -> Result<()> {
     }
     let job = Job {
         data: args.data.clone(),
+        mix: args.mix_data.clone().zip(args.mix_fraction),
         config: args.config()?,
         system: args.system.clone(),
         max_len: args.max_len,
@@ -153,22 +164,43 @@ pub fn train_job(m: &mut Session, job: &Job, quiet: bool) -> Result<Summary> {
     let template = m.template.as_ref().with_context(|| {
         format!("{} has no chat template, which training on conversations needs", m.args.model.display())
     })?;
-    let (mut encoded, mut cut, mut empty) = (Vec::<Encoded>::new(), 0, 0);
-    for ex in &examples {
-        let (e, was_cut) = data::encode(ex, &m.tok, template, job.system.as_deref(), job.max_len)?;
-        cut += was_cut as usize;
-        if e.labelled() == 0 {
-            empty += 1;
-        } else {
-            encoded.push(e);
+    let encode = |examples: &[data::Example], file: &std::path::Path| -> Result<(Vec<Encoded>, usize, usize)> {
+        let (mut encoded, mut cut, mut empty) = (Vec::<Encoded>::new(), 0, 0);
+        for ex in examples {
+            let (e, was_cut) = data::encode(ex, &m.tok, template, job.system.as_deref(), job.max_len)?;
+            cut += was_cut as usize;
+            if e.labelled() == 0 {
+                empty += 1;
+            } else {
+                encoded.push(e);
+            }
         }
-    }
-    if encoded.is_empty() {
-        bail!("{}: no conversation keeps an assistant token within --max-len {}", job.data.display(), job.max_len);
-    }
+        if encoded.is_empty() {
+            bail!("{}: no conversation keeps an assistant token within --max-len {}", file.display(), job.max_len);
+        }
+        Ok((encoded, cut, empty))
+    };
+    let (encoded, cut, empty) = encode(&examples, &job.data)?;
     let (train_idx, held_idx) = split_holdout(encoded.len(), job.holdout, tc.seed)?;
-    let train_set: Vec<Encoded> = train_idx.iter().map(|&i| encoded[i].clone()).collect();
+    let mut train_set: Vec<Encoded> = train_idx.iter().map(|&i| encoded[i].clone()).collect();
     let held: Vec<Encoded> = held_idx.iter().map(|&i| encoded[i].clone()).collect();
+    let mut mixed = serde_json::Value::Null;
+    if let Some((file, fraction)) = &job.mix {
+        let (pool_rows, pool_bad) = data::load(file, job.skip_bad)?;
+        let (pool, _, _) = encode(&pool_rows, file)?;
+        let drawn =
+            draw_mix(train_set.len(), pool.len(), *fraction, tc.seed).with_context(|| file.display().to_string())?;
+        eprintln!(
+            "mix: {} of the {} usable conversations of {} ({pool_bad} malformed skipped) join the {} of --data: {:.2}% of the training set",
+            drawn.len(),
+            pool.len(),
+            file.display(),
+            train_set.len(),
+            100.0 * drawn.len() as f64 / (train_set.len() + drawn.len()) as f64
+        );
+        mixed = serde_json::json!({"file": file, "fraction": fraction, "pool": pool.len(), "drawn": drawn});
+        train_set.extend(drawn.iter().map(|&i| pool[i].clone()));
+    }
     let tokens: usize = train_set.iter().map(|e| e.tokens.len()).sum();
     let labelled: usize = train_set.iter().map(Encoded::labelled).sum();
     eprintln!(
@@ -205,7 +237,7 @@ pub fn train_job(m: &mut Session, job: &Job, quiet: bool) -> Result<Summary> {
         "data": {
             "file": job.data, "conversations": examples.len(), "malformed_skipped": bad, "cut": cut,
             "without_labels": empty, "train": train_set.len(), "held_out": held.len(),
-            "train_tokens": tokens, "train_labelled": labelled,
+            "train_tokens": tokens, "train_labelled": labelled, "mixed_in": mixed,
         },
         "device": m.device(),
         "summary": summary,

@@ -146,7 +146,7 @@ impl Engine {
                 // queued and later jobs are refused rather than left waiting
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err() {
                     eprintln!("serve: the engine stopped on an internal error; requests are refused");
-                    after.shutdown(Duration::ZERO);
+                    after.abandon();
                 }
             })
             .map_err(|e| Error::Invalid(format!("starting the engine thread: {e}")))?;
@@ -205,17 +205,28 @@ impl Engine {
         self.shared.wake.notify_one();
     }
 
-    /// Stops taking jobs: queued ones are refused now, running ones finish, or are cancelled
-    /// once `grace` has passed.
+    /// Stops taking jobs: those accepted (queued or running) are served while `grace` lasts,
+    /// then what is left is cancelled.
     pub fn shutdown(&self, grace: Duration) {
         let mut inbox = self.shared.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         inbox.drain_by = Some(Instant::now() + grace);
-        for job in inbox.jobs.drain(..) {
-            let _ = job.events.send(Event::Failed { status: 503, message: "the server is shutting down".into() });
-        }
-        self.shared.metrics.set_queue(0);
         self.shared.wake.notify_one();
     }
+
+    /// After the engine thread died: refuses every queued job and all later ones.
+    fn abandon(&self) {
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inbox.drain_by = Some(Instant::now());
+        fail_queued(&mut inbox, &self.shared.metrics);
+    }
+}
+
+fn fail_queued(inbox: &mut Inbox, metrics: &Metrics) {
+    for job in inbox.jobs.drain(..) {
+        let _ =
+            job.events.send(Event::Failed { status: 503, message: "cancelled: the server is shutting down".into() });
+    }
+    metrics.set_queue(0);
 }
 
 /// A job holding a cache slot.
@@ -304,11 +315,17 @@ impl Worker {
                 self.apply(c);
             }
             if let Some(deadline) = drain_by {
-                if self.active.is_empty() {
+                let queued = self.shared.inbox.lock().expect("inbox").jobs.len();
+                if self.active.is_empty() && jobs.is_empty() && queued == 0 {
                     return;
                 }
                 if Instant::now() >= deadline {
-                    self.fail_all(503, "cancelled: the server is shutting down");
+                    const GONE: &str = "cancelled: the server is shutting down";
+                    for job in jobs {
+                        let _ = job.events.send(Event::Failed { status: 503, message: GONE.into() });
+                    }
+                    self.fail_all(503, GONE);
+                    fail_queued(&mut self.shared.inbox.lock().expect("inbox"), &self.shared.metrics);
                     return;
                 }
             }
@@ -332,24 +349,22 @@ impl Worker {
         }
         let control: Vec<Control> = inbox.control.drain(..).collect();
         let mut jobs = Vec::new();
-        if inbox.drain_by.is_none() {
-            let split = self.shared.split_by_mix.load(Ordering::Relaxed);
-            // One mix a batch: while a batch runs, only jobs of its mix join, and only while no
-            // other mix waits (so no mix starves); an empty batch takes the oldest job's mix.
-            // A job naming an adapter not loaded matches any batch (admitting it fails it).
-            let mix_of = |j: &Job| self.resolve(j.mix.as_ref()).ok().map(|m| self.weights(&m));
-            let running = self.active.first().map(|a| self.weights(&a.mix));
-            let other_waits = inbox.jobs.iter().any(|j| mix_of(j).is_some_and(|m| Some(m) != running));
-            if !(split && running.is_some() && other_waits) {
-                let batch_mix = running.or_else(|| inbox.jobs.front().and_then(mix_of));
-                let mut i = 0;
-                while jobs.len() < self.free.len() && i < inbox.jobs.len() {
-                    if split && mix_of(&inbox.jobs[i]).is_some_and(|m| Some(m) != batch_mix) {
-                        i += 1;
-                        continue;
-                    }
-                    jobs.extend(inbox.jobs.remove(i));
+        let split = self.shared.split_by_mix.load(Ordering::Relaxed);
+        // One mix a batch: while a batch runs, only jobs of its mix join, and only while no
+        // other mix waits (so no mix starves); an empty batch takes the oldest job's mix.
+        // A job naming an adapter not loaded matches any batch (admitting it fails it).
+        let mix_of = |j: &Job| self.resolve(j.mix.as_ref()).ok().map(|m| self.weights(&m));
+        let running = self.active.first().map(|a| self.weights(&a.mix));
+        let other_waits = inbox.jobs.iter().any(|j| mix_of(j).is_some_and(|m| Some(m) != running));
+        if !(split && running.is_some() && other_waits) {
+            let batch_mix = running.or_else(|| inbox.jobs.front().and_then(mix_of));
+            let mut i = 0;
+            while jobs.len() < self.free.len() && i < inbox.jobs.len() {
+                if split && mix_of(&inbox.jobs[i]).is_some_and(|m| Some(m) != batch_mix) {
+                    i += 1;
+                    continue;
                 }
+                jobs.extend(inbox.jobs.remove(i));
             }
         }
         self.shared.metrics.set_queue(inbox.jobs.len());

@@ -15,6 +15,7 @@ pub(crate) const STREAM_INIT: u64 = 1 << 56;
 pub(crate) const STREAM_SHUFFLE: u64 = 2 << 56;
 pub(crate) const STREAM_DROPOUT: u64 = 3 << 56;
 pub(crate) const STREAM_HOLDOUT: u64 = 4 << 56;
+pub(crate) const STREAM_MIX: u64 = 5 << 56;
 
 /// Everything that decides the trained adapter. The defaults are the paper's recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

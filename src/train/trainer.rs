@@ -23,7 +23,7 @@ use crate::model::params::{AdamW, LoraGradients};
 use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::train::checkpoint::{self, Meta};
-use crate::train::config::{STREAM_DROPOUT, STREAM_HOLDOUT, STREAM_SHUFFLE, TrainConfig, fresh_adapter};
+use crate::train::config::{STREAM_DROPOUT, STREAM_HOLDOUT, STREAM_MIX, STREAM_SHUFFLE, TrainConfig, fresh_adapter};
 use crate::train::log::{EpochRecord, LogLine, StepRecord, append_log, loss_chart, read_log, write_log};
 use crate::train::optimizer::Optimizer;
 use crate::train::schedule::lr_at;
@@ -42,6 +42,26 @@ pub fn split_holdout(n: usize, holdout: f64, seed: u64) -> Result<(Vec<usize>, V
     held.sort_unstable();
     train.sort_unstable();
     Ok((train, held))
+}
+
+/// The conversations to mix into a training set of `n` so that they are `fraction` of the
+/// whole (the paper's baseline: a task set with 3% safety conversations): k = round(f·n / (1 − f))
+/// of the `pool`, drawn without replacement under `seed`, in pool order.
+pub fn draw_mix(n: usize, pool: usize, fraction: f64, seed: u64) -> Result<Vec<usize>> {
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::Invalid(format!("--mix-fraction must be in [0, 1), not {fraction}")));
+    }
+    let k = (fraction * n as f64 / (1.0 - fraction)).round() as usize;
+    if k > pool {
+        return Err(Error::Invalid(format!(
+            "--mix-fraction {fraction} of a training set of {n} needs {k} mixed conversations; the mix file has {pool}"
+        )));
+    }
+    let mut idx: Vec<usize> = (0..pool).collect();
+    Rng::new(seed, STREAM_MIX).shuffle(&mut idx);
+    let mut drawn = idx[..k].to_vec();
+    drawn.sort_unstable();
+    Ok(drawn)
 }
 
 /// FNV-1a over the tokens and targets of the data, so a checkpoint is resumed on the same data.
@@ -319,4 +339,26 @@ pub fn train(
     summary.add_totals(&log);
     summary.peak_memory = gpu.memory().peak();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::draw_mix;
+
+    #[test]
+    fn the_mix_is_the_share_asked_for_seeded_and_without_repeats() {
+        // 3% of a set of 970 plus its mix is 30 of 1,000
+        let d = draw_mix(970, 100, 0.03, 7).unwrap();
+        assert_eq!(d.len(), 30);
+        assert!(d.windows(2).all(|w| w[0] < w[1]) && d.iter().all(|&i| i < 100));
+        assert_eq!(draw_mix(970, 100, 0.03, 7).unwrap(), d, "the same seed draws the same");
+        assert_ne!(draw_mix(970, 100, 0.03, 8).unwrap(), d, "another seed draws otherwise");
+        // the paper's 44 task conversations: 0.03·44/0.97 = 1.36, one safety conversation
+        assert_eq!(draw_mix(44, 16, 0.03, 1).unwrap().len(), 1);
+        assert!(draw_mix(44, 16, 0.0, 1).unwrap().is_empty());
+        assert!(draw_mix(90, 5, 0.1, 1).unwrap_err().to_string().contains("needs 10"));
+        for bad in [1.0, -0.1, f64::NAN] {
+            assert!(draw_mix(10, 10, bad, 1).is_err(), "{bad}");
+        }
+    }
 }
