@@ -221,7 +221,16 @@ fn adamw_and_gradient_norm_match_reference() {
             rec.run().unwrap();
             let host = HostAdamw { param: &mut rp, grad: &g, mask: Some(&mask), m: &mut rm, v: &mut rv };
             adamw_ref(&hp, step, scale as f64, host);
-            assert_close(&format!("AdamW n={n} step {step}"), &p.read_f32(gpu).unwrap(), &rp, 1e-6, seed);
+            // Each step rounds an update of about lr in f32, so a parameter that comes near 0 (n = 1
+            // may draw one) has a relative error far above f32's own: the error is measured
+            // against the parameters and the updates so far together. NaN fails the comparison.
+            let got = p.read_f32(gpu).unwrap();
+            let err = got.iter().zip(&rp).map(|(&g, w)| (g as f64 - w).powi(2)).sum::<f64>().sqrt();
+            let size = rp.iter().map(|w| w * w).sum::<f64>().sqrt() + hp.lr as f64 * step as f64 * (n as f64).sqrt();
+            assert!(
+                err <= 1e-6 * size,
+                "AdamW n={n} step {step}: error {err:.3e} against {size:.3e} (seed {seed}; rerun with LORAFUSE_TEST_SEED={seed})"
+            );
             assert_close(&format!("AdamW moment 1, n={n}"), &m.read_f32(gpu).unwrap(), &rm, 1e-5, seed);
         }
     }

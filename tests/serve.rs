@@ -272,6 +272,11 @@ fn serve_batches_mixes_answers_errors_and_stops_cleanly() {
         assert!(status == want_status && msg.contains(says), "{body:.80}: {status} {text}");
         assert!(v["error"]["type"].is_string(), "{text}");
     }
+    // axum's own refusals in OpenAI's shape too (a wrong method here; a body over 2 MiB is
+    // refused the same way, but a server closing with the body unread may reset the connection)
+    let (status, _, text) = server.raw("GET", "/v1/completions", Some(KEY), None);
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(status == 405 && v["error"]["message"].as_str().unwrap().contains("method"), "{status} {text}");
     assert_eq!(server.call("GET", "/health", None, None).0, 200, "/health needs no key");
     assert_eq!(server.call("GET", "/v1/models", None, None).0, 401);
 

@@ -86,6 +86,8 @@ enum Control {
 #[derive(Default)]
 struct Inbox {
     jobs: VecDeque<Job>,
+    /// Slots no job holds or is about to: the queue's bound counts the jobs past these.
+    free: usize,
     control: VecDeque<Control>,
     /// Set on shutdown: no job is taken any more, and what runs past the deadline is cancelled.
     drain_by: Option<Instant>,
@@ -129,7 +131,7 @@ impl Engine {
         }
         let cache = model.new_cache(opts.max_seqs, opts.context)?;
         let shared = Arc::new(Shared {
-            inbox: Mutex::new(Inbox::default()),
+            inbox: Mutex::new(Inbox { free: opts.max_seqs, ..Inbox::default() }),
             wake: Condvar::new(),
             adapters: Mutex::new(adapters.iter().map(|(i, _)| i.clone()).collect()),
             split_by_mix: AtomicBool::new(opts.split_by_mix),
@@ -177,7 +179,7 @@ impl Engine {
         if inbox.drain_by.is_some() {
             return Err(Refused::ShuttingDown);
         }
-        if inbox.jobs.len() >= self.shared.opts.max_queue {
+        if inbox.jobs.len() >= self.shared.opts.max_queue + inbox.free {
             return Err(Refused::Full);
         }
         inbox.jobs.push_back(job);
@@ -367,6 +369,7 @@ impl Worker {
                 jobs.extend(inbox.jobs.remove(i));
             }
         }
+        inbox.free = self.free.len() - jobs.len();
         self.shared.metrics.set_queue(inbox.jobs.len());
         (control, jobs, inbox.drain_by)
     }
@@ -522,6 +525,7 @@ impl Worker {
     fn reclaim(&mut self) {
         let held: Vec<u32> = self.active.iter().map(|a| a.slot).collect();
         self.free = (0..self.shared.opts.max_seqs as u32).rev().filter(|s| !held.contains(s)).collect();
+        self.shared.inbox.lock().expect("inbox").free = self.free.len();
         self.shared.metrics.set_running(self.active.len());
     }
 

@@ -95,7 +95,24 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/adapters", get(adapters).post(load_adapter))
         .route("/v1/adapters/{name}", delete(unload_adapter))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(openai_errors))
         .with_state(app)
+}
+
+/// axum's own refusals (405 for a wrong method, 413 for a body over its 2 MiB limit, 400 for a
+/// body it cannot read) come as plain text: OpenAI clients get its JSON error shape instead.
+async fn openai_errors(r: Response) -> Response {
+    let status = r.status();
+    let plain = r.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.as_bytes().starts_with(b"text/plain; charset"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return r;
+    }
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "this method is not allowed on this endpoint".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE => "the request body is over the limit of 2 MiB".to_string(),
+        s => s.canonical_reason().unwrap_or("error").to_string(),
+    };
+    (status, axum::Json(ApiError::new(status.as_u16(), message).body())).into_response()
 }
 
 async fn not_found(State(app): State<Arc<App>>) -> Response {
