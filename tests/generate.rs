@@ -238,3 +238,59 @@ fn cli_refuses_non_finite_logits_and_bad_flags_on_a_tiny_model() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What a sequence streams, piece by piece, is its completion's text: for token runs of
+/// SmolLM2's vocabulary (multi-byte characters split across tokens included) and stop strings
+/// cut from the text itself, so that they do occur, across token boundaries. The text never
+/// holds a stop string, and a piece never shows text a stop later takes back. Host only: each
+/// token is forced by one-hot logits.
+#[test]
+fn streamed_pieces_add_up_to_the_completion() {
+    use lorafuse::model::generate::Sequence;
+    let tok = ModelSource::open(&default_model()).unwrap().tokenizer().unwrap();
+    let vocab = tok.vocab_size();
+    let words = "Héllo wörld, the cat sat on the mat; 北京 is a city. Stop here: END of text.";
+    let base = tok.encode(words, false).unwrap();
+    let mut rng = common::Rng::new(common::seed());
+    for case in 0..200 {
+        // a run of the sentence's tokens from a random start, with a random token now and then
+        let start = rng.below(base.len());
+        let ids: Vec<u32> = (0..24)
+            .map(|i| if rng.below(6) == 0 { rng.below(vocab) as u32 } else { base[(start + i) % base.len()] })
+            .filter(|t| !tok.eos.contains(t))
+            .collect();
+        let text = tok.decode(&ids, true).unwrap();
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        let stop = if chars.len() > 4 && case % 4 != 0 {
+            let a = rng.below(chars.len() - 3);
+            let b = (a + 1 + rng.below(3)).min(chars.len());
+            let end = chars.get(b).map_or(text.len(), |c| c.0);
+            vec![text[chars[a].0..end].to_string()]
+        } else {
+            Vec::new()
+        };
+        let opts = GenerateOptions { max_new_tokens: ids.len(), stop: stop.clone(), ..GenerateOptions::default() };
+        let mut seq = Sequence::new(&[1, 2, 3], 0);
+        let mut streamed = String::new();
+        let mut done = None;
+        for &t in &ids {
+            let mut logits = vec![0.0f32; vocab];
+            logits[t as usize] = 1.0;
+            let step = seq.step(&logits, &tok, &opts).unwrap();
+            streamed.push_str(&step.piece);
+            if let Some(s) = stop.first() {
+                assert!(!streamed.contains(s.as_str()), "case {case}: streamed {streamed:?} holds the stop {s:?}");
+            }
+            if let Some(c) = step.done {
+                done = Some(c);
+                break;
+            }
+        }
+        let c = done.unwrap_or_else(|| panic!("case {case}: no completion after the budget"));
+        assert_eq!(streamed, c.text, "case {case}: stop {stop:?}, ids {ids:?}");
+        if !stop.is_empty() {
+            assert_eq!(c.finish, Finish::Stop, "case {case}: the stop {stop:?} is in {text:?}");
+            assert!(text.starts_with(&c.text), "case {case}");
+        }
+    }
+}
