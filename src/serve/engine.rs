@@ -356,10 +356,11 @@ impl Worker {
         // other mix waits (so no mix starves); an empty batch takes the oldest job's mix.
         // A job naming an adapter not loaded matches any batch (admitting it fails it).
         let mix_of = |j: &Job| self.resolve(j.mix.as_ref()).ok().map(|m| self.weights(&m));
-        let running = self.active.first().map(|a| self.weights(&a.mix));
-        let other_waits = inbox.jobs.iter().any(|j| mix_of(j).is_some_and(|m| Some(m) != running));
-        if !(split && running.is_some() && other_waits) {
-            let batch_mix = running.or_else(|| inbox.jobs.front().and_then(mix_of));
+        // (resolved only when splitting: a step of the fused engine looks at no queued mix)
+        let running = if split { self.active.first().map(|a| self.weights(&a.mix)) } else { None };
+        let other_waits = running.is_some() && inbox.jobs.iter().any(|j| mix_of(j).is_some_and(|m| Some(m) != running));
+        if !other_waits {
+            let batch_mix = if split { running.or_else(|| inbox.jobs.front().and_then(mix_of)) } else { None };
             let mut i = 0;
             while jobs.len() < self.free.len() && i < inbox.jobs.len() {
                 if split && mix_of(&inbox.jobs[i]).is_some_and(|m| Some(m) != batch_mix) {
